@@ -1,0 +1,315 @@
+"""`lab up`, `lab down`, `lab status`: the lab cluster's life cycle.
+
+up: plan -> fabric, nodes, outside host -> etcd -> cluster.json -> seed objects -> controller and
+one agent per node -> wait until every node is Ready. Each step is idempotent, so `up` on a cluster
+that is up with the same shape repairs what is missing (a dead agent, say) and changes nothing else.
+down: stops what the pid files name, kills every process left in the cluster's cgroups, removes
+namespaces, pinned objects, cgroups, CNI config and state; it also cleans up after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from dataplane.lab import daemons, fabric, netns, topology
+from dataplane.lab.sandbox import Sandbox, remove_cgroup_tree
+from flowscope import clusterinfo
+from flowscope.clusterinfo import ClusterInfo, NodeInfo
+from flowscope.errors import FlowscopeError
+from flowscope.paths import ClusterPaths, valid_cluster_name
+
+WORLD_TCP_PORTS = (80, 8080)
+WORLD_UDP_PORTS = (8081,)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    name: str
+    nodes: int = 3
+    ipam: str = "overlay"
+    vnet_cidr: IPv4Network = topology.DEFAULT_VNET_CIDR
+    pod_cidr: IPv4Network | None = None
+    timeout: float = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-m", "flowscope"]
+
+
+def etcd_daemon(paths: ClusterPaths) -> daemons.Daemon:
+    return daemons.Daemon("etcd", (), paths.run_dir)
+
+
+def _daemon(paths: ClusterPaths, name: str, argv: list[str]) -> daemons.Daemon:
+    return daemons.Daemon(name, tuple(argv), paths.run_dir)
+
+
+def agent_daemon(paths: ClusterPaths, node: str) -> daemons.Daemon:
+    return _daemon(
+        paths, f"agent-{node}", [*_python(), "--cluster", paths.cluster, "agent", "--node", node]
+    )
+
+
+def controller_daemon(paths: ClusterPaths) -> daemons.Daemon:
+    return _daemon(paths, "controller", [*_python(), "--cluster", paths.cluster, "controller"])
+
+
+def world_daemon(paths: ClusterPaths) -> daemons.Daemon:
+    argv = [
+        sys.executable,
+        "-m",
+        "dataplane.lab.responder",
+        "--name",
+        "world",
+        "--netns",
+        str(netns.path(fabric.world_netns(paths))),
+    ]
+    argv += [a for p in WORLD_TCP_PORTS for a in ("--tcp", str(p))]
+    argv += [a for p in WORLD_UDP_PORTS for a in ("--udp", str(p))]
+    return _daemon(paths, "world", argv)
+
+
+def _check_same_shape(info: ClusterInfo, opts: UpOptions, plan: topology.LabPlan) -> None:
+    differences = []
+    if info.ipam != opts.ipam:
+        differences.append(f"--ipam {info.ipam}")
+    if len(info.nodes) != opts.nodes:
+        differences.append(f"--nodes {len(info.nodes)}")
+    if info.vnet_cidr != plan.vnet_cidr:
+        differences.append(f"--vnet-cidr {info.vnet_cidr}")
+    if info.pod_cidr != plan.pod_cidr:
+        differences.append(f"--pod-cidr {info.pod_cidr}")
+    if differences:
+        raise FlowscopeError(
+            f"cluster {info.name!r} is already up with {', '.join(differences)}",
+            hint=f"run `flowscope lab down --name {info.name}` first, or repeat its options",
+        )
+
+
+def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
+    """Bring the cluster up (or repair it); returns its info and whether it was already up."""
+    if not valid_cluster_name(opts.name):
+        raise FlowscopeError(
+            f"--name: {opts.name!r} is not a valid cluster name",
+            hint="use 1-20 lowercase letters, digits and '-', starting and ending alphanumeric",
+        )
+    paths = ClusterPaths(opts.name)
+    plan = topology.plan(opts.name, opts.nodes, opts.ipam, opts.vnet_cidr, opts.pod_cidr)
+    existing: ClusterInfo | None = None
+    if paths.state_file.exists():
+        existing = clusterinfo.load(opts.name)
+        _check_same_shape(existing, opts, plan)
+    started = time.monotonic()
+
+    progress(f"network: fabric, {len(plan.nodes)} nodes, outside host ({plan.ipam} IPAM)")
+    fabric.build_fabric(paths, plan)
+    for node in plan.nodes:
+        fabric.build_node(paths, plan, node)
+    fabric.build_world(paths, plan)
+    for node in plan.nodes:
+        paths.node_cgroup(node.name).mkdir(parents=True, exist_ok=True)
+
+    info = existing or _start_store(paths, plan, progress)
+    if existing is None:
+        clusterinfo.save(info)
+    asyncio.run(_seed(info))
+
+    for daemon in [controller_daemon(paths), world_daemon(paths)]:
+        if daemons.pid_of(daemon.pidfile) is None:
+            daemons.start(daemon)
+    for node in plan.nodes:
+        daemon = agent_daemon(paths, node.name)
+        if daemons.pid_of(daemon.pidfile) is None:
+            progress(f"agent: starting for {node.name}")
+            daemons.start(daemon)
+    asyncio.run(_wait_nodes_ready(info, opts.timeout, progress))
+    progress(f"cluster {opts.name!r} is up ({time.monotonic() - started:.1f}s)")
+    return info, existing is not None
+
+
+def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress) -> ClusterInfo:
+    from flowscope.store.etcd_server import etcd_command, wait_healthy
+
+    data_dir = paths.lib_dir / "etcd"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    client, peer = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{client}"
+    daemon = daemons.Daemon(
+        "etcd", tuple(etcd_command(paths.cluster, data_dir, client, peer)), paths.run_dir
+    )
+    progress(f"store: etcd on {url} (data in {data_dir})")
+    daemons.start(daemon)
+    asyncio.run(wait_healthy(url, 20.0))
+    return ClusterInfo(
+        name=paths.cluster,
+        ipam=plan.ipam,
+        vnet_cidr=plan.vnet_cidr,
+        pod_cidr=plan.pod_cidr,
+        service_cidr=plan.service_cidr,
+        gateway=plan.gateway,
+        etcd_url=url,
+        nodes=tuple(NodeInfo(n.name, n.ip, paths.node_netns(n.name)) for n in plan.nodes),
+        extra={"world_ip": str(plan.world_ip)},
+    )
+
+
+async def _seed(info: ClusterInfo) -> None:
+    """The objects a new cluster has: namespaces default and kube-system, and its nodes."""
+    from flowscope.apis.objectstore import ObjectStore
+
+    from flowscope.store.etcd import EtcdKV
+
+    kv = EtcdKV(info.etcd_url)
+    try:
+        store = ObjectStore(kv)
+        objects: list[dict] = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            for ns in ("default", "kube-system")
+            if await store.get("Namespace", None, ns) is None
+        ]
+        for node in info.nodes:
+            if await store.get("Node", None, node.name) is None:
+                objects.append(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {
+                            "name": node.name,
+                            "labels": {
+                                "kubernetes.io/hostname": node.name,
+                                "kubernetes.io/os": "linux",
+                                "flowscope.io/cluster": info.name,
+                            },
+                        },
+                        "spec": {},
+                    }
+                )
+        if objects:
+            await store.apply(objects, internal=True)
+    finally:
+        await kv.close()
+
+
+async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progress) -> None:
+    from flowscope.apis.objectstore import ObjectStore
+
+    from flowscope.store.etcd import EtcdKV
+
+    kv = EtcdKV(info.etcd_url)
+    try:
+        store = ObjectStore(kv)
+        deadline = time.monotonic() + timeout
+        reported: set[str] = set()
+        while True:
+            ready = set()
+            for node in await store.list("Node"):
+                conds = node.get("status", {}).get("conditions", [])
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                    ready.add(node["metadata"]["name"])
+            for name in sorted(ready - reported):
+                progress(f"node {name} is Ready")
+            reported |= ready
+            if ready >= {n.name for n in info.nodes}:
+                return
+            for node in info.nodes:
+                daemon = agent_daemon(info.paths, node.name)
+                if node.name not in ready and daemons.pid_of(daemon.pidfile) is None:
+                    raise FlowscopeError(
+                        f"the agent of {node.name} exited during start-up",
+                        hint=f"read {daemon.log}, then `flowscope lab down` and try again",
+                    )
+            if time.monotonic() > deadline:
+                missing = sorted({n.name for n in info.nodes} - ready)
+                raise FlowscopeError(
+                    f"nodes not Ready after {timeout:.0f}s: {', '.join(missing)}",
+                    hint=f"read the agent logs in {info.paths.run_dir}",
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await kv.close()
+
+
+def down(name: str, progress: Progress) -> bool:
+    """Remove everything of cluster `name`; False when there was nothing to remove."""
+    paths = ClusterPaths(name)
+    found = False
+    run_dir = paths.run_dir
+    # agents first (so nothing re-creates pods), then every process in the cluster's cgroups
+    for pidfile in sorted(run_dir.glob("*.pid")) if run_dir.exists() else []:
+        if pidfile.stem == "etcd":
+            continue
+        if daemons.stop(pidfile):
+            progress(f"stopped {pidfile.stem}")
+        found = True
+    if paths.cgroup_dir.exists():
+        remove_cgroup_tree(paths.cgroup_dir)
+        progress(f"removed cgroups {paths.cgroup_dir}")
+        found = True
+    if daemons.stop(run_dir / "etcd.pid"):
+        progress("stopped etcd")
+        found = True
+    removed = fabric.teardown(paths)
+    if removed:
+        progress(f"removed {len(removed)} network namespaces")
+        found = True
+    for path in [
+        paths.bpf_dir,
+        *paths.cni_conf_dir("x").parent.glob(f"flowscope-{name}-*"),
+        run_dir,
+        paths.lib_dir,
+    ]:
+        if path.exists():
+            shutil.rmtree(path)
+            progress(f"removed {path}")
+            found = True
+    return found
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    ip: str
+    agent_pid: int | None
+    ready: bool
+
+
+def node_statuses(info: ClusterInfo, nodes: list[dict]) -> list[NodeStatus]:
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    out = []
+    for node in info.nodes:
+        obj = by_name.get(node.name, {})
+        conds = obj.get("status", {}).get("conditions", [])
+        out.append(
+            NodeStatus(
+                node.name,
+                str(node.ip),
+                daemons.pid_of(agent_daemon(info.paths, node.name).pidfile),
+                any(c["type"] == "Ready" and c["status"] == "True" for c in conds),
+            )
+        )
+    return out
+
+
+def pod_sandbox(info: ClusterInfo, pod: dict) -> Sandbox:
+    node = pod.get("spec", {}).get("nodeName")
+    meta = pod["metadata"]
+    if not node or not pod.get("status", {}).get("podIP"):
+        raise FlowscopeError(
+            f"pod {meta['namespace']}/{meta['name']} is not running yet",
+            hint=f"wait a moment, then check `flowscope get pods -n {meta['namespace']} -o wide`",
+        )
+    return Sandbox.for_pod(info.paths, node, meta["uid"])

@@ -1,0 +1,29 @@
+"""Joining a pod: its cgroup first, then its network namespace (stdlib only: the responder and
+forked probe children import it, and must start fast)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter(netns_path: str | None, cgroup: str | None) -> None:
+    """Move the calling process into `cgroup` and the calling thread into `netns_path`.
+
+    The cgroup comes first so every socket opened afterwards is charged to the pod: the socket
+    load balancer's cgroup hooks see pod traffic as the pod's.
+    """
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    if netns_path:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+        finally:
+            os.close(fd)

@@ -1,0 +1,105 @@
+"""The lab's kernel objects: the VNET fabric, the outside-world host and each node's uplink.
+
+The fabric namespace holds the bridge that stands for the Azure VNET and routes between its
+subnets like the VNET's SDN does; every node and the outside host has one veth leg on it. Nothing
+here touches the root namespace: veths are created inside the node (or world) namespace with their
+peer placed straight into the fabric namespace.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from pyroute2 import IPRoute
+
+from dataplane.lab import netns
+from dataplane.lab.topology import LabPlan, NodePlan
+from flowscope.paths import ClusterPaths
+
+BRIDGE = "vnet0"
+UPLINK = "eth0"
+WORLD_IFNAME = "vworld"
+
+ROUTER_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+}
+
+
+def world_netns(paths: ClusterPaths) -> str:
+    return f"{paths.netns_prefix}world"
+
+
+def _link_index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def _ensure_addr(ipr: IPRoute, index: int, ip: IPv4Address, prefixlen: int) -> None:
+    have = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index)}
+    if str(ip) not in have:
+        ipr.addr("add", index=index, address=str(ip), prefixlen=prefixlen)
+
+
+def build_fabric(paths: ClusterPaths, plan: LabPlan) -> None:
+    name = paths.fabric_netns
+    netns.create(name)
+    netns.set_sysctls(name, ROUTER_SYSCTLS)
+    with IPRoute(netns=name) as ipr:
+        if _link_index(ipr, BRIDGE) is None:
+            ipr.link("add", ifname=BRIDGE, kind="bridge")
+        index = _link_index(ipr, BRIDGE)
+        assert index is not None
+        _ensure_addr(ipr, index, plan.gateway, plan.vnet_cidr.prefixlen)
+        ipr.link("set", index=index, state="up")
+
+
+def _attach_leg(
+    paths: ClusterPaths, host_netns: str, fabric_ifname: str, ip: IPv4Address, plan: LabPlan
+) -> None:
+    """One host on the VNET: `eth0` in `host_netns`, its peer on the fabric bridge."""
+    netns.create(host_netns)
+    with IPRoute(netns=host_netns) as ipr:
+        if _link_index(ipr, UPLINK) is None:
+            ipr.link(
+                "add",
+                ifname=UPLINK,
+                kind="veth",
+                peer={"ifname": fabric_ifname, "net_ns_fd": paths.fabric_netns},
+            )
+        index = _link_index(ipr, UPLINK)
+        assert index is not None
+        _ensure_addr(ipr, index, ip, plan.vnet_cidr.prefixlen)
+        ipr.link("set", index=index, state="up")
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(plan.gateway))
+    with IPRoute(netns=paths.fabric_netns) as ipr:
+        leg = _link_index(ipr, fabric_ifname)
+        bridge = _link_index(ipr, BRIDGE)
+        ipr.link("set", index=leg, master=bridge, state="up")
+
+
+def build_node(paths: ClusterPaths, plan: LabPlan, node: NodePlan) -> None:
+    name = paths.node_netns(node.name)
+    _attach_leg(paths, name, node.fabric_ifname, node.ip, plan)
+    netns.set_sysctls(name, ROUTER_SYSCTLS)
+
+
+def build_world(paths: ClusterPaths, plan: LabPlan) -> None:
+    _attach_leg(paths, world_netns(paths), WORLD_IFNAME, plan.world_ip, plan)
+
+
+def set_route(netns_name: str, dst: IPv4Network, gateway: IPv4Address) -> None:
+    with IPRoute(netns=netns_name) as ipr:
+        ipr.route("replace", dst=str(dst), gateway=str(gateway))
+
+
+def teardown(paths: ClusterPaths) -> list[str]:
+    """Remove every namespace of the cluster (their links and routes go with them)."""
+    removed = []
+    for name in netns.list_with_prefix(paths.netns_prefix):
+        netns.remove(name)
+        removed.append(name)
+    return removed

@@ -1,0 +1,5 @@
+import sys
+
+from flowscope.cli.main import main
+
+sys.exit(main())

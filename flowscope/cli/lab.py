@@ -1,0 +1,245 @@
+"""`flowscope lab ...`: bring a lab cluster up and down, look at it, and reach into its pods."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from ipaddress import IPv4Address, IPv4Network
+
+from flowscope import clusterinfo
+from flowscope.errors import FlowscopeError, NotFound, UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="a cluster of network namespaces on this machine")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
+    lab_sub.required = True
+
+    p = lab_sub.add_parser("up", help="build the cluster (idempotent)")
+    p.add_argument("--name", help="cluster name (default: --cluster)")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--ipam", choices=("vnet", "overlay"), default="overlay")
+    p.add_argument(
+        "--pod-cidr",
+        type=IPv4Network,
+        help="overlay: private pod CIDR (default 10.244.0.0/16); vnet: a separate pod subnet",
+    )
+    p.add_argument("--vnet-cidr", type=IPv4Network, default=IPv4Network("10.224.0.0/16"))
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for nodes")
+    p.set_defaults(func=cmd_up)
+
+    p = lab_sub.add_parser("down", help="remove everything the cluster made")
+    p.add_argument("--name", help="cluster name (default: --cluster)")
+    p.set_defaults(func=cmd_down)
+
+    p = lab_sub.add_parser("status", help="nodes, agents, pods and their IPs")
+    p.add_argument("--name", help="cluster name (default: --cluster)")
+    p.set_defaults(func=cmd_status)
+
+    p = lab_sub.add_parser("exec", help="run a command inside a pod")
+    p.add_argument("pod", metavar="NS/POD")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    p.set_defaults(func=cmd_exec)
+
+    p = lab_sub.add_parser("probe", help="connect from a pod to a target; exit 0 if answered")
+    p.add_argument("pod", metavar="NS/POD")
+    p.add_argument("target", metavar="TARGET:PORT", help="NS/POD, NAME.NS (a service) or an IP")
+    p.add_argument("--protocol", choices=("TCP", "UDP"), default="TCP", type=str.upper)
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_probe)
+
+
+def _name(args: argparse.Namespace) -> str:
+    return args.name or args.cluster
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from dataplane.lab import cluster
+
+    opts = cluster.UpOptions(
+        name=_name(args),
+        nodes=args.nodes,
+        ipam=args.ipam,
+        vnet_cidr=args.vnet_cidr,
+        pod_cidr=args.pod_cidr,
+        timeout=args.timeout,
+    )
+    info, was_up = cluster.up(opts, _say)
+    if was_up:
+        print(f"cluster {info.name!r} was already up; repaired what was missing")
+    else:
+        print(f"cluster {info.name!r} up: {len(info.nodes)} nodes, ipam {info.ipam}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from dataplane.lab import cluster
+
+    name = _name(args)
+    if not cluster.down(name, _say):
+        raise FlowscopeError(
+            f"no lab cluster {name!r} is up: nothing to remove",
+            hint="`flowscope lab up` builds one",
+        )
+    print(f"cluster {name!r} removed")
+    return 0
+
+
+async def _store(cluster_name: str):
+    from flowscope.apis.objectstore import ObjectStore
+    from flowscope.store.etcd import EtcdKV
+
+    info = clusterinfo.load(cluster_name)
+    kv = EtcdKV(info.etcd_url)
+    return info, kv, ObjectStore(kv)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from dataplane.lab import cluster
+
+    info, kv, store = await _store(_name(args))
+    try:
+        nodes = await store.list("Node")
+        pods = await store.list("Pod")
+    finally:
+        await kv.close()
+    print(
+        f"cluster {info.name}: ipam {info.ipam}, VNET {info.vnet_cidr}, "
+        f"pod CIDR {info.pod_cidr or '(from the VNET)'}, store {info.etcd_url}"
+    )
+    print(f"\n{'NODE':<10} {'IP':<15} {'AGENT':<14} READY")
+    for st in cluster.node_statuses(info, nodes):
+        agent = f"pid {st.agent_pid}" if st.agent_pid else "DOWN"
+        print(f"{st.name:<10} {st.ip:<15} {agent:<14} {'yes' if st.ready else 'no'}")
+    print(f"\n{'NAMESPACE':<16} {'POD':<24} {'NODE':<10} {'IP':<15} PHASE")
+    for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+        meta, status = pod["metadata"], pod.get("status", {})
+        print(
+            f"{meta['namespace']:<16} {meta['name']:<24} "
+            f"{pod.get('spec', {}).get('nodeName', '<none>'):<10} "
+            f"{status.get('podIP', '<none>'):<15} {status.get('phase', 'Pending')}"
+        )
+    return 0
+
+
+def _split_pod(ref: str) -> tuple[str, str]:
+    ns, sep, name = ref.partition("/")
+    if not sep:
+        ns, name = "default", ref
+    if not ns or not name:
+        raise UsageError(f"{ref!r} is not a pod reference; write NAMESPACE/POD")
+    return ns, name
+
+
+async def _pod(store, ref: str) -> dict:
+    ns, name = _split_pod(ref)
+    pod = await store.get("Pod", ns, name)
+    if pod is None:
+        raise NotFound(
+            f'pods "{name}" not found in namespace "{ns}"',
+            hint=f"`flowscope get pods -n {ns}` lists them",
+        )
+    return pod
+
+
+async def _sandbox_of(cluster_name: str, ref: str):
+    from dataplane.lab.cluster import pod_sandbox
+
+    info, kv, store = await _store(cluster_name)
+    try:
+        return pod_sandbox(info, await _pod(store, ref))
+    finally:
+        await kv.close()
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dataplane.lab.podexec import exec_in_pod
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("no command given; write `flowscope lab exec NS/POD -- CMD...`")
+    sandbox = asyncio.run(_sandbox_of(args.cluster, args.pod))
+    return exec_in_pod(sandbox, argv)
+
+
+async def resolve_target(store, target: str) -> str:
+    """NS/POD -> its pod IP; NAME.NS -> the service's ClusterIP; an IP as it is."""
+    try:
+        return str(IPv4Address(target))
+    except ValueError:
+        pass
+    if "/" in target:
+        pod = await _pod(store, target)
+        ip = pod.get("status", {}).get("podIP")
+        if not ip:
+            raise FlowscopeError(f"pod {target} has no IP yet", hint="wait until it is Running")
+        return ip
+    name, _, rest = target.partition(".")
+    ns = rest.split(".")[0] if rest else "default"
+    svc = await store.get("Service", ns, name)
+    if svc is None:
+        raise NotFound(
+            f"{target!r} is neither an IP, a NS/POD, nor a service NAME.NS",
+            hint=f"`flowscope get services -n {ns}` lists services",
+        )
+    cluster_ip = svc.get("spec", {}).get("clusterIP")
+    if not cluster_ip or cluster_ip == "None":
+        raise FlowscopeError(f"service {ns}/{name} has no ClusterIP")
+    return cluster_ip
+
+
+def split_target(text: str) -> tuple[str, int]:
+    target, sep, port_text = text.rpartition(":")
+    if not sep or not target:
+        raise UsageError(f"{text!r}: write TARGET:PORT, e.g. backend/db:5432")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{text!r}: port {port} is out of range 1-65535")
+    return target, port
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dataplane.lab.cluster import pod_sandbox
+    from dataplane.lab.podexec import collect, fork_in_pod
+    from dataplane.lab.probe import probe
+
+    target, port = split_target(args.target)
+
+    async def lookup():
+        info, kv, store = await _store(args.cluster)
+        try:
+            return pod_sandbox(info, await _pod(store, args.pod)), await resolve_target(
+                store, target
+            )
+        finally:
+            await kv.close()
+
+    sandbox, ip = asyncio.run(lookup())
+    source = "/".join(_split_pod(args.pod))
+    pid, fd = fork_in_pod(
+        sandbox, lambda: probe(source, target, ip, port, args.protocol, args.timeout)
+    )
+    result = collect(pid, fd)
+    if args.output == "json":
+        print(json.dumps(result))
+    elif result["connected"]:
+        print(
+            f"{source} -> {target} ({ip}:{port}/{args.protocol}): answered by "
+            f"{result['answer']!r} in {result['latency_ms']:.2f} ms"
+        )
+    else:
+        print(f"{source} -> {target} ({ip}:{port}/{args.protocol}): no answer ({result['error']})")
+    return 0 if result["connected"] else 1
