@@ -1,0 +1,80 @@
+"""Driving a lab cluster from tests through the real `flowscope` command, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+FLOWSCOPE = [sys.executable, "-m", "flowscope"]
+
+
+@dataclass
+class Lab:
+    name: str
+
+    def run(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [*FLOWSCOPE, "--cluster", self.name, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"flowscope {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def apply(self, yaml_text: str) -> None:
+        self.run("apply", "-f", "-", input=yaml_text)
+
+    def pods(self, namespace: str | None = None) -> list[dict]:
+        scope = ["-n", namespace] if namespace else ["-A"]
+        out = self.run("get", "pods", *scope, "-o", "json").stdout
+        return json.loads(out)["items"]
+
+    def wait_running(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.pods()
+            running = [
+                p
+                for p in pods
+                if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")
+            ]
+            if len(running) >= count:
+                return running
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"only {len(running)}/{count} pods running: "
+                    + json.dumps([p.get("status") for p in pods])[:2000]
+                )
+            time.sleep(0.1)
+
+    def probe(self, source: str, target: str, protocol: str = "TCP", timeout: float = 2.0) -> dict:
+        proc = self.run(
+            "lab",
+            "probe",
+            source,
+            target,
+            "--protocol",
+            protocol,
+            "--timeout",
+            str(timeout),
+            "-o",
+            "json",
+            check=False,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["connected"] == (proc.returncode == 0)
+        return result
