@@ -1,0 +1,262 @@
+"""The netlink work for one endpoint: a veth pair between the node and the pod namespace.
+
+Pod side (CNI_NETNS): `ifname` with IP/32, lo up, a link-scope route to GATEWAY and the default
+route via it, and a PERMANENT neighbour GATEWAY -> host veth MAC. Host side (node namespace):
+`lxc<hash>` up, forwarding on, rp_filter off, a route to IP/32 via it and a PERMANENT neighbour
+IP -> pod MAC. Both MACs are chosen here, so neither side ever ARPs and the first packet after ADD
+goes through. IPv6 address generation is off on both ends (no link-local address, no DAD, no
+router solicitations in the flow records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from dataplane.endpoint.endpoint import GATEWAY, HOST_IFNAME_PREFIX, Endpoint, host_ifname
+from dataplane.endpoint.netns import netns_path, open_rtnl, write_sysctls
+from flowscope.errors import FlowscopeError
+
+_HOST_IFNAME = re.compile(rf"^{HOST_IFNAME_PREFIX}[0-9a-f]{{11}}$")
+_ADDR_GEN_NONE = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+_NUD_PERMANENT = 0x80
+_RT_SCOPE_LINK = 253
+
+
+class EndpointError(FlowscopeError):
+    """Plumbing an endpoint failed; the message names the interface and the namespace."""
+
+
+class InterfaceExists(EndpointError):
+    """The pod namespace already has an interface of the requested name (the spec says: error)."""
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+@dataclass(frozen=True)
+class Plumbed:
+    host_ifname: str
+    host_mac: str
+    host_ifindex: int
+    pod_mac: str
+
+
+async def _first(result) -> dict | None:
+    # pyroute2 answers "get" with a list and "dump" with an async iterator
+    if isinstance(result, list | tuple):
+        return result[0] if result else None
+    async for msg in result:
+        return msg
+    return None
+
+
+class Plumber:
+    """Plumbs endpoints into one node namespace; holds that namespace's netlink socket open."""
+
+    def __init__(self, node_netns: str) -> None:
+        self.node_netns = netns_path(node_netns)
+        self._node: AsyncIPRoute | None = None
+        self._opening = asyncio.Lock()
+
+    async def node(self) -> AsyncIPRoute:
+        async with self._opening:
+            if self._node is None:
+                try:
+                    self._node = await open_rtnl(self.node_netns)
+                except FileNotFoundError:
+                    raise EndpointError(
+                        f"node network namespace {self.node_netns} does not exist",
+                        hint="is the lab up? (flowscope lab status)",
+                    ) from None
+            return self._node
+
+    async def close(self) -> None:
+        if self._node is not None:
+            self._node.close()
+            self._node = None
+
+    # -- add ------------------------------------------------------------------------------------
+    async def plumb(
+        self, container_id: str, ifname: str, pod_netns: str, ip: IPv4Address, mtu: int
+    ) -> Plumbed:
+        """Create and configure the veth pair; on failure nothing of it is left behind."""
+        node = await self.node()
+        host = host_ifname(container_id, ifname)
+        host_mac, pod_mac = random_mac(), random_mac()
+        try:
+            pod = await open_rtnl(pod_netns)
+        except FileNotFoundError:
+            raise EndpointError(f"pod network namespace {pod_netns} does not exist") from None
+        try:
+            if await pod.link_lookup(ifname=ifname):
+                raise InterfaceExists(
+                    f"interface {ifname} already exists in {pod_netns}",
+                    hint="the runtime must DEL this attachment before adding it again",
+                )
+            # A host veth of this name without a registered endpoint is the remnant of an ADD
+            # that died midway (agent killed): it is ours, and in the way.
+            await self._delete_link(node, host)
+            fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await node.link(
+                    "add",
+                    ifname=host,
+                    kind="veth",
+                    address=host_mac,
+                    mtu=mtu,
+                    peer={"ifname": ifname, "address": pod_mac, "mtu": mtu, "net_ns_fd": fd},
+                )
+            except NetlinkError as e:
+                raise EndpointError(
+                    f"creating veth {host} <-> {pod_netns}:{ifname} failed: {e}"
+                ) from None
+            finally:
+                os.close(fd)
+            try:
+                index = await self._plumb_host(node, host, ip, pod_mac)
+                await self._plumb_pod(pod, ifname, ip, host_mac)
+            except BaseException:
+                await self._delete_link(node, host)  # takes the peer, routes, neighbours along
+                raise
+        finally:
+            pod.close()
+        return Plumbed(host, host_mac, index, pod_mac)
+
+    async def _plumb_host(self, node: AsyncIPRoute, host: str, ip: IPv4Address, pod_mac: str):
+        try:
+            (index,) = await node.link_lookup(ifname=host)
+            await node.link("set", index=index, af_spec=_ADDR_GEN_NONE)
+            await asyncio.to_thread(
+                write_sysctls,
+                self.node_netns,
+                {
+                    f"net/ipv4/conf/{host}/forwarding": "1",
+                    f"net/ipv4/conf/{host}/rp_filter": "0",
+                },
+            )
+            await node.link("set", index=index, state="up")
+            await node.route("add", dst=f"{ip}/32", oif=index, scope=_RT_SCOPE_LINK, proto="static")
+            await node.neigh(
+                "add", dst=str(ip), lladdr=pod_mac, ifindex=index, state=_NUD_PERMANENT
+            )
+        except NetlinkError as e:
+            raise EndpointError(f"configuring host interface {host} failed: {e}") from None
+        return index
+
+    async def _plumb_pod(self, pod: AsyncIPRoute, ifname: str, ip: IPv4Address, host_mac: str):
+        try:
+            (index,) = await pod.link_lookup(ifname=ifname)
+            await pod.link("set", index=index, af_spec=_ADDR_GEN_NONE)
+            await pod.link("set", index=index, state="up")
+            await pod.addr("add", index=index, address=str(ip), prefixlen=32)
+            lo = await pod.link_lookup(ifname="lo")
+            if lo:
+                await pod.link("set", index=lo[0], state="up")
+            await pod.route(
+                "add", dst=f"{GATEWAY}/32", oif=index, scope=_RT_SCOPE_LINK, proto="static"
+            )
+            await pod.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY), oif=index)
+            await pod.neigh(
+                "add", dst=str(GATEWAY), lladdr=host_mac, ifindex=index, state=_NUD_PERMANENT
+            )
+        except NetlinkError as e:
+            raise EndpointError(f"configuring pod interface {ifname} failed: {e}") from None
+
+    # -- delete ---------------------------------------------------------------------------------
+    async def unplumb(self, container_id: str, ifname: str) -> bool:
+        """Delete the endpoint's veth pair (both ends go together); True if it was there."""
+        return await self._delete_link(await self.node(), host_ifname(container_id, ifname))
+
+    async def delete_host_link(self, name: str) -> bool:
+        """Delete a host veth by name (GC of remnants); True if it was there."""
+        return await self._delete_link(await self.node(), name)
+
+    async def _delete_link(self, node: AsyncIPRoute, name: str) -> bool:
+        try:
+            found = await node.link_lookup(ifname=name)
+            if not found:
+                return False
+            await node.link("del", index=found[0])
+            return True
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT):
+                return False  # a concurrent DEL won
+            raise EndpointError(f"deleting interface {name} failed: {e}") from None
+
+    async def host_ifnames(self) -> list[str]:
+        """Names of every host veth in the node namespace that looks like one of ours."""
+        node = await self.node()
+        names = []
+        async for link in await node.link("dump"):
+            name = link.get("ifname")
+            if name and _HOST_IFNAME.match(name):
+                names.append(name)
+        return names
+
+    # -- check ----------------------------------------------------------------------------------
+    async def check(self, ep: Endpoint) -> list[str]:
+        """What of `ep`'s plumbing is missing or wrong, each as a short phrase; [] when all is."""
+        problems: list[str] = []
+        node = await self.node()
+        found = await node.link_lookup(ifname=ep.host_ifname)
+        if not found:
+            return [f"host interface {ep.host_ifname} is missing from {self.node_netns}"]
+        link = await _first(await node.link("get", index=found[0]))
+        if link is None or link.get("address") != ep.host_mac:
+            problems.append(
+                f"host interface {ep.host_ifname} has MAC "
+                f"{link and link.get('address')}, want {ep.host_mac}"
+            )
+        if link is not None and link.get("state") != "up":
+            problems.append(f"host interface {ep.host_ifname} is down")
+        routes = [r async for r in await node.route("dump", dst=f"{ep.ip}/32", oif=found[0])]
+        if not any(r.get("dst") == str(ep.ip) and r["dst_len"] == 32 for r in routes):
+            problems.append(f"host route {ep.ip}/32 dev {ep.host_ifname} is missing")
+        try:
+            pod = await open_rtnl(ep.netns)
+        except FileNotFoundError:
+            return [*problems, f"pod network namespace {ep.netns} does not exist"]
+        try:
+            problems += await self._check_pod(pod, ep)
+        finally:
+            pod.close()
+        return problems
+
+    async def _check_pod(self, pod: AsyncIPRoute, ep: Endpoint) -> list[str]:
+        where = f"{ep.netns}:{ep.ifname}"
+        found = await pod.link_lookup(ifname=ep.ifname)
+        if not found:
+            return [f"pod interface {where} is missing"]
+        index = found[0]
+        problems: list[str] = []
+        link = await _first(await pod.link("get", index=index))
+        if link is None or link.get("address") != ep.pod_mac:
+            problems.append(
+                f"pod interface {where} has MAC {link and link.get('address')}, want {ep.pod_mac}"
+            )
+        if link is not None and link.get("state") != "up":
+            problems.append(f"pod interface {where} is down")
+        addrs = [a async for a in await pod.addr("dump", index=index)]
+        if not any(a.get("address") == str(ep.ip) and a["prefixlen"] == 32 for a in addrs):
+            problems.append(f"address {ep.ip}/32 is missing on pod interface {where}")
+        routes = [r async for r in await pod.route("dump", oif=index)]
+        if not any(r["dst_len"] == 0 and r.get("gateway") == str(GATEWAY) for r in routes):
+            problems.append(f"default route via {GATEWAY} is missing in {ep.netns}")
+        neighbours = [n async for n in await pod.neigh("dump", ifindex=index)]
+        if not any(
+            n.get("dst") == str(GATEWAY) and n.get("lladdr") == ep.host_mac for n in neighbours
+        ):
+            problems.append(f"neighbour {GATEWAY} -> {ep.host_mac} is missing in {ep.netns}")
+        return problems
