@@ -144,7 +144,6 @@ def _network_config(stdin: bytes, command: str) -> tuple[dict[str, Any], str]:
     if version not in SUPPORTED_VERSIONS:
         raise CNIError(
             INCOMPATIBLE_VERSION,
-            INTERNAL,
             "incompatible CNI versions",
             f'config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}',
         )
@@ -152,7 +151,6 @@ def _network_config(stdin: bytes, command: str) -> tuple[dict[str, Any], str]:
     if since and version_tuple(version) < since:
         raise CNIError(
             INCOMPATIBLE_VERSION,
-            INTERNAL,
             f"config version does not allow {command}",
             f"{command} needs cniVersion {'.'.join(map(str, since))} or later, config is {version}",
         )

@@ -102,6 +102,12 @@ def loads(data: bytes | str) -> Any:
         value, end = _scan(text, start)
     except StopIteration as e:
         raise ValueError(f"Expecting value: char {e.value}") from None
+    except SystemError:
+        # The C scanner reports a syntax error through json.decoder, which it expects imported:
+        # on this (rare) path, let json say what is wrong and where.
+        import json
+
+        return json.loads(text)
     if text[end:].strip(_WS):
         raise ValueError(f"Extra data: char {end}")
     return value
