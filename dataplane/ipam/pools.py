@@ -13,6 +13,8 @@ loser of the CAS race simply recomputes):
   just released may still sit in peers' conntrack entries, neighbour caches, endpoint slices and
   the policy identity cache; handing it straight to a new pod would let traffic and verdicts meant
   for the dead pod reach the new one. Rotating delays reuse until the pool has gone round once.
+  (A vnet node fills free addresses of the blocks it holds before it claims another block, so in
+  a full block a hole is refilled on the next ADD: blocks are scarce, addresses inside them not.)
 """
 
 from __future__ import annotations
