@@ -1,0 +1,223 @@
+"""The masquerade NAT table (probes/masquerade.c `nat_v4`), seen from Python.
+
+Like Cilium's pkg/maps/ctmap: ctypes mirrors of the C key and value with the exact layout
+(checked against the compiled program by tests/maps with dataplane.maps.layout), decoded entries,
+and one interface with two implementations: `KernelNatMap` over the pinned BPF map and
+`FakeNatMap`, dict-backed, for tests that need no kernel. The kernel refreshes both halves of a
+mapping on every packet; `gc()` here deletes whatever is past its `expires_ns`.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from dataplane.maps.bpfmap import BpfMap
+
+NAT_DIR_OUT = 0  # pod -> outside, original tuple; value: node IP and NAT port
+NAT_DIR_IN = 1  # outside -> node IP:NAT port, reply tuple; value: pod IP and port
+NAT_F_CLOSING = 0x1
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+_PROTO_NAMES = {IPPROTO_ICMP: "ICMP", IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
+
+
+class NatKey(ct.Structure):
+    """struct nat_key. Addresses and ports are in network byte order, as in the packet."""
+
+    _fields_ = (
+        ("saddr", ct.c_uint32),
+        ("daddr", ct.c_uint32),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("dir", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    )
+
+
+class NatEntry(ct.Structure):
+    """struct nat_entry. Times are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns)."""
+
+    _fields_ = (
+        ("addr", ct.c_uint32),
+        ("port", ct.c_uint16),
+        ("flags", ct.c_uint8),
+        ("pad", ct.c_uint8),
+        ("created_ns", ct.c_uint64),
+        ("expires_ns", ct.c_uint64),
+    )
+
+
+KEY_DTYPE = np.dtype(NatKey)
+ENTRY_DTYPE = np.dtype(NatEntry)
+
+
+def _ip(be32: int) -> ipaddress.IPv4Address:
+    # A network-order u32 read as a little-endian integer: its bytes are the address in order.
+    return ipaddress.IPv4Address(int(be32).to_bytes(4, "little"))
+
+
+def _be32(addr: ipaddress.IPv4Address | str) -> int:
+    return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
+
+
+@dataclass(frozen=True)
+class NatMapping:
+    """One entry of the table, decoded. `to_addr`/`to_port` are what the tuple is rewritten to:
+    for OUT entries the node IP and NAT port, for IN entries the pod's address and port."""
+
+    direction: int
+    proto: int
+    saddr: ipaddress.IPv4Address
+    daddr: ipaddress.IPv4Address
+    sport: int
+    dport: int
+    to_addr: ipaddress.IPv4Address
+    to_port: int
+    created_ns: int
+    expires_ns: int
+    closing: bool
+
+    @property
+    def proto_name(self) -> str:
+        return _PROTO_NAMES.get(self.proto, str(self.proto))
+
+    def key(self) -> NatKey:
+        return make_key(self.direction, self.proto, self.saddr, self.daddr, self.sport, self.dport)
+
+    def __str__(self) -> str:
+        arrow = "->" if self.direction == NAT_DIR_OUT else "<-"
+        return (
+            f"{self.proto_name} {self.saddr}:{self.sport} > {self.daddr}:{self.dport} "
+            f"{arrow} {self.to_addr}:{self.to_port}"
+        )
+
+
+def make_key(
+    direction: int,
+    proto: int,
+    saddr: ipaddress.IPv4Address | str,
+    daddr: ipaddress.IPv4Address | str,
+    sport: int,
+    dport: int,
+) -> NatKey:
+    """A key from host-order ports, as the C program builds it."""
+    return NatKey(
+        saddr=_be32(saddr),
+        daddr=_be32(daddr),
+        sport=socket.htons(sport),
+        dport=socket.htons(dport),
+        proto=proto,
+        dir=direction,
+    )
+
+
+def make_entry(
+    addr: ipaddress.IPv4Address | str,
+    port: int,
+    *,
+    created_ns: int,
+    expires_ns: int,
+    flags: int = 0,
+) -> NatEntry:
+    return NatEntry(
+        addr=_be32(addr),
+        port=socket.htons(port),
+        flags=flags,
+        created_ns=created_ns,
+        expires_ns=expires_ns,
+    )
+
+
+def decode(keys: np.ndarray, values: np.ndarray) -> list[NatMapping]:
+    return [
+        NatMapping(
+            direction=int(k["dir"]),
+            proto=int(k["proto"]),
+            saddr=_ip(k["saddr"]),
+            daddr=_ip(k["daddr"]),
+            sport=socket.ntohs(int(k["sport"])),
+            dport=socket.ntohs(int(k["dport"])),
+            to_addr=_ip(v["addr"]),
+            to_port=socket.ntohs(int(v["port"])),
+            created_ns=int(v["created_ns"]),
+            expires_ns=int(v["expires_ns"]),
+            closing=bool(v["flags"] & NAT_F_CLOSING),
+        )
+        for k, v in zip(keys, values, strict=True)
+    ]
+
+
+def expired(values: np.ndarray, now_ns: int) -> np.ndarray:
+    """Which entries are past their lifetime at `now_ns` (CLOCK_MONOTONIC ns)."""
+    return values["expires_ns"] < np.uint64(now_ns)
+
+
+class NatMap(ABC):
+    """The operations the agent needs on a NAT table, whatever holds it."""
+
+    @abstractmethod
+    def dump(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (keys, values) as structured arrays of KEY_DTYPE and ENTRY_DTYPE."""
+
+    @abstractmethod
+    def delete_keys(self, keys: np.ndarray) -> int:
+        """Delete these keys (missing ones are skipped); returns how many were deleted."""
+
+    def entries(self) -> list[NatMapping]:
+        return decode(*self.dump())
+
+    def count(self) -> int:
+        return len(self.dump()[0])
+
+    def gc(self, now_ns: int | None = None) -> int:
+        """Delete every entry past its lifetime; returns how many. Call it every few seconds.
+
+        A pair's halves carry the same expiry (each packet refreshes both), so they go together.
+        """
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        keys, values = self.dump()
+        dead = keys[expired(values, now)]
+        return self.delete_keys(dead) if len(dead) else 0
+
+
+class KernelNatMap(NatMap):
+    def __init__(self, bpfmap: BpfMap) -> None:
+        self.map = bpfmap
+
+    def dump(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.map.dump()
+
+    def delete_keys(self, keys: np.ndarray) -> int:
+        return self.map.delete_many(keys)
+
+
+class FakeNatMap(NatMap):
+    """A dict-backed NAT table with the kernel map's semantics for tests without a kernel."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, bytes] = {}
+
+    def put(self, key: NatKey, entry: NatEntry) -> None:
+        self._entries[bytes(key)] = bytes(entry)
+
+    def dump(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.frombuffer(b"".join(self._entries), dtype=KEY_DTYPE).copy()
+        values = np.frombuffer(b"".join(self._entries.values()), dtype=ENTRY_DTYPE).copy()
+        return keys, values
+
+    def delete_keys(self, keys: np.ndarray) -> int:
+        deleted = 0
+        for raw in (k.tobytes() for k in keys):
+            if self._entries.pop(raw, None) is not None:
+                deleted += 1
+        return deleted

@@ -1,0 +1,294 @@
+"""ctypes bindings for the BPF syscalls flowscope needs beyond bcc's Python API.
+
+bcc compiles and owns its own maps; flowscope also creates maps and loads programs itself (one
+compile, many per-node instances), pins them, opens pinned objects after a restart and runs
+programs on crafted packets. Those calls come from the system's libbpf (libbpf.so.1, a dependency
+of Debian's bcc) and, for loading with a verifier log, libbcc. Both are loaded on first use, so
+importing this module needs neither.
+
+Every function raises OSError with the errno and a message naming the object on failure.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno as errno_mod
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# enum bpf_prog_type / bpf_map_type values used by flowscope (uapi/linux/bpf.h)
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_MAP_TYPES = frozenset(
+    {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
+)
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_OBJ_NAME_LEN = 16
+
+
+class _BpfMapInfo(ct.Structure):
+    # struct bpf_map_info's leading fields; the kernel fills what fits in the length we pass
+    _fields_ = (
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * BPF_OBJ_NAME_LEN),
+    )
+
+
+class _BpfTestRunOpts(ct.Structure):
+    # struct bpf_test_run_opts (libbpf 1.x); `sz` tells libbpf which fields we know
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    )
+
+
+@functools.cache
+def _libbpf() -> ct.CDLL:
+    lib = ct.CDLL("libbpf.so.1", use_errno=True)
+    sigs: dict[str, tuple[list[type], type]] = {
+        "bpf_obj_pin": ([ct.c_int, ct.c_char_p], ct.c_int),
+        "bpf_obj_get": ([ct.c_char_p], ct.c_int),
+        "bpf_obj_get_info_by_fd": ([ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)], ct.c_int),
+        "bpf_map_lookup_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
+        "bpf_map_update_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64], ct.c_int),
+        "bpf_map_delete_elem": ([ct.c_int, ct.c_void_p], ct.c_int),
+        "bpf_map_get_next_key": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
+        "bpf_map_lookup_batch": (
+            [ct.c_int, *[ct.c_void_p] * 4, ct.POINTER(ct.c_uint32), ct.c_void_p],
+            ct.c_int,
+        ),
+        "bpf_map_delete_batch": (
+            [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.c_void_p],
+            ct.c_int,
+        ),
+        "bpf_prog_test_run_opts": ([ct.c_int, ct.POINTER(_BpfTestRunOpts)], ct.c_int),
+    }
+    for name, (argtypes, restype) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    return lib
+
+
+@functools.cache
+def _libbcc() -> ct.CDLL:
+    lib = ct.CDLL("libbcc.so.0", use_errno=True)
+    lib.bcc_create_map.argtypes = [ct.c_int, ct.c_char_p, ct.c_int, ct.c_int, ct.c_int, ct.c_int]
+    lib.bcc_create_map.restype = ct.c_int
+    lib.bcc_prog_load.argtypes = [
+        ct.c_int,  # prog_type
+        ct.c_char_p,  # name
+        ct.c_void_p,  # insns
+        ct.c_int,  # prog_len in bytes
+        ct.c_char_p,  # license
+        ct.c_uint,  # kern_version
+        ct.c_int,  # log_level
+        ct.c_char_p,  # log_buf
+        ct.c_uint,  # log_buf_size
+    ]
+    lib.bcc_prog_load.restype = ct.c_int
+    return lib
+
+
+def _errno_of(ret: int) -> int:
+    """libbpf 1.x returns -errno; older paths return -1 with errno set."""
+    return (ct.get_errno() or errno_mod.EPERM) if ret == -1 else -ret
+
+
+def _check(ret: int, what: str) -> int:
+    if ret >= 0:
+        return ret
+    err = _errno_of(ret)
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def obj_pin(fd: int, path: Path) -> None:
+    _check(_libbpf().bpf_obj_pin(fd, os.fsencode(path)), f"pin {path}")
+
+
+def obj_get(path: Path) -> int:
+    """Open a pinned map or program; the caller owns (closes) the returned fd."""
+    return _check(_libbpf().bpf_obj_get(os.fsencode(path)), f"open pinned {path}")
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    map_type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _BpfMapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_libbpf().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "map info")
+    return MapInfo(
+        map_type=info.type,
+        id=info.id,
+        key_size=info.key_size,
+        value_size=info.value_size,
+        max_entries=info.max_entries,
+        flags=info.map_flags,
+        name=info.name.decode(errors="replace"),
+    )
+
+
+def map_create(
+    map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int = 0
+) -> int:
+    fd = _libbcc().bcc_create_map(
+        map_type, name[: BPF_OBJ_NAME_LEN - 1].encode(), key_size, value_size, max_entries, flags
+    )
+    return _check(fd, f"create map {name}")
+
+
+def prog_load(prog_type: int, name: str, insns: bytes, license: str) -> int:
+    """Load bytecode; on failure the OSError message carries the verifier's log."""
+    lib = _libbcc()
+    buf = ct.create_string_buffer(len(insns))
+    ct.memmove(buf, insns, len(insns))
+    fd = lib.bcc_prog_load(
+        prog_type, name.encode(), buf, len(insns), license.encode(), 0, 0, None, 0
+    )
+    if fd >= 0:
+        return fd
+    err = ct.get_errno() or errno_mod.EINVAL
+    log = ct.create_string_buffer(1 << 20)
+    fd = lib.bcc_prog_load(
+        prog_type, name.encode(), buf, len(insns), license.encode(), 0, 1, log, len(log)
+    )
+    if fd >= 0:  # loaded the second time (a transient failure): keep it
+        return fd
+    tail = log.value.decode(errors="replace")[-4000:]
+    raise OSError(err, f"load program {name}: {os.strerror(err)}\n{tail}")
+
+
+def map_lookup(fd: int, key: ct.Array | ct.Structure | ct._SimpleCData, value) -> bool:
+    ret = _libbpf().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(value))
+    if ret == -errno_mod.ENOENT:
+        return False
+    _check(ret, "map lookup")
+    return True
+
+
+def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
+    _check(_libbpf().bpf_map_update_elem(fd, ct.byref(key), ct.byref(value), flags), "map update")
+
+
+def map_delete(fd: int, key) -> bool:
+    ret = _libbpf().bpf_map_delete_elem(fd, ct.byref(key))
+    if ret == -errno_mod.ENOENT:
+        return False
+    _check(ret, "map delete")
+    return True
+
+
+def map_next_key(fd: int, key, next_key) -> bool:
+    """Fill next_key with the key after `key` (None: the first). False at the end."""
+    ret = _libbpf().bpf_map_get_next_key(
+        fd, None if key is None else ct.byref(key), ct.byref(next_key)
+    )
+    if ret == -errno_mod.ENOENT:
+        return False
+    _check(ret, "map next key")
+    return True
+
+
+def map_lookup_batch(
+    fd: int, in_batch, out_batch, keys: ct.Array, values: ct.Array, count: int
+) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH call: (entries copied, whether the map is exhausted)."""
+    n = ct.c_uint32(count)
+    ret = _libbpf().bpf_map_lookup_batch(
+        fd,
+        None if in_batch is None else ct.byref(in_batch),
+        ct.byref(out_batch),
+        ct.byref(keys),
+        ct.byref(values),
+        ct.byref(n),
+        None,
+    )
+    if ret == -errno_mod.ENOENT:
+        return n.value, True
+    _check(ret, "map lookup batch")
+    return n.value, False
+
+
+def map_delete_batch(fd: int, keys: ct.Array, count: int) -> tuple[int, int]:
+    """One BPF_MAP_DELETE_BATCH call: (keys deleted before it stopped, 0 or the errno)."""
+    n = ct.c_uint32(count)
+    ret = _libbpf().bpf_map_delete_batch(fd, ct.byref(keys), ct.byref(n), None)
+    if ret == 0:
+        return n.value, 0
+    return n.value, _errno_of(ret)
+
+
+@dataclass(frozen=True)
+class TestRun:
+    retval: int  # the program's return value, as the u32 the kernel reports
+    data: bytes  # the packet after the program ran
+    duration_ns: int
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
+    """Run a loaded program once on `data` with BPF_PROG_TEST_RUN (no attachment needed)."""
+    data_in = ct.create_string_buffer(data, len(data))
+    data_out = ct.create_string_buffer(len(data) + 512)
+    opts = _BpfTestRunOpts(
+        sz=ct.sizeof(_BpfTestRunOpts),
+        data_in=ct.cast(data_in, ct.c_void_p),
+        data_out=ct.cast(data_out, ct.c_void_p),
+        data_size_in=len(data),
+        data_size_out=len(data_out),
+        repeat=repeat,
+    )
+    _check(_libbpf().bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "test run")
+    return TestRun(
+        retval=opts.retval,
+        data=data_out.raw[: opts.data_size_out],
+        duration_ns=opts.duration,
+    )
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """How many value slots a per-CPU map has (the kernel's possible CPUs, not online ones)."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
