@@ -1,0 +1,43 @@
+"""Defaulting as the apiserver does it, for the fields flowscope reads (in place; per kind)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ports_protocol(ports: list | None) -> None:
+    for port in ports or ():
+        if isinstance(port, dict) and not port.get("protocol"):
+            port["protocol"] = "TCP"
+
+
+def pod(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    for c in spec.get("containers") or ():
+        _ports_protocol(c.get("ports"))
+    spec.setdefault("restartPolicy", "Always")
+
+
+def service(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if not spec.get("type"):
+        spec["type"] = "ClusterIP"
+    if not spec.get("sessionAffinity"):
+        spec["sessionAffinity"] = "None"
+    for port in spec.get("ports") or ():
+        if not port.get("protocol"):
+            port["protocol"] = "TCP"
+        if port.get("targetPort") is None and port.get("port") is not None:
+            port["targetPort"] = port["port"]
+
+
+def network_policy(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if spec.get("podSelector") is None:
+        spec["podSelector"] = {}
+    if not spec.get("policyTypes"):
+        # every policy affects ingress; one with egress rules affects egress too
+        spec["policyTypes"] = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or ():
+            _ports_protocol(rule.get("ports"))

@@ -1,0 +1,141 @@
+"""The controller manager: informers for what the controllers read, and one level-triggered loop.
+
+Every change to a Node, Pod, Service or EndpointSlice marks the world dirty; the loop then runs
+every controller's pure decision function over the caches and writes what differs. Writes show
+up as watch events again, and the next round finds nothing to do: the loop converges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from flowscope.apis.objectstore import ObjectStore, now
+from flowscope.apis.refs import ObjectRef
+from flowscope.controllers import endpointslices, scheduler
+from flowscope.errors import FlowscopeError, NotFound
+from flowscope.store.kv import KV
+
+log = logging.getLogger(__name__)
+
+WATCHED = ("Node", "Pod", "Service", "EndpointSlice")
+_DEBOUNCE = 0.02  # seconds: let a burst of events (an apply of many pods) land before a round
+_RETRY = 0.5  # seconds before retrying a round that failed to write
+
+
+class Informers:
+    """Caches of every watched kind, kept current by watches; `dirty` set on each change."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.objects: dict[str, dict[ObjectRef, dict[str, Any]]] = {k: {} for k in WATCHED}
+        self.dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return list(self.objects[kind].values())
+
+    async def start(self) -> None:
+        """List every kind (so the first round sees the whole world), then watch each."""
+        for kind in WATCHED:
+            objs, rev = await self.store.list_with_revision(kind)
+            self.objects[kind] = {ObjectRef.of(o): o for o in objs}
+            self._tasks.append(
+                asyncio.create_task(self._watch(kind, rev + 1), name=f"watch {kind}")
+            )
+        self.dirty.set()
+
+    async def _watch(self, kind: str, start: int) -> None:
+        while True:
+            try:
+                known = list(self.objects[kind].values())
+                async for ev in self.store.watch(kind, start_revision=start, known=known):
+                    ref = ObjectRef.of(ev.object)
+                    if ev.type == "DELETED":
+                        self.objects[kind].pop(ref, None)
+                    else:
+                        self.objects[kind][ref] = ev.object
+                    start = ev.revision + 1
+                    self.dirty.set()
+                return
+            except FlowscopeError as e:
+                # e.g. history compacted: list again, and watch from that list
+                log.warning("watch %s failed (%s); listing again", kind, e)
+                await asyncio.sleep(_RETRY)
+                objs, rev = await self.store.list_with_revision(kind)
+                self.objects[kind] = {ObjectRef.of(o): o for o in objs}
+                start = rev + 1
+                self.dirty.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def run_scheduler_round(store: ObjectStore, informers: Informers) -> int:
+    decisions = scheduler.schedule(informers.list("Pod"), informers.list("Node"))
+    for d in decisions:
+        cond = scheduler.scheduled_condition(d, now())
+
+        def mutate(pod: dict[str, Any], d=d, cond=cond) -> dict[str, Any]:
+            spec = pod.setdefault("spec", {})
+            if isinstance(d, scheduler.Binding) and not spec.get("nodeName"):
+                spec["nodeName"] = d.node
+            status = pod.setdefault("status", {})
+            status.setdefault("phase", "Pending")
+            others = [c for c in status.get("conditions") or () if c.get("type") != "PodScheduled"]
+            status["conditions"] = [*others, cond]
+            return pod
+
+        try:
+            await store.update("Pod", d.namespace, d.name, mutate)
+        except NotFound:
+            continue  # deleted meanwhile
+        if isinstance(d, scheduler.Binding):
+            log.info("bound pod %s/%s to node %s", d.namespace, d.name, d.node)
+        else:
+            log.info("pod %s/%s unschedulable: %s", d.namespace, d.name, d.message)
+    return len(decisions)
+
+
+async def run_endpointslice_round(store: ObjectStore, informers: Informers) -> int:
+    changes = endpointslices.reconcile(
+        informers.list("Service"), informers.list("Pod"), informers.list("EndpointSlice")
+    )
+    if changes.delete:
+        await store.delete(changes.delete, ignore_not_found=True)
+    if changes.apply:
+        await store.apply(changes.apply, internal=True)
+    if changes:
+        log.info("endpointslices: %d written, %d deleted", len(changes.apply), len(changes.delete))
+    return len(changes.apply) + len(changes.delete)
+
+
+async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
+    """Run the scheduler and the EndpointSlice controller until `stop_event` is set."""
+    store = ObjectStore(kv)
+    informers = Informers(store)
+    await informers.start()
+    try:
+        while not stop_event.is_set():
+            stop = asyncio.ensure_future(stop_event.wait())
+            dirty = asyncio.ensure_future(informers.dirty.wait())
+            await asyncio.wait({stop, dirty}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            dirty.cancel()
+            if stop_event.is_set():
+                break
+            await asyncio.sleep(_DEBOUNCE)
+            informers.dirty.clear()
+            try:
+                await run_scheduler_round(store, informers)
+                await run_endpointslice_round(store, informers)
+            except FlowscopeError as e:
+                # a conflict or a namespace deleted under us: the caches catch up, try again
+                log.warning("controller round failed: %s; retrying", e)
+                await asyncio.sleep(_RETRY)
+                informers.dirty.set()
+    finally:
+        await informers.stop()
