@@ -32,7 +32,12 @@ def test_multi_document_yaml_keeps_positions_and_skips_empty_documents() -> None
 
 
 def test_kind_list_expands_into_items() -> None:
-    text = '{"apiVersion": "v1", "kind": "List", "items": [{"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "x"}}, {"kind": "Pod", "metadata": {"name": "p", "namespace": "x"}}]}'
+    text = (
+        '{"apiVersion": "v1", "kind": "List", "items": [{"kind":'
+        ' "Namespace", "apiVersion": "v1", "metadata": {"name":'
+        ' "x"}}, {"kind": "Pod", "metadata": {"name": "p",'
+        ' "namespace": "x"}}]}'
+    )
     docs, problems = documents.parse_text("list.json", text, json_only=True)
     assert problems == []
     assert [d.where() for d in docs] == [

@@ -91,17 +91,19 @@ def test_selector_errors_in_the_apiservers_words() -> None:
         t.startswith('spec.podSelector.matchLabels[ok]: Invalid value: "-bad-"') for t in text
     )
     assert (
-        "spec.podSelector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"
-        in text
-    )
+        "spec.podSelector.matchExpressions[0].values: Required"
+        " value: must be specified when `operator` is 'In' or 'NotIn'"
+    ) in text
     assert (
-        "spec.podSelector.matchExpressions[1].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
-        in text
-    )
+        "spec.podSelector.matchExpressions[1].values: Forbidden: may"
+        " not be specified when `operator` is 'Exists' or"
+        " 'DoesNotExist'"
+    ) in text
     assert (
-        'spec.podSelector.matchExpressions[2].operator: Unsupported value: "Gt": supported values: "In", "NotIn", "Exists", "DoesNotExist"'
-        in text
-    )
+        "spec.podSelector.matchExpressions[2].operator: Unsupported"
+        ' value: "Gt": supported values: "In", "NotIn", "Exists",'
+        ' "DoesNotExist"'
+    ) in text
 
 
 _keys = st.sampled_from(["app", "tier", "env", "example.com/role"])

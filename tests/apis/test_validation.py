@@ -72,7 +72,10 @@ def test_container_port_out_of_range_names_document_object_field_and_reason() ->
 def test_unknown_field_is_an_error_as_with_validate_strict() -> None:
     out = problems(pod(ports="[{containerPort: 80, prot: UDP}]"))
     assert out == [
-        'pods.yaml document 1 (Pod default/web): spec.containers[0].ports[0].prot: unknown field "prot"'
+        (
+            "pods.yaml document 1 (Pod default/web):"
+            ' spec.containers[0].ports[0].prot: unknown field "prot"'
+        )
     ]
 
 
@@ -158,7 +161,10 @@ def test_names_and_labels_syntax() -> None:
         ),
         (
             "[{containerPort: 80, name: a-very-long-port-name}]",
-            'ports[0].name: Invalid value: "a-very-long-port-name": must be no more than 15 characters',
+            (
+                'ports[0].name: Invalid value: "a-very-long-port-name": must'
+                " be no more than 15 characters"
+            ),
         ),
         (
             "[{containerPort: 80, name: http}, {containerPort: 81, name: http}]",
@@ -208,12 +214,19 @@ def test_pod_needs_containers_with_name_and_image() -> None:
         (
             "[{port: 80, nodePort: 80}]",
             "  type: NodePort",
-            "spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767",
+            (
+                "spec.ports[0].nodePort: Invalid value: 80: provided port is"
+                " not in the valid range. The range of valid ports is"
+                " 30000-32767"
+            ),
         ),
         (
             "[{port: 80}]",
             "  type: ExternalName",
-            'spec.type: Unsupported value: "ExternalName": supported values: "ClusterIP", "NodePort", "LoadBalancer"',
+            (
+                'spec.type: Unsupported value: "ExternalName": supported'
+                ' values: "ClusterIP", "NodePort", "LoadBalancer"'
+            ),
         ),
         (
             "[{port: 80, targetPort: 0}]",
@@ -223,7 +236,10 @@ def test_pod_needs_containers_with_name_and_image() -> None:
         (
             "[{port: 80}]",
             "  clusterIP: 10.0.0.300",
-            'spec.clusterIP: Invalid value: "10.0.0.300": must be a valid IPv4 address or "None" (headless)',
+            (
+                'spec.clusterIP: Invalid value: "10.0.0.300": must be a'
+                ' valid IPv4 address or "None" (headless)'
+            ),
         ),
         (
             "[{name: a, port: 80}, {name: b, port: 80}]",
@@ -243,43 +259,81 @@ def test_service_checks(ports: str, extra: str, expected: str) -> None:
     [
         (
             "  podSelector: {}\n  policyTypes: [Ingress, Sideways]",
-            'spec.policyTypes[1]: Unsupported value: "Sideways": supported values: "Ingress", "Egress"',
+            (
+                'spec.policyTypes[1]: Unsupported value: "Sideways":'
+                ' supported values: "Ingress", "Egress"'
+            ),
         ),
         (
             "  podSelector: {}\n  ingress: [{ports: [{port: 80, endPort: 79}]}]",
-            "spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`",
+            (
+                "spec.ingress[0].ports[0].endPort: Invalid value: 79: must"
+                " be greater than or equal to `port`"
+            ),
         ),
         (
             "  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 90}]}]",
-            "spec.ingress[0].ports[0].endPort: Invalid value: 90: may not be specified when `port` is non-numeric",
+            (
+                "spec.ingress[0].ports[0].endPort: Invalid value: 90: may"
+                " not be specified when `port` is non-numeric"
+            ),
         ),
         (
             "  podSelector: {}\n  egress: [{ports: [{endPort: 90}]}]",
-            "spec.egress[0].ports[0].port: Required value: must be specified when `endPort` is specified",
+            (
+                "spec.egress[0].ports[0].port: Required value: must be"
+                " specified when `endPort` is specified"
+            ),
         ),
         (
             "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
-            'spec.egress[0].to[0].ipBlock.cidr: Invalid value: "10.0.0.0/33": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)',
+            (
+                "spec.egress[0].to[0].ipBlock.cidr: Invalid value:"
+                ' "10.0.0.0/33": must be a valid CIDR value, (e.g.'
+                " 10.9.8.0/24 or 2001:db8::/64)"
+            ),
         ),
         (
-            "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]",
-            'spec.egress[0].to[0].ipBlock.except[0]: Invalid value: "10.0.0.0/8": must be a strict subset of `cidr`',
+            (
+                "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr:"
+                " 10.0.0.0/8, except: [10.0.0.0/8]}}]}]"
+            ),
+            (
+                "spec.egress[0].to[0].ipBlock.except[0]: Invalid value:"
+                ' "10.0.0.0/8": must be a strict subset of `cidr`'
+            ),
         ),
         (
-            "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]",
-            'spec.egress[0].to[0].ipBlock.except[0]: Invalid value: "11.0.0.0/16": must be a strict subset of `cidr`',
+            (
+                "  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr:"
+                " 10.0.0.0/8, except: [11.0.0.0/16]}}]}]"
+            ),
+            (
+                "spec.egress[0].to[0].ipBlock.except[0]: Invalid value:"
+                ' "11.0.0.0/16": must be a strict subset of `cidr`'
+            ),
         ),
         (
-            "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]",
+            (
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr:"
+                " 10.0.0.0/8}, podSelector: {}}]}]"
+            ),
             "spec.ingress[0].from[0]: Forbidden: may not specify both ipBlock and another peer",
         ),
         (
             "  podSelector: {matchExpressions: [{key: a, operator: Like, values: [x]}]}",
-            'spec.podSelector.matchExpressions[0].operator: Unsupported value: "Like": supported values: "In", "NotIn", "Exists", "DoesNotExist"',
+            (
+                "spec.podSelector.matchExpressions[0].operator: Unsupported"
+                ' value: "Like": supported values: "In", "NotIn", "Exists",'
+                ' "DoesNotExist"'
+            ),
         ),
         (
             "  podSelector: {}\n  ingress: [{ports: [{port: 53, protocol: ICMP}]}]",
-            'spec.ingress[0].ports[0].protocol: Unsupported value: "ICMP": supported values: "TCP", "UDP", "SCTP"',
+            (
+                "spec.ingress[0].ports[0].protocol: Unsupported value:"
+                ' "ICMP": supported values: "TCP", "UDP", "SCTP"'
+            ),
         ),
     ],
 )
@@ -322,7 +376,10 @@ def test_server_fields_of_a_copied_object_are_not_desired_state() -> None:
     text = (
         pod().replace(
             "labels: {app: web}",
-            "labels: {app: web}\n  uid: abc\n  resourceVersion: '7'\n  creationTimestamp: '2024-01-01T00:00:00Z'",
+            (
+                "labels: {app: web}\n  uid: abc\n  resourceVersion: '7'\n "
+                " creationTimestamp: '2024-01-01T00:00:00Z'"
+            ),
         )
         + "status: {phase: Running}\n"
     )
