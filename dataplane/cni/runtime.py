@@ -25,7 +25,7 @@ from dataplane.cni.protocol import (
 )
 from dataplane.endpoint.netns import netns_path
 
-__all__ = ["CNIError", "find_plugin", "invoke_plugin"]
+__all__ = ["CNIError", "cni_args_env", "find_plugin", "invoke_plugin"]
 
 PLUGIN_TIMEOUT = 60.0  # seconds; a plugin still running then is killed
 
@@ -40,6 +40,13 @@ def find_plugin(kind: str, cni_path: list[str]) -> str:
         f"failed to find plugin {kind!r} in path {cni_path}",
         "install it or add its directory to CNI_PATH",
     )
+
+
+def cni_args_env(args: dict[str, str]) -> str:
+    """CNI_ARGS as containerd writes it: IgnoreUnknown=1 first (plugins built on the reference
+    skel reject arguments they do not know otherwise), then K=V pairs joined by ';'."""
+    pairs = {"IgnoreUnknown": "1", **args} if args else {}
+    return ";".join(f"{k}={v}" for k, v in pairs.items())
 
 
 def _plugin_config(
@@ -145,7 +152,7 @@ async def invoke_plugin(
             CNI_CONTAINERID=container_id,
             CNI_NETNS=netns_path,
             CNI_IFNAME=ifname,
-            CNI_ARGS=";".join(f"{k}={v}" for k, v in (cni_args or {}).items()),
+            CNI_ARGS=cni_args_env(cni_args or {}),
         )
     plugins = list(network["plugins"])
     if command == "DEL":
