@@ -172,11 +172,11 @@ class IPAM:
         foreign: set[IPv4Address] = set()  # addresses the store says someone else holds
         failures = 0
         while failures < MAX_ATTEMPTS:
-            got = await self._kv.get(lkey)
-            if got is not None:
-                return Lease.decode(got.value)
             rec, rev = await self._ensure_node()
             leases = await self._read_leases()
+            mine = next((x for x in leases if x.owner == owner), None)
+            if mine is not None:
+                return mine
             used = {lease.ip for lease in leases} | foreign
             pool, ip, claim = await self._choose_address(rec, used, len(leases))
             lease = Lease(owner, ip, pool, self.node)
