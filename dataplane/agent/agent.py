@@ -13,26 +13,17 @@ import logging
 import sys
 from pathlib import Path
 
-from flowscope.apis.objectstore import ObjectStore
-
 from dataplane.agent import routing
 from dataplane.cni.conf import write_conflist
 from dataplane.cni.server import serve_cni
 from dataplane.cni.service import CNIService
 from dataplane.ipam import IPAM, PREFIXES_KEY_PREFIX, IPAMConfig, all_node_prefixes
 from dataplane.lab.kubelet import Kubelet
+from flowscope.apis.objectstore import ObjectStore
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.store.etcd import EtcdKV
 
 log = logging.getLogger(__name__)
-
-
-def ipam_config(info: ClusterInfo) -> IPAMConfig:
-    return IPAMConfig(
-        mode=info.ipam,  # type: ignore[arg-type]
-        vnet_cidr=info.vnet_cidr,
-        pod_cidr=info.pod_cidr,
-    )
 
 
 def cni_path() -> list[str]:
@@ -60,7 +51,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         kv = EtcdKV(self.info.etcd_url)
         objects = ObjectStore(kv)
-        ipam = IPAM(kv, ipam_config(self.info), self.node, self.node_ip)
+        ipam = IPAM(kv, IPAMConfig.from_cluster_info(self.info), self.node, self.node_ip)
         await ipam.ensure_node()
         masquerade = self._start_masquerade()
 

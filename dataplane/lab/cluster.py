@@ -170,7 +170,6 @@ def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress
 async def _seed(info: ClusterInfo) -> None:
     """The objects a new cluster has: namespaces default and kube-system, and its nodes."""
     from flowscope.apis.objectstore import ObjectStore
-
     from flowscope.store.etcd import EtcdKV
 
     kv = EtcdKV(info.etcd_url)
@@ -206,7 +205,6 @@ async def _seed(info: ClusterInfo) -> None:
 
 async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progress) -> None:
     from flowscope.apis.objectstore import ObjectStore
-
     from flowscope.store.etcd import EtcdKV
 
     kv = EtcdKV(info.etcd_url)
