@@ -28,6 +28,7 @@ _HOST_IFNAME = re.compile(rf"^{HOST_IFNAME_PREFIX}[0-9a-f]{{11}}$")
 _ADDR_GEN_NONE = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 _NUD_PERMANENT = 0x80
 _RT_SCOPE_LINK = 253
+_LOOPBACK_INDEX = 1  # lo is the first device of every network namespace
 
 
 class EndpointError(FlowscopeError):
@@ -60,6 +61,17 @@ async def _first(result) -> dict | None:
     async for msg in result:
         return msg
     return None
+
+
+async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
+    """The ifindex of `name`, or None: one RTM_GETLINK (link_lookup dumps every link)."""
+    try:
+        link = await _first(await ipr.link("get", ifname=name))
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    return link["index"] if link else None
 
 
 class Plumber:
@@ -100,14 +112,45 @@ class Plumber:
         except FileNotFoundError:
             raise EndpointError(f"pod network namespace {pod_netns} does not exist") from None
         try:
-            if await pod.link_lookup(ifname=ifname):
-                raise InterfaceExists(
-                    f"interface {ifname} already exists in {pod_netns}",
-                    hint="the runtime must DEL this attachment before adding it again",
+            await self._create_veth(node, pod, host, host_mac, pod_netns, ifname, pod_mac, mtu)
+            try:
+                # Pod side first, while the host side is still down: neither end has carrier
+                # yet, so turning IPv6 address generation off always precedes any link-local
+                # address. One message less for each side than "set mode; set up".
+                sysctls = asyncio.create_task(
+                    asyncio.to_thread(
+                        write_sysctls,
+                        self.node_netns,
+                        {
+                            f"net/ipv4/conf/{host}/forwarding": "1",
+                            f"net/ipv4/conf/{host}/rp_filter": "0",
+                        },
+                    )
                 )
-            # A host veth of this name without a registered endpoint is the remnant of an ADD
-            # that died midway (agent killed): it is ours, and in the way.
-            await self._delete_link(node, host)
+                try:
+                    await self._plumb_pod(pod, ifname, ip, host_mac)
+                finally:
+                    await sysctls
+                index = await self._plumb_host(node, host, ip, pod_mac)
+            except BaseException:
+                await self._delete_link(node, host)  # takes the peer, routes, neighbours along
+                raise
+        finally:
+            pod.close()
+        return Plumbed(host, host_mac, index, pod_mac)
+
+    async def _create_veth(
+        self,
+        node: AsyncIPRoute,
+        pod: AsyncIPRoute,
+        host: str,
+        host_mac: str,
+        pod_netns: str,
+        ifname: str,
+        pod_mac: str,
+        mtu: int,
+    ) -> None:
+        for attempt in (1, 2):
             fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 await node.link(
@@ -118,35 +161,31 @@ class Plumber:
                     mtu=mtu,
                     peer={"ifname": ifname, "address": pod_mac, "mtu": mtu, "net_ns_fd": fd},
                 )
+                return
             except NetlinkError as e:
-                raise EndpointError(
-                    f"creating veth {host} <-> {pod_netns}:{ifname} failed: {e}"
-                ) from None
+                if e.code != errno.EEXIST:
+                    raise EndpointError(
+                        f"creating veth {host} <-> {pod_netns}:{ifname} failed: {e}"
+                    ) from None
             finally:
                 os.close(fd)
-            try:
-                index = await self._plumb_host(node, host, ip, pod_mac)
-                await self._plumb_pod(pod, ifname, ip, host_mac)
-            except BaseException:
-                await self._delete_link(node, host)  # takes the peer, routes, neighbours along
-                raise
-        finally:
-            pod.close()
-        return Plumbed(host, host_mac, index, pod_mac)
+            if await _index(pod, ifname) is not None:
+                raise InterfaceExists(
+                    f"interface {ifname} already exists in {pod_netns}",
+                    hint="the runtime must DEL this attachment before adding it again",
+                )
+            # A host veth of this name without a registered endpoint is the remnant of an ADD
+            # that died midway (agent killed): it is ours, and in the way.
+            if attempt == 1:
+                await self._delete_link(node, host)
+        raise EndpointError(f"creating veth {host}: the name stays taken in {self.node_netns}")
 
     async def _plumb_host(self, node: AsyncIPRoute, host: str, ip: IPv4Address, pod_mac: str):
         try:
-            (index,) = await node.link_lookup(ifname=host)
-            await node.link("set", index=index, af_spec=_ADDR_GEN_NONE)
-            await asyncio.to_thread(
-                write_sysctls,
-                self.node_netns,
-                {
-                    f"net/ipv4/conf/{host}/forwarding": "1",
-                    f"net/ipv4/conf/{host}/rp_filter": "0",
-                },
-            )
-            await node.link("set", index=index, state="up")
+            index = await _index(node, host)
+            if index is None:
+                raise EndpointError(f"host interface {host} vanished while being configured")
+            await node.link("set", index=index, af_spec=_ADDR_GEN_NONE, state="up")
             await node.route("add", dst=f"{ip}/32", oif=index, scope=_RT_SCOPE_LINK, proto="static")
             await node.neigh(
                 "add", dst=str(ip), lladdr=pod_mac, ifindex=index, state=_NUD_PERMANENT
@@ -157,13 +196,12 @@ class Plumber:
 
     async def _plumb_pod(self, pod: AsyncIPRoute, ifname: str, ip: IPv4Address, host_mac: str):
         try:
-            (index,) = await pod.link_lookup(ifname=ifname)
-            await pod.link("set", index=index, af_spec=_ADDR_GEN_NONE)
-            await pod.link("set", index=index, state="up")
+            index = await _index(pod, ifname)
+            if index is None:
+                raise EndpointError(f"pod interface {ifname} vanished while being configured")
+            await pod.link("set", index=index, af_spec=_ADDR_GEN_NONE, state="up")
             await pod.addr("add", index=index, address=str(ip), prefixlen=32)
-            lo = await pod.link_lookup(ifname="lo")
-            if lo:
-                await pod.link("set", index=lo[0], state="up")
+            await pod.link("set", index=_LOOPBACK_INDEX, state="up")
             await pod.route(
                 "add", dst=f"{GATEWAY}/32", oif=index, scope=_RT_SCOPE_LINK, proto="static"
             )
@@ -185,10 +223,10 @@ class Plumber:
 
     async def _delete_link(self, node: AsyncIPRoute, name: str) -> bool:
         try:
-            found = await node.link_lookup(ifname=name)
-            if not found:
+            index = await _index(node, name)
+            if index is None:
                 return False
-            await node.link("del", index=found[0])
+            await node.link("del", index=index)
             return True
         except NetlinkError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
