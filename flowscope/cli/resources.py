@@ -21,6 +21,24 @@ from flowscope.errors import FlowscopeError, NotFound, UsageError
 from flowscope.store.etcd import EtcdKV
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """Options anywhere between the names, as kubectl takes them: `get po -n ns web-1 -o yaml`.
+
+    (Plain argparse stops taking positionals after the first option.)
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "apply", help="create or update objects from YAML/JSON manifests (all or nothing)"
@@ -45,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ignore-not-found", action="store_true", help="treat absent objects as deleted"
     )
     p.set_defaults(func=cmd_delete)
+    p.__class__ = _Intermixed
 
     p = sub.add_parser("get", help="show objects as tables, YAML, JSON or names")
     p.add_argument("resource", metavar="KIND[,KIND...]", help="pods, svc, ns, netpol, no, ...")
@@ -54,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("wide", "yaml", "json", "name"))
     p.add_argument("-l", "--selector", help="label selector, e.g. app=web,tier!=db")
     p.set_defaults(func=cmd_get)
+    p.__class__ = _Intermixed
 
 
 async def _connect(args: argparse.Namespace) -> tuple[EtcdKV, ObjectStore]:

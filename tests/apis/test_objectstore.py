@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,7 @@ from flowscope.apis import documents
 from flowscope.apis.documents import InvalidManifest
 from flowscope.apis.objectstore import ObjectEvent, ObjectStore
 from flowscope.apis.refs import ObjectRef
-from flowscope.errors import NotFound
+from flowscope.errors import FlowscopeError, NotFound
 from flowscope.store.etcd import EtcdKV
 from flowscope.store.kv import KV
 from flowscope.store.memory import MemoryKV
@@ -117,7 +118,7 @@ async def test_missing_namespace_is_not_found_and_nothing_written(
 
 
 async def test_namespace_must_come_before_its_objects(store: ObjectStore) -> None:
-    ns, pod, svc = MANIFEST.split("---\n")
+    ns, pod, _svc = MANIFEST.split("---\n")
     with pytest.raises(InvalidManifest, match='namespaces "frontend" not found'):
         await store.apply(docs(pod + "---\n" + ns))
     assert [r.action for r in await store.apply(docs(ns + "---\n" + pod))] == ["created"] * 2
@@ -164,7 +165,8 @@ async def test_cluster_ip_is_immutable_and_kept(store: ObjectStore) -> None:
         "selector: {app: web}", "selector: {app: web}\n  clusterIP: 10.96.0.9"
     )
     with pytest.raises(
-        InvalidManifest, match='spec.clusterIP: Invalid value: "10.96.0.9": field is immutable'
+        InvalidManifest,
+        match=re.escape('spec.clusterIP: Invalid value: "10.96.0.9": field is immutable'),
     ):
         await store.apply(docs(pinned))
 
@@ -257,7 +259,9 @@ async def test_update_status_merges_conditions_by_type(store: ObjectStore) -> No
 
 async def test_update_refuses_an_invalid_result(store: ObjectStore) -> None:
     await store.apply(docs(MANIFEST))
-    with pytest.raises(Exception, match="status.podIP: Invalid value: 5: must be of type string"):
+    with pytest.raises(
+        FlowscopeError, match=re.escape("status.podIP: Invalid value: 5: must be of type string")
+    ):
         await store.update_status("Pod", "frontend", "web", {"podIP": 5})
 
 
