@@ -28,6 +28,7 @@ _HOST_IFNAME = re.compile(rf"^{HOST_IFNAME_PREFIX}[0-9a-f]{{11}}$")
 _ADDR_GEN_NONE = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 _NUD_PERMANENT = 0x80
 _RT_SCOPE_LINK = 253
+ACTIVATION_TIMEOUT = 2.0  # seconds for the kernel to activate a new veth's queues
 _LOOPBACK_INDEX = 1  # lo is the first device of every network namespace
 
 
@@ -132,6 +133,7 @@ class Plumber:
                 finally:
                     await sysctls
                 index = await self._plumb_host(node, host, ip, pod_mac)
+                await self._wait_active(node, host, pod, ifname)
             except BaseException:
                 await self._delete_link(node, host)  # takes the peer, routes, neighbours along
                 raise
@@ -179,6 +181,25 @@ class Plumber:
             if attempt == 1:
                 await self._delete_link(node, host)
         raise EndpointError(f"creating veth {host}: the name stays taken in {self.node_netns}")
+
+    async def _wait_active(
+        self, node: AsyncIPRoute, host: str, pod: AsyncIPRoute, ifname: str
+    ) -> None:
+        """Wait until both ends have their qdisc: the kernel attaches it asynchronously (link
+        watch) after carrier comes on, and until then a device drops everything it sends, so a
+        pod's first packet right after ADD would be lost (seen as a 1 s TCP SYN retransmit)."""
+        deadline = asyncio.get_running_loop().time() + ACTIVATION_TIMEOUT
+        for ipr, name in ((node, host), (pod, ifname)):
+            while True:
+                link = await _first(await ipr.link("get", ifname=name))
+                if link is not None and link.get("qdisc") not in (None, "noop"):
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise EndpointError(
+                        f"interface {name} did not come up within "
+                        f"{ACTIVATION_TIMEOUT:g}s (qdisc still noop)"
+                    )
+                await asyncio.sleep(0.0005)
 
     async def _plumb_host(self, node: AsyncIPRoute, host: str, ip: IPv4Address, pod_mac: str):
         try:
