@@ -53,7 +53,7 @@ class Agent:
         objects = ObjectStore(kv)
         ipam = IPAM(kv, IPAMConfig.from_cluster_info(self.info), self.node, self.node_ip)
         await ipam.ensure_node()
-        masquerade = self._start_masquerade()
+        masquerade = await self._start_masquerade()
 
         service = CNIService(kv, self.node, self.paths.node_netns(self.node), ipam, EndpointHooks())
         socket_path = self.paths.agent_socket(self.node)
@@ -75,18 +75,27 @@ class Agent:
         for task in tasks:
             task.cancel()
         server.close()
+        await service.close()
         await kv.close()
         for task in done:
-            if task is not stopped and task.exception():
+            if task is stopped:
+                continue
+            # every part runs until stopped: one that returns or fails takes the agent down
+            # (the lab's supervisor, or the user's `lab up`, restarts it)
+            if task.exception():
                 raise task.exception()  # type: ignore[misc]
+            raise RuntimeError(f"agent task {task.get_name()} ended unexpectedly")
 
-    def _start_masquerade(self):
+    async def _start_masquerade(self):
         if self.info.ipam != "overlay":
             return None  # VNET pods are routable as they are
         from probes.masquerade import Masquerade
 
+        # adopts the pinned NAT map of a previous run, so established flows survive a restart
         masq = Masquerade.load(self.paths.node_bpf_dir(self.node))
-        masq.attach(self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr)
+        await masq.attach(
+            self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr
+        )
         return masq
 
     async def _masquerade_gc(self, masq) -> None:

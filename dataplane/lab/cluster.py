@@ -153,7 +153,7 @@ def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress
     )
     progress(f"store: etcd on {url} (data in {data_dir})")
     daemons.start(daemon)
-    asyncio.run(wait_healthy(url, 20.0))
+    asyncio.run(wait_healthy(url, 20.0, log_file=daemon.log))
     return ClusterInfo(
         name=paths.cluster,
         ipam=plan.ipam,

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import os
 import sys
 
 from flowscope.errors import FlowscopeError
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `flowscope get ... | head`: the reader left, as kubectl does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
