@@ -16,6 +16,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
 from flowscope.errors import FlowscopeError
 
 NETNS_DIR = Path("/run/netns")

@@ -68,9 +68,14 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python dependencies (pip install -e .[dev])"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  # compat mode puts the source tree on a .pth path: no import hook, ~13 ms less per Python
+  # start, which the CNI plugin (one process per ADD) feels
+  "$VENV/bin/pip" install -q -e ".[dev]" --config-settings editable_mode=compat
   echo "$want" > "$stamp"
 fi
+# bytecode ahead of time: the plugin must not recompile itself on every call (and CI may set
+# PYTHONDONTWRITEBYTECODE)
+"$VENV/bin/python" -m compileall -q -j 0 flowscope dataplane probes collector exporters tui >/dev/null
 # console scripts on PATH for the lab's runtime (it execs flowscope-cni like containerd does)
 for s in flowscope flowscope-cni; do ln -sfn "$VENV/bin/$s" "/usr/local/bin/$s"; done
 log "ready ($VENV)"

@@ -15,6 +15,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2 import IPRoute
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
+
 RTPROT_FLOWSCOPE = 222  # /etc/iproute2/rt_protos leaves 200+ to local use
 
 

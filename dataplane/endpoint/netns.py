@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from pyroute2 import AsyncIPRoute
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
+
 T = TypeVar("T")
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
 from dataplane.endpoint.endpoint import GATEWAY, HOST_IFNAME_PREFIX, Endpoint, host_ifname
 from dataplane.endpoint.netns import netns_path, open_rtnl, write_sysctls
 from flowscope.errors import FlowscopeError

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from pyroute2 import IPRoute
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
 from dataplane.lab import netns
 from dataplane.lab.topology import LabPlan, NodePlan
 from flowscope.paths import ClusterPaths

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from pyroute2 import netns as _netns
 
+import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
+
 T = TypeVar("T")
 NETNS_DIR = Path("/run/netns")
 
