@@ -162,6 +162,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 	__u32 ihl = ip.ihl * 4;
 	__u32 tot_len = bpf_ntohs(ip.tot_len);
+	/* BIG TCP: a GSO packet above 64 KiB carries tot_len 0; its real length is the skb's. */
+	if (tot_len == 0 && skb->gso_size)
+		tot_len = skb->len - ETH_HLEN;
 	if (ip.version != 4 || ihl < sizeof(struct iphdr) || tot_len < ihl ||
 	    ETH_HLEN + tot_len > skb->len) {
 		p->malformed = 1;
