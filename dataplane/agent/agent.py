@@ -92,7 +92,8 @@ class Agent:
         from probes.masquerade import Masquerade
 
         # adopts the pinned NAT map of a previous run, so established flows survive a restart
-        masq = Masquerade.load(self.paths.node_bpf_dir(self.node))
+        # compiling takes ~1 s the first time: off the event loop
+        masq = await asyncio.to_thread(Masquerade.load, self.paths.node_bpf_dir(self.node) / "masq")
         await masq.attach(
             self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr
         )

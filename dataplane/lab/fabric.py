@@ -61,7 +61,12 @@ def build_fabric(paths: ClusterPaths, plan: LabPlan) -> None:
 def _attach_leg(
     paths: ClusterPaths, host_netns: str, fabric_ifname: str, ip: IPv4Address, plan: LabPlan
 ) -> None:
-    """One host on the VNET: `eth0` in `host_netns`, its peer on the fabric bridge."""
+    """One host on the VNET: `eth0` in `host_netns`, its peer on the fabric bridge.
+
+    Hosts see only the VNET's reserved /24 (router, nodes, outside hosts) as on-link; every other
+    VNET address goes through the router. Azure's SDN answers ARP for the whole subnet itself;
+    here pod addresses, which no host on the bridge answers ARP for, reach their node that way.
+    """
     netns.create(host_netns)
     with IPRoute(netns=host_netns) as ipr:
         if _link_index(ipr, UPLINK) is None:
@@ -73,7 +78,7 @@ def _attach_leg(
             )
         index = _link_index(ipr, UPLINK)
         assert index is not None
-        _ensure_addr(ipr, index, ip, plan.vnet_cidr.prefixlen)
+        _ensure_addr(ipr, index, ip, plan.reserved.prefixlen)
         ipr.link("set", index=index, state="up")
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(plan.gateway))
     with IPRoute(netns=paths.fabric_netns) as ipr:
