@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from flowscope.store.etcd_server import etcd_command, wait_healthy
 
 
 def free_port() -> int:
@@ -35,47 +36,14 @@ def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("etcd")
     client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
+    argv = etcd_command("test", data, client, peer)
     proc = subprocess.Popen(
-        [
-            binary,
-            "--name",
-            "test",
-            "--data-dir",
-            str(data),
-            "--listen-client-urls",
-            url,
-            "--advertise-client-urls",
-            url,
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-cluster",
-            f"test=http://127.0.0.1:{peer}",
-            "--heartbeat-interval",
-            "10",
-            "--election-timeout",
-            "100",
-            "--max-txn-ops",
-            "20000",
-            "--max-request-bytes",
-            "33554432",
-        ],
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=open(Path(data) / "etcd.log", "wb"),  # noqa: SIM115
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if b'"true"' in r.read():
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"etcd did not become healthy; see {data}/etcd.log")
-            time.sleep(0.05)
+        asyncio.run(wait_healthy(url, 15, log_file=Path(data) / "etcd.log"))
         yield url
     finally:
         proc.terminate()

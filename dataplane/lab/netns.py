@@ -1,13 +1,8 @@
-"""Network namespaces of the lab, and running a function inside one.
-
-setns(2) moves only the calling thread, so work that must happen "inside" a namespace (sysctls,
-sockets bound there) runs on a short-lived thread of its own and never moves the caller.
-"""
+"""Network namespaces of the lab: create, list, remove, and run a function inside one."""
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +10,7 @@ from typing import TypeVar
 from pyroute2 import netns as _netns
 
 import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
+from dataplane.endpoint.netns import run_in_netns, write_sysctls
 
 T = TypeVar("T")
 NETNS_DIR = Path("/run/netns")
@@ -45,33 +41,13 @@ def list_with_prefix(prefix: str) -> list[str]:
 
 
 def run_in(name: str, fn: Callable[[], T]) -> T:
-    """Run `fn` on a fresh thread inside namespace `name` and return its result."""
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            _netns.setns(str(path(name)), flags=0)
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"netns:{name}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    """Run `fn` inside namespace `name` (this thread enters it and comes back)."""
+    return run_in_netns(str(path(name)), fn)
 
 
 def set_sysctls(name: str, values: dict[str, str]) -> None:
     """Write sysctls (keys like 'net.ipv4.ip_forward') inside namespace `name`."""
-
-    def write() -> None:
-        for key, value in values.items():
-            with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-                f.write(value)
-
-    run_in(name, write)
+    write_sysctls(str(path(name)), {k.replace(".", "/"): v for k, v in values.items()})
 
 
 def _loopback_up() -> None:
