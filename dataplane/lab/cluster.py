@@ -10,6 +10,7 @@ namespaces, pinned objects, cgroups, CNI config and state; it also cleans up aft
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import sys
@@ -274,6 +275,15 @@ def down(name: str, progress: Progress) -> bool:
             shutil.rmtree(path)
             progress(f"removed {path}")
             found = True
+    # the shared parents go too once the last cluster is gone
+    for parent in (
+        run_dir.parent,
+        paths.lib_dir.parent,
+        paths.bpf_dir.parent,
+        paths.cgroup_dir.parent,
+    ):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
     return found
 
 
