@@ -9,6 +9,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=open(Path(data) / "etcd.log", "wb"),  # noqa: SIM115
     )
     try:
-        asyncio.run(wait_healthy(url, 15, log_file=Path(data) / "etcd.log"))
+        # its own thread: pytest-asyncio may already run a loop in this one
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(
+                asyncio.run, wait_healthy(url, 15, log_file=Path(data) / "etcd.log")
+            ).result()
         yield url
     finally:
         proc.terminate()
