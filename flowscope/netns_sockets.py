@@ -10,15 +10,13 @@ strategy into pyroute2; dataplane/ and probes/ import it first.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import threading
 
 import pyroute2.netns as _pyroute2_netns
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from flowscope.setns import enter_netns
 
 
 def _netns_path(netns: str) -> str:
@@ -30,13 +28,7 @@ def socket_in_netns(netns: str, family: int, socket_type: int, proto: int) -> so
 
     def target() -> None:
         try:
-            fd = os.open(_netns_path(netns), os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter_netns(_netns_path(netns))
             box["sock"] = socket.socket(family, socket_type, proto)
         except BaseException as exc:
             box["error"] = exc

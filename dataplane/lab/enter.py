@@ -3,10 +3,9 @@ forked probe children import it, and must start fast)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-CLONE_NEWNET = 0x40000000
+from flowscope.setns import enter_netns
 
 
 def enter(netns_path: str | None, cgroup: str | None) -> None:
@@ -19,11 +18,4 @@ def enter(netns_path: str | None, cgroup: str | None) -> None:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     if netns_path:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(netns_path, os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-        finally:
-            os.close(fd)
+        enter_netns(netns_path)

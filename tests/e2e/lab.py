@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 FLOWSCOPE = [sys.executable, "-m", "flowscope"]
+WORLD = "10.224.0.254"  # the lab's outside host
 
 
 @dataclass
@@ -78,3 +79,12 @@ class Lab:
         result = json.loads(proc.stdout)
         assert result["connected"] == (proc.returncode == 0)
         return result
+
+    def seen_as(self, pod: str, host: str = WORLD) -> str:
+        """The source address `host`'s responder sees for a connection from `pod`."""
+        script = (
+            "import urllib.request as u;"
+            f"print(u.urlopen('http://{host}/clientip', timeout=2).read().decode())"
+        )
+        out = self.run("lab", "exec", pod, "--", "python3", "-c", script).stdout
+        return out.strip().rpartition(":")[0]

@@ -122,20 +122,7 @@ def test_outside_world_and_agent_restart(lab) -> None:
     world = "10.224.0.254"
     result = lab.probe("x/b", f"{world}:80")
     assert result["connected"] and result["answer"] == "world"
-    seen_as = (
-        lab.run(
-            "lab",
-            "exec",
-            "x/b",
-            "--",
-            "python3",
-            "-c",
-            "import urllib.request as u;"
-            f"print(u.urlopen('http://{world}/clientip', timeout=2).read().decode())",
-        )
-        .stdout.strip()
-        .split(":")[0]
-    )
+    seen_as = lab.seen_as("x/b", world)
     if ipam == "overlay":
         assert seen_as == "10.224.0.5"  # masqueraded to node-2's address
     else:
