@@ -22,6 +22,7 @@ from ipaddress import IPv4Network
 from dataplane.lab import daemons, fabric, netns, topology
 from dataplane.lab.sandbox import Sandbox, remove_cgroup_tree
 from flowscope import clusterinfo
+from flowscope.apis.conditions import is_ready
 from flowscope.clusterinfo import ClusterInfo, NodeInfo
 from flowscope.errors import FlowscopeError
 from flowscope.paths import ClusterPaths, valid_cluster_name
@@ -214,11 +215,7 @@ async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progres
         deadline = time.monotonic() + timeout
         reported: set[str] = set()
         while True:
-            ready = set()
-            for node in await store.list("Node"):
-                conds = node.get("status", {}).get("conditions", [])
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                    ready.add(node["metadata"]["name"])
+            ready = {n["metadata"]["name"] for n in await store.list("Node") if is_ready(n)}
             for name in sorted(ready - reported):
                 progress(f"node {name} is Ready")
             reported |= ready
@@ -299,14 +296,12 @@ def node_statuses(info: ClusterInfo, nodes: list[dict]) -> list[NodeStatus]:
     by_name = {n["metadata"]["name"]: n for n in nodes}
     out = []
     for node in info.nodes:
-        obj = by_name.get(node.name, {})
-        conds = obj.get("status", {}).get("conditions", [])
         out.append(
             NodeStatus(
                 node.name,
                 str(node.ip),
                 daemons.pid_of(agent_daemon(info.paths, node.name).pidfile),
-                any(c["type"] == "Ready" and c["status"] == "True" for c in conds),
+                is_ready(by_name.get(node.name, {})),
             )
         )
     return out

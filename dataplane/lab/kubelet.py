@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dataplane.cni.runtime import CNIError, invoke_plugin
 from dataplane.lab.sandbox import Sandbox
+from flowscope.apis.conditions import is_ready
 from flowscope.clusterinfo import ClusterInfo
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Kubelet:
                 proc = await asyncio.to_thread(sandbox.start_responder, name, tcp, udp, log_file)
                 self._procs.append(proc)
             self._pending.pop(uid, None)
-            if pod.get("status", {}).get("podIP") != record.ip or not _ready(pod):
+            if pod.get("status", {}).get("podIP") != record.ip or not is_ready(pod):
                 await self._set_status(pod, record)
         except Exception as exc:
             log.warning("pod %s/%s: %s (retrying)", ns, name, exc)
@@ -280,10 +281,3 @@ class Kubelet:
             await self.objects.update_status("Pod", meta["namespace"], meta["name"], status)
         except Exception as status_exc:  # the pod may be gone; the retry loop will see
             log.debug("status of %s/%s: %s", meta["namespace"], meta["name"], status_exc)
-
-
-def _ready(pod: dict) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in pod.get("status", {}).get("conditions", [])
-    )

@@ -13,6 +13,7 @@ import yaml
 
 from flowscope import clusterinfo
 from flowscope.apis import documents, kinds, labels
+from flowscope.apis.conditions import condition_status
 from flowscope.apis.kinds import Kind
 from flowscope.apis.labels import SelectorSyntaxError
 from flowscope.apis.objectstore import ObjectStore, not_found, qualified
@@ -179,13 +180,6 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
     return f"{d // 365}y"
 
 
-def _cond(obj: dict, type_: str) -> str | None:
-    for c in (obj.get("status") or {}).get("conditions") or ():
-        if c.get("type") == type_:
-            return c.get("status")
-    return None
-
-
 def _pod_row(p: dict, wide: bool) -> list[str]:
     spec, status = p.get("spec") or {}, p.get("status") or {}
     containers = spec.get("containers") or ()
@@ -194,7 +188,7 @@ def _pod_row(p: dict, wide: bool) -> list[str]:
         ready = sum(1 for c in statuses if c.get("ready"))
         restarts = sum(int(c.get("restartCount") or 0) for c in statuses)
     else:
-        ready = len(containers) if _cond(p, "Ready") == "True" else 0
+        ready = len(containers) if condition_status(p, "Ready") == "True" else 0
         restarts = 0
     phase = status.get("phase") or "Pending"
     reason = status.get("reason")
@@ -236,7 +230,7 @@ def _service_row(s: dict, wide: bool) -> list[str]:
 
 
 def _node_row(n: dict, wide: bool) -> list[str]:
-    ready = _cond(n, "Ready")
+    ready = condition_status(n, "Ready")
     status = "Ready" if ready == "True" else ("NotReady" if ready == "False" else "Unknown")
     roles = sorted(
         k.rpartition("/")[2]

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowscope.apis import labels
+from flowscope.apis.conditions import condition
 from flowscope.apis.refs import ObjectRef
-from flowscope.controllers.scheduler import TERMINAL_PHASES, condition
+from flowscope.controllers.scheduler import TERMINAL_PHASES
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowscope.apis.conditions import condition, is_ready
+
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -34,18 +36,6 @@ class Unschedulable:
 Decision = Binding | Unschedulable
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in (obj.get("status") or {}).get("conditions") or ():
-        if c.get("type") == type_:
-            return c
-    return None
-
-
-def node_ready(node: dict[str, Any]) -> bool:
-    c = condition(node, "Ready")
-    return c is not None and c.get("status") == "True"
-
-
 def _active(pod: dict[str, Any]) -> bool:
     meta = pod.get("metadata") or {}
     phase = (pod.get("status") or {}).get("phase")
@@ -67,7 +57,7 @@ def _scheduled_condition_is(pod: dict[str, Any], status: str, reason: str | None
 def schedule(pods: Iterable[dict[str, Any]], nodes: Sequence[dict[str, Any]]) -> list[Decision]:
     """The decisions to write now; [] when everything is where it should be."""
     names = {n["metadata"]["name"] for n in nodes}
-    ready = sorted(n["metadata"]["name"] for n in nodes if node_ready(n))
+    ready = sorted(n["metadata"]["name"] for n in nodes if is_ready(n))
     load = dict.fromkeys(ready, 0)
     active = sorted((p for p in pods if _active(p)), key=_sort_key)
     for p in active:
