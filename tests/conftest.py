@@ -8,12 +8,14 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from flowscope.store import KV, MemoryKV
+from flowscope.store.etcd import EtcdKV
 from flowscope.store.etcd_server import etcd_command, wait_healthy
 
 
@@ -67,3 +69,17 @@ def etcd_prefix() -> str:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
+    """The same test against MemoryKV and against the real etcd (a key prefix of its own)."""
+    if request.param == "memory":
+        store: KV = MemoryKV()
+    else:
+        url = request.getfixturevalue("etcd_url")
+        store = EtcdKV(url, prefix=request.getfixturevalue("etcd_prefix"))
+    try:
+        yield store
+    finally:
+        await store.close()

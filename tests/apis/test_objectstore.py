@@ -14,9 +14,7 @@ from flowscope.apis.documents import InvalidManifest
 from flowscope.apis.objectstore import ObjectEvent, ObjectStore
 from flowscope.apis.refs import ObjectRef
 from flowscope.errors import FlowscopeError, NotFound
-from flowscope.store.etcd import EtcdKV
 from flowscope.store.kv import KV
-from flowscope.store.memory import MemoryKV
 
 MANIFEST = """apiVersion: v1
 kind: Namespace
@@ -35,20 +33,6 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: http}]
 """
-
-
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
-    if request.param == "memory":
-        store: KV = MemoryKV()
-    else:
-        store = EtcdKV(
-            request.getfixturevalue("etcd_url"), prefix=request.getfixturevalue("etcd_prefix")
-        )
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

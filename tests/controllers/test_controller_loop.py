@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -11,9 +11,7 @@ from flowscope.apis import documents
 from flowscope.apis.objectstore import ObjectStore
 from flowscope.apis.refs import ObjectRef
 from flowscope.controllers import run_controllers
-from flowscope.store.etcd import EtcdKV
 from flowscope.store.kv import KV
-from flowscope.store.memory import MemoryKV
 
 APP = """apiVersion: v1
 kind: Namespace
@@ -35,20 +33,6 @@ spec:
 """
     for i in range(3)
 )
-
-
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
-    if request.param == "memory":
-        store: KV = MemoryKV()
-    else:
-        store = EtcdKV(
-            request.getfixturevalue("etcd_url"), prefix=request.getfixturevalue("etcd_prefix")
-        )
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 5) -> None:

@@ -5,24 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import pytest
-
-from flowscope.store.etcd import EtcdKV
 from flowscope.store.kv import KV, Compare, Delete, Put, WatchEvent
-from flowscope.store.memory import MemoryKV
-
-
-@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
-    if request.param == "memory":
-        store: KV = MemoryKV()
-    else:
-        url = request.getfixturevalue("etcd_url")
-        store = EtcdKV(url, prefix=request.getfixturevalue("etcd_prefix"))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def next_events(it: AsyncIterator[WatchEvent], n: int) -> list[WatchEvent]:
