@@ -25,7 +25,7 @@ from flowscope import clusterinfo
 from flowscope.apis.conditions import is_ready
 from flowscope.clusterinfo import ClusterInfo, NodeInfo
 from flowscope.errors import FlowscopeError
-from flowscope.paths import ClusterPaths, valid_cluster_name
+from flowscope.paths import CNI_CONF_ROOT, ClusterPaths, valid_cluster_name
 
 WORLD_TCP_PORTS = (80, 8080)
 WORLD_UDP_PORTS = (8081,)
@@ -50,10 +50,6 @@ def _free_port() -> int:
 
 def _python() -> list[str]:
     return [sys.executable, "-m", "flowscope"]
-
-
-def etcd_daemon(paths: ClusterPaths) -> daemons.Daemon:
-    return daemons.Daemon("etcd", (), paths.run_dir)
 
 
 def _daemon(paths: ClusterPaths, name: str, argv: list[str]) -> daemons.Daemon:
@@ -171,12 +167,9 @@ def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress
 
 async def _seed(info: ClusterInfo) -> None:
     """The objects a new cluster has: namespaces default and kube-system, and its nodes."""
-    from flowscope.apis.objectstore import ObjectStore
-    from flowscope.store.etcd import EtcdKV
+    from flowscope.connect import cluster_store
 
-    kv = EtcdKV(info.etcd_url)
-    try:
-        store = ObjectStore(kv)
+    async with cluster_store(info) as store:
         objects: list[dict] = [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
             for ns in ("default", "kube-system")
@@ -201,17 +194,12 @@ async def _seed(info: ClusterInfo) -> None:
                 )
         if objects:
             await store.apply(objects, internal=True)
-    finally:
-        await kv.close()
 
 
 async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progress) -> None:
-    from flowscope.apis.objectstore import ObjectStore
-    from flowscope.store.etcd import EtcdKV
+    from flowscope.connect import cluster_store
 
-    kv = EtcdKV(info.etcd_url)
-    try:
-        store = ObjectStore(kv)
+    async with cluster_store(info) as store:
         deadline = time.monotonic() + timeout
         reported: set[str] = set()
         while True:
@@ -235,8 +223,6 @@ async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progres
                     hint=f"read the agent logs in {info.paths.run_dir}",
                 )
             await asyncio.sleep(0.1)
-    finally:
-        await kv.close()
 
 
 def down(name: str, progress: Progress) -> bool:
@@ -264,7 +250,7 @@ def down(name: str, progress: Progress) -> bool:
         found = True
     for path in [
         paths.bpf_dir,
-        *paths.cni_conf_dir("x").parent.glob(f"flowscope-{name}-*"),
+        *CNI_CONF_ROOT.glob(f"flowscope-{name}-*"),
         run_dir,
         paths.lib_dir,
     ]:

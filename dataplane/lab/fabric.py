@@ -8,7 +8,7 @@ peer placed straight into the fabric namespace.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
 
@@ -95,11 +95,6 @@ def build_node(paths: ClusterPaths, plan: LabPlan, node: NodePlan) -> None:
 
 def build_world(paths: ClusterPaths, plan: LabPlan) -> None:
     _attach_leg(paths, world_netns(paths), WORLD_IFNAME, plan.world_ip, plan)
-
-
-def set_route(netns_name: str, dst: IPv4Network, gateway: IPv4Address) -> None:
-    with IPRoute(netns=netns_name) as ipr:
-        ipr.route("replace", dst=str(dst), gateway=str(gateway))
 
 
 def teardown(paths: ClusterPaths) -> list[str]:

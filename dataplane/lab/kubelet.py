@@ -180,22 +180,7 @@ class Kubelet:
         meta = pod["metadata"]
         cid = container_id(meta["uid"])
         await asyncio.to_thread(sandbox.create)
-        args = {
-            "K8S_POD_NAMESPACE": meta["namespace"],
-            "K8S_POD_NAME": meta["name"],
-            "K8S_POD_UID": meta["uid"],
-            "K8S_POD_INFRA_CONTAINER_ID": cid,
-        }
-        result = await invoke_plugin(
-            "ADD",
-            self.conflist,
-            container_id=cid,
-            netns_path=sandbox.netns_path,
-            ifname=IFNAME,
-            cni_args=args,
-            cni_path=self.cni_path,
-            run_in_netns=self.info.paths.node_netns(self.node),
-        )
+        result = await self._cni("ADD", meta["uid"], meta["namespace"], meta["name"], cid, sandbox)
         ip = result["ips"][0]["address"].split("/")[0]
         record = PodRecord(meta["uid"], meta["namespace"], meta["name"], cid, ip, result)
         self._save_record(record)
@@ -205,22 +190,14 @@ class Kubelet:
     async def _teardown(self, record: PodRecord) -> None:
         sandbox = Sandbox.for_pod(self.info.paths, self.node, record.uid)
         await asyncio.to_thread(sandbox.destroy)  # processes first, as containerd stops tasks
-        args = {
-            "K8S_POD_NAMESPACE": record.namespace,
-            "K8S_POD_NAME": record.name,
-            "K8S_POD_UID": record.uid,
-            "K8S_POD_INFRA_CONTAINER_ID": record.container_id,
-        }
         try:
-            await invoke_plugin(
+            await self._cni(
                 "DEL",
-                self.conflist,
-                container_id=record.container_id,
-                netns_path=sandbox.netns_path,
-                ifname=IFNAME,
-                cni_args=args,
-                cni_path=self.cni_path,
-                run_in_netns=self.info.paths.node_netns(self.node),
+                record.uid,
+                record.namespace,
+                record.name,
+                record.container_id,
+                sandbox,
                 prev_result=record.result,
             )
         except CNIError as exc:
@@ -228,6 +205,34 @@ class Kubelet:
             return  # keep the record: the next sync retries the DEL
         self._record_path(record.uid).unlink(missing_ok=True)
         log.info("pod %s/%s: removed from %s", record.namespace, record.name, self.node)
+
+    async def _cni(
+        self,
+        command: str,
+        uid: str,
+        namespace: str,
+        name: str,
+        cid: str,
+        sandbox: Sandbox,
+        prev_result: dict | None = None,
+    ) -> dict:
+        """Run the node's CNI plugin chain for one pod, with the arguments containerd passes."""
+        return await invoke_plugin(
+            command,
+            self.conflist,
+            container_id=cid,
+            netns_path=sandbox.netns_path,
+            ifname=IFNAME,
+            cni_args={
+                "K8S_POD_NAMESPACE": namespace,
+                "K8S_POD_NAME": name,
+                "K8S_POD_UID": uid,
+                "K8S_POD_INFRA_CONTAINER_ID": cid,
+            },
+            cni_path=self.cni_path,
+            run_in_netns=self.info.paths.node_netns(self.node),
+            prev_result=prev_result,
+        )
 
     async def _set_status(self, pod: dict, record: PodRecord) -> None:
         started = pod.get("status", {}).get("startTime") or now()

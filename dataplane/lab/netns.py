@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -55,8 +54,3 @@ def _loopback_up() -> None:
 
     with IPRoute() as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-
-
-def current_is(name: str) -> bool:
-    """Whether this thread is in namespace `name` (compares inode numbers)."""
-    return os.stat(path(name)).st_ino == os.stat("/proc/thread-self/ns/net").st_ino

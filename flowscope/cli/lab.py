@@ -8,6 +8,7 @@ import sys
 from ipaddress import IPv4Address, IPv4Network
 
 from flowscope import clusterinfo
+from flowscope.connect import cluster_store
 from flowscope.errors import FlowscopeError, NotFound, UsageError
 
 
@@ -91,24 +92,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _store(cluster_name: str):
-    from flowscope.apis.objectstore import ObjectStore
-    from flowscope.store.etcd import EtcdKV
-
-    info = clusterinfo.load(cluster_name)
-    kv = EtcdKV(info.etcd_url)
-    return info, kv, ObjectStore(kv)
-
-
 async def cmd_status(args: argparse.Namespace) -> int:
     from dataplane.lab import cluster
 
-    info, kv, store = await _store(_name(args))
-    try:
+    info = clusterinfo.load(_name(args))
+    async with cluster_store(info) as store:
         nodes = await store.list("Node")
         pods = await store.list("Pod")
-    finally:
-        await kv.close()
     print(
         f"cluster {info.name}: ipam {info.ipam}, VNET {info.vnet_cidr}, "
         f"pod CIDR {info.pod_cidr or '(from the VNET)'}, store {info.etcd_url}"
@@ -151,11 +141,9 @@ async def _pod(store, ref: str) -> dict:
 async def _sandbox_of(cluster_name: str, ref: str):
     from dataplane.lab.cluster import pod_sandbox
 
-    info, kv, store = await _store(cluster_name)
-    try:
+    info = clusterinfo.load(cluster_name)
+    async with cluster_store(info) as store:
         return pod_sandbox(info, await _pod(store, ref))
-    finally:
-        await kv.close()
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -219,13 +207,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     target, port = split_target(args.target)
 
     async def lookup():
-        info, kv, store = await _store(args.cluster)
-        try:
+        info = clusterinfo.load(args.cluster)
+        async with cluster_store(info) as store:
             return pod_sandbox(info, await _pod(store, args.pod)), await resolve_target(
                 store, target
             )
-        finally:
-            await kv.close()
 
     sandbox, ip = asyncio.run(lookup())
     source = "/".join(_split_pod(args.pod))

@@ -16,10 +16,10 @@ from flowscope.apis import documents, kinds, labels
 from flowscope.apis.conditions import condition_status
 from flowscope.apis.kinds import Kind
 from flowscope.apis.labels import SelectorSyntaxError
-from flowscope.apis.objectstore import ObjectStore, not_found, qualified
+from flowscope.apis.objectstore import not_found, qualified
 from flowscope.apis.refs import ObjectRef
+from flowscope.connect import cluster_store
 from flowscope.errors import FlowscopeError, NotFound, UsageError
-from flowscope.store.etcd import EtcdKV
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -77,10 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.__class__ = _Intermixed
 
 
-async def _connect(args: argparse.Namespace) -> tuple[EtcdKV, ObjectStore]:
-    info = clusterinfo.load(args.cluster)
-    kv = EtcdKV(info.etcd_url)
-    return kv, ObjectStore(kv, service_cidr=info.service_cidr)
+def _connect(args: argparse.Namespace):
+    return cluster_store(clusterinfo.load(args.cluster))
 
 
 def _err(message: str) -> None:
@@ -92,15 +90,12 @@ def _err(message: str) -> None:
 
 async def cmd_apply(args: argparse.Namespace) -> int:
     docs = documents.load(args.filename)
-    kv, store = await _connect(args)
-    try:
+    async with _connect(args) as store:
         results = await store.apply(
             docs,
             namespace=args.namespace or "default",
             enforce_namespace=args.namespace is not None,
         )
-    finally:
-        await kv.close()
     for r in results:
         print(r)
     return 0
@@ -136,15 +131,13 @@ async def cmd_delete(args: argparse.Namespace) -> int:
             )
         kind = kinds.lookup(args.resource)
         refs = [ObjectRef(kind.kind, namespace if kind.namespaced else None, n) for n in args.names]
-    kv, store = await _connect(args)
     try:
-        results = await store.delete(refs, ignore_not_found=args.ignore_not_found)
+        async with _connect(args) as store:
+            results = await store.delete(refs, ignore_not_found=args.ignore_not_found)
     except NotFound as e:
         for line in str(e).split("\nerror: "):
             _err(f"Error from server (NotFound): {line}")
         return 1
-    finally:
-        await kv.close()
     for r in results:
         print(r)
     return 0
@@ -324,10 +317,9 @@ async def cmd_get(args: argparse.Namespace) -> int:
         raise UsageError(f"unable to parse requirement: {e}") from None
     namespace = None if args.all_namespaces else (args.namespace or "default")
 
-    kv, store = await _connect(args)
     failed = False
     found: list[tuple[Kind, list[dict]]] = []
-    try:
+    async with _connect(args) as store:
         for kind in wanted:
             ns = namespace if kind.namespaced else None
             if args.names:
@@ -342,8 +334,6 @@ async def cmd_get(args: argparse.Namespace) -> int:
             else:
                 objs = await store.list(kind, ns, selector)
             found.append((kind, objs))
-    finally:
-        await kv.close()
 
     everything = [o for _, objs in found for o in objs]
     if args.output in ("yaml", "json"):
