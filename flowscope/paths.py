@@ -82,4 +82,8 @@ class ClusterPaths:
 
     def cni_conf_dir(self, node: str) -> Path:
         # one directory per node: each lab node stands for a host with its own /etc/cni/net.d
-        return CNI_CONF_ROOT / f"flowscope-{self.cluster}-{node}"
+        return CNI_CONF_ROOT / f"flowscope.{self.cluster}.{node}"
+
+    def cni_conf_dirs(self) -> list[Path]:
+        """Every node's CNI config directory of this cluster (and of no other: see above)."""
+        return sorted(CNI_CONF_ROOT.glob(f"flowscope.{self.cluster}.*"))

@@ -25,7 +25,7 @@ from flowscope import clusterinfo
 from flowscope.apis.conditions import is_ready
 from flowscope.clusterinfo import ClusterInfo, NodeInfo
 from flowscope.errors import FlowscopeError
-from flowscope.paths import CNI_CONF_ROOT, ClusterPaths, valid_cluster_name
+from flowscope.paths import ClusterPaths, valid_cluster_name
 
 WORLD_TCP_PORTS = (80, 8080)
 WORLD_UDP_PORTS = (8081,)
@@ -250,7 +250,7 @@ def down(name: str, progress: Progress) -> bool:
         found = True
     for path in [
         paths.bpf_dir,
-        *CNI_CONF_ROOT.glob(f"flowscope-{name}-*"),
+        *paths.cni_conf_dirs(),
         run_dir,
         paths.lib_dir,
     ]:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 
 import pytest
 
@@ -53,7 +52,7 @@ def assert_no_trace(name: str) -> None:
     assert netns.list_with_prefix(paths.netns_prefix) == []
     for path in (paths.run_dir, paths.lib_dir, paths.bpf_dir, paths.cgroup_dir):
         assert not path.exists(), path
-    assert not list(Path("/etc/cni/net.d").glob(f"flowscope-{name}-*"))
+    assert paths.cni_conf_dirs() == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--cluster {name} " not in ps
 

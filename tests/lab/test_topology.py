@@ -22,6 +22,17 @@ def test_vnet_plan_takes_pods_from_vnet_unless_a_pod_subnet_is_given() -> None:
     assert plan.pod_cidr == IPv4Network("10.225.0.0/16")
 
 
+def test_cluster_names_never_prefix_each_other(tmp_path, monkeypatch) -> None:
+    from flowscope import paths as paths_module
+
+    monkeypatch.setattr(paths_module, "CNI_CONF_ROOT", tmp_path)
+    a, b = paths_module.ClusterPaths("lab"), paths_module.ClusterPaths("lab-x")
+    for p in (a, b):
+        p.cni_conf_dir("node-1").mkdir()
+    assert a.cni_conf_dirs() == [a.cni_conf_dir("node-1")]
+    assert not b.netns_prefix.startswith(a.netns_prefix)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
