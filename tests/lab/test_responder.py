@@ -40,8 +40,9 @@ def sandbox(tmp_path):
         box.destroy()
         netns.remove(box.netns)
         assert not box.exists() and not box.cgroup.exists()
-        with contextlib.suppress(OSError):  # shared parent: only when no other test uses it
-            box.cgroup.parent.rmdir()
+        for parent in (box.cgroup.parent, CGROUP_ROOT):  # shared: only when nobody uses them
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 @pytest.mark.privileged
