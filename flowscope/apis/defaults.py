@@ -11,6 +11,14 @@ def _ports_protocol(ports: list | None) -> None:
             port["protocol"] = "TCP"
 
 
+def namespace(obj: dict[str, Any]) -> None:
+    # the apiserver labels every namespace with its name, so namespaceSelector can pick one by name
+    meta = obj.setdefault("metadata", {})
+    labels = meta.get("labels") or {}
+    labels["kubernetes.io/metadata.name"] = meta.get("name", "")
+    meta["labels"] = labels
+
+
 def pod(obj: dict[str, Any]) -> None:
     spec = obj.setdefault("spec", {})
     for c in spec.get("containers") or ():

@@ -72,6 +72,7 @@ KINDS: tuple[Kind, ...] = (
         name_syntax=names.dns1123_label,
         checks=checks.namespace,
         schema="namespace-v1",
+        defaults=defaults.namespace,
     ),
     Kind(
         "Node",

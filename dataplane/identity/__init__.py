@@ -1,0 +1,1 @@
+"""Security identities: one number per distinct set of security-relevant labels (Cilium's model)."""
