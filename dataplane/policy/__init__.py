@@ -1,0 +1,1 @@
+"""Kubernetes NetworkPolicy compiled into per-endpoint policy map entries (pure Python)."""
