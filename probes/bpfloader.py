@@ -111,10 +111,13 @@ class CompiledObject:
                 value_size = ct.sizeof(table.Leaf)
                 if map_type in libbpf.PERCPU_MAP_TYPES:
                     value_size //= libbpf.possible_cpus()
+                key_size = ct.sizeof(table.Key)
+                if map_type == libbpf.BPF_MAP_TYPE_RINGBUF:
+                    key_size = value_size = 0  # bcc reports 4/4; the kernel insists on 0/0
                 specs[name] = MapSpec(
                     name=name,
                     map_type=map_type,
-                    key_size=ct.sizeof(table.Key),
+                    key_size=key_size,
                     value_size=value_size,
                     max_entries=lib.bpf_table_max_entries_id(b.module, table.map_id),
                     flags=lib.bpf_table_flags_id(b.module, table.map_id),
