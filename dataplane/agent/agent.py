@@ -34,6 +34,9 @@ def cni_path() -> list[str]:
 class EndpointHooks:
     """What the datapath does when an endpoint comes or goes (policy and identity join later)."""
 
+    async def host_link_created(self, host_ifname: str) -> None:
+        log.debug("host link created: %s", host_ifname)
+
     async def endpoint_added(self, endpoint) -> None:
         log.debug("endpoint added: %s", endpoint)
 

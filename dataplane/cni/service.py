@@ -57,13 +57,20 @@ class IPAMLike(Protocol):
 
 
 class EndpointHooks(Protocol):
-    """What the datapath does when an endpoint comes or goes; both run before CNI answers."""
+    """What the datapath does when an endpoint comes or goes; all run before CNI answers.
 
+    host_link_created runs while the new veth pair is still down and unrouted (attach programs
+    there); endpoint_added once the endpoint is plumbed and registered (identity, policy)."""
+
+    async def host_link_created(self, host_ifname: str) -> None: ...
     async def endpoint_added(self, endpoint: Endpoint) -> None: ...
     async def endpoint_removed(self, endpoint: Endpoint) -> None: ...
 
 
 class NoHooks:
+    async def host_link_created(self, host_ifname: str) -> None:
+        pass
+
     async def endpoint_added(self, endpoint: Endpoint) -> None:
         pass
 
@@ -213,7 +220,12 @@ class CNIService:
             try:
                 try:
                     plumbed = await self.plumber.plumb(
-                        request.container_id, request.ifname, request.netns, lease.ip, mtu
+                        request.container_id,
+                        request.ifname,
+                        request.netns,
+                        lease.ip,
+                        mtu,
+                        before_up=self.hooks.host_link_created,
                     )
                 except EndpointError as e:
                     raise CNIError(INTERNAL, e.args[0], e.hint or "") from None

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -103,9 +104,20 @@ class Plumber:
 
     # -- add ------------------------------------------------------------------------------------
     async def plumb(
-        self, container_id: str, ifname: str, pod_netns: str, ip: IPv4Address, mtu: int
+        self,
+        container_id: str,
+        ifname: str,
+        pod_netns: str,
+        ip: IPv4Address,
+        mtu: int,
+        *,
+        before_up: Callable[[str], Awaitable[None]] | None = None,
     ) -> Plumbed:
-        """Create and configure the veth pair; on failure nothing of it is left behind."""
+        """Create and configure the veth pair; on failure nothing of it is left behind.
+
+        `before_up(host_ifname)` runs once the pair exists and before either end is up or
+        routed: the datapath attaches its programs there, so no packet ever crosses the
+        endpoint unfiltered."""
         node = await self.node()
         host = host_ifname(container_id, ifname)
         host_mac, pod_mac = random_mac(), random_mac()
@@ -116,6 +128,8 @@ class Plumber:
         try:
             await self._create_veth(node, pod, host, host_mac, pod_netns, ifname, pod_mac, mtu)
             try:
+                if before_up is not None:
+                    await before_up(host)
                 # Pod side first, while the host side is still down: neither end has carrier
                 # yet, so turning IPv6 address generation off always precedes any link-local
                 # address. One message less for each side than "set mode; set up".

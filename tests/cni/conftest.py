@@ -70,9 +70,13 @@ def node() -> Iterator[Node]:
 
 class RecordingHooks:
     def __init__(self) -> None:
+        self.links: list[str] = []
         self.added: list[Endpoint] = []
         self.removed: list[Endpoint] = []
         self.fail_add = False
+
+    async def host_link_created(self, host_ifname: str) -> None:
+        self.links.append(host_ifname)
 
     async def endpoint_added(self, endpoint: Endpoint) -> None:
         if self.fail_add:

@@ -54,6 +54,8 @@ async def test_add_gives_a_pod_that_reaches_the_node_and_a_neighbour_on_the_firs
     assert str(ep.ip) == ip_of(a) and ep.pod_name == "ca" and ep.pod_namespace == "default"
     assert ep.pod_mac == pod["mac"] and ep.host_mac == host["mac"] and ep.netns == pod_a
     assert [e.container_id for e in agent.hooks.added] == ["ca", "cb"]
+    # the datapath saw each host veth before it came up
+    assert agent.hooks.links == [e.host_ifname for e in agent.hooks.added]
 
 
 async def test_duplicate_add_is_refused_and_leaves_the_first_endpoint_working(
