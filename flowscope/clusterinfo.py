@@ -34,6 +34,11 @@ class ClusterInfo:
     def paths(self) -> ClusterPaths:
         return ClusterPaths(self.name)
 
+    @property
+    def policy_audit_mode(self) -> bool:
+        """Cluster-wide policy audit mode (Cilium's policy-audit-mode): drops become AUDIT."""
+        return bool(self.extra.get("policy_audit_mode", False))
+
     def node(self, name: str) -> NodeInfo:
         for node in self.nodes:
             if node.name == name:

@@ -40,6 +40,7 @@ class UpOptions:
     vnet_cidr: IPv4Network = topology.DEFAULT_VNET_CIDR
     pod_cidr: IPv4Network | None = None
     timeout: float = 60.0
+    policy_audit_mode: bool = False  # cluster-wide: would-be policy drops pass as AUDIT
 
 
 def _free_port() -> int:
@@ -91,6 +92,8 @@ def _check_same_shape(info: ClusterInfo, opts: UpOptions, plan: topology.LabPlan
         differences.append(f"--vnet-cidr {info.vnet_cidr}")
     if info.pod_cidr != plan.pod_cidr:
         differences.append(f"--pod-cidr {info.pod_cidr}")
+    if info.policy_audit_mode != opts.policy_audit_mode:
+        differences.append("--policy-audit-mode" if info.policy_audit_mode else "no audit mode")
     if differences:
         raise FlowscopeError(
             f"cluster {info.name!r} is already up with {', '.join(differences)}",
@@ -121,7 +124,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     for node in plan.nodes:
         paths.node_cgroup(node.name).mkdir(parents=True, exist_ok=True)
 
-    info = existing or _start_store(paths, plan, progress)
+    info = existing or _start_store(paths, plan, progress, opts)
     if existing is None:
         clusterinfo.save(info)
     asyncio.run(_seed(info))
@@ -139,7 +142,9 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     return info, existing is not None
 
 
-def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress) -> ClusterInfo:
+def _start_store(
+    paths: ClusterPaths, plan: topology.LabPlan, progress: Progress, opts: UpOptions
+) -> ClusterInfo:
     from flowscope.store.etcd_server import etcd_command, wait_healthy
 
     data_dir = paths.lib_dir / "etcd"
@@ -161,7 +166,7 @@ def _start_store(paths: ClusterPaths, plan: topology.LabPlan, progress: Progress
         gateway=plan.gateway,
         etcd_url=url,
         nodes=tuple(NodeInfo(n.name, n.ip, paths.node_netns(n.name)) for n in plan.nodes),
-        extra={"world_ip": str(plan.world_ip)},
+        extra={"world_ip": str(plan.world_ip), "policy_audit_mode": opts.policy_audit_mode},
     )
 
 

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vnet-cidr", type=IPv4Network, default=IPv4Network("10.224.0.0/16"))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for nodes")
+    p.add_argument(
+        "--policy-audit-mode",
+        action="store_true",
+        help="cluster-wide policy audit mode: would-be policy drops pass and show as AUDIT",
+    )
     p.set_defaults(func=cmd_up)
 
     p = lab_sub.add_parser("down", help="remove everything the cluster made")
@@ -70,6 +75,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         vnet_cidr=args.vnet_cidr,
         pod_cidr=args.pod_cidr,
         timeout=args.timeout,
+        policy_audit_mode=args.policy_audit_mode,
     )
     info, was_up = cluster.up(opts, _say)
     if was_up:
