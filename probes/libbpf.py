@@ -20,6 +20,7 @@ from pathlib import Path
 
 # enum bpf_prog_type / bpf_map_type values used by flowscope (uapi/linux/bpf.h)
 BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
@@ -120,6 +121,8 @@ def _libbcc() -> ct.CDLL:
         ct.c_uint,  # log_buf_size
     ]
     lib.bcc_prog_load.restype = ct.c_int
+    lib.bpf_attach_tracepoint.argtypes = [ct.c_int, ct.c_char_p, ct.c_char_p]
+    lib.bpf_attach_tracepoint.restype = ct.c_int
     return lib
 
 
@@ -198,6 +201,22 @@ def prog_load(prog_type: int, name: str, insns: bytes, license: str) -> int:
         return fd
     tail = log.value.decode(errors="replace")[-4000:]
     raise OSError(err, f"load program {name}: {os.strerror(err)}\n{tail}")
+
+
+def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
+    """Attach a BPF_PROG_TYPE_TRACEPOINT program to tracefs event category:event.
+
+    libbcc opens a perf event for the tracepoint (perf_event_open, PERF_TYPE_TRACEPOINT, one
+    event on CPU 0: a tracepoint's BPF programs run on every CPU whichever CPU the perf event is
+    bound to), sets the program on it (PERF_EVENT_IOC_SET_BPF) and enables it. Returns the perf
+    event fd: the attachment lasts exactly as long as that fd is open (close it to detach), so a
+    process that dies leaves nothing attached. No kprobes, fentry or bpf_link support needed.
+    """
+    fd = _libbcc().bpf_attach_tracepoint(prog_fd, category.encode(), event.encode())
+    if fd < 0:
+        err = ct.get_errno() or errno_mod.EINVAL
+        raise OSError(err, f"attach tracepoint {category}:{event}: {os.strerror(err)}")
+    return fd
 
 
 def map_lookup(fd: int, key: ct.Array | ct.Structure | ct._SimpleCData, value) -> bool:

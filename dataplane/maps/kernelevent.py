@@ -1,0 +1,196 @@
+"""Kernel events from the tracepoint probes (probes/tracepoints.c `struct kernel_event`).
+
+One fixed 80-byte record for three kinds: a packet the kernel dropped (skb:kfree_skb, with the
+kernel's drop reason), a TCP state change (sock:inet_sock_set_state) and a TCP retransmit
+(tcp:tcp_retransmit_skb). The ctypes mirror has the C layout exactly (checked against bcc by
+tests/maps/test_kernelevent.py); records come off the ring buffer as bytes and are decoded in one
+numpy call per batch (`to_array`), then, only where a Python object per event is wanted, into
+frozen `KernelEvent`s.
+
+Drop reason numbers are the running kernel's `enum skb_drop_reason`, which changes between
+kernel versions (6.1: NO_SOCKET = 2; 6.18: NO_SOCKET = 3); names come from the tracepoint's own
+format file (`drop_reason_names`), never from a table compiled into flowscope.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Kind(enum.IntEnum):
+    """KIND_* in tracepoints.c."""
+
+    DROP = 1
+    STATE = 2
+    RETRANSMIT = 3
+
+
+class TcpState(enum.IntEnum):
+    """include/net/tcp_states.h; names as the kernel's tracepoints print them."""
+
+    TCP_ESTABLISHED = 1
+    TCP_SYN_SENT = 2
+    TCP_SYN_RECV = 3
+    TCP_FIN_WAIT1 = 4
+    TCP_FIN_WAIT2 = 5
+    TCP_TIME_WAIT = 6
+    TCP_CLOSE = 7
+    TCP_CLOSE_WAIT = 8
+    TCP_LAST_ACK = 9
+    TCP_LISTEN = 10
+    TCP_CLOSING = 11
+    TCP_NEW_SYN_RECV = 12
+
+
+AF_INET = 2
+AF_INET6 = 10
+
+
+class KernelEventStruct(ct.Structure):
+    """struct kernel_event. Ports are host order; addresses network order (IPv4 in bytes 0-3)."""
+
+    _fields_ = (
+        ("ktime_ns", ct.c_uint64),
+        ("location", ct.c_uint64),
+        ("netns", ct.c_uint32),
+        ("ifindex", ct.c_uint32),
+        ("drop_reason", ct.c_uint32),
+        ("skb_len", ct.c_uint32),
+        ("err", ct.c_int32),
+        ("kind", ct.c_uint8),
+        ("protocol", ct.c_uint8),
+        ("old_state", ct.c_uint8),
+        ("new_state", ct.c_uint8),
+        ("family", ct.c_uint16),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("saddr", ct.c_uint8 * 16),
+        ("daddr", ct.c_uint8 * 16),
+    )
+
+
+class TpConfigStruct(ct.Structure):
+    """struct tp_config: the probes' settings (one entry, key 0)."""
+
+    _fields_ = (("skip_reason", ct.c_uint32), ("pad", ct.c_uint32))
+
+
+EVENT_DTYPE = np.dtype(KernelEventStruct)
+EVENT_SIZE = EVENT_DTYPE.itemsize
+
+_SYMBOLIC = re.compile(r"\{\s*(\d+)\s*,\s*\"([A-Z0-9_]+)\"\s*\}")
+
+
+def drop_reason_names(format_text: str) -> dict[int, str]:
+    """The `enum skb_drop_reason` table from skb:kfree_skb's tracefs format file.
+
+    The kernel prints the reason with __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, ...);
+    that list is the enum of the running kernel, so it is the one table that is always right.
+    Raises ValueError when the text has no such list (not the kfree_skb format, or a kernel
+    without drop reasons)."""
+    start = format_text.find("__print_symbolic(REC->reason")
+    if start < 0:
+        raise ValueError("format text has no __print_symbolic(REC->reason, ...) table")
+    names = {int(num): name for num, name in _SYMBOLIC.findall(format_text[start:])}
+    if not names:
+        raise ValueError("the reason table in the format text is empty")
+    return names
+
+
+def to_array(records: Sequence[bytes]) -> np.ndarray:
+    """Ring buffer records (each EVENT_SIZE bytes) as one structured array, in one copy.
+
+    Raises ValueError naming the first record of another size (a stale or foreign ring)."""
+    for i, rec in enumerate(records):
+        if len(rec) != EVENT_SIZE:
+            raise ValueError(f"record {i} is {len(rec)} bytes, a kernel_event is {EVENT_SIZE}")
+    return np.frombuffer(b"".join(records), dtype=EVENT_DTYPE).copy()
+
+
+def _addr(raw: np.ndarray, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if family == AF_INET:
+        return ipaddress.IPv4Address(bytes(raw[:4]))
+    if family == AF_INET6:
+        return ipaddress.IPv6Address(bytes(raw))
+    return None
+
+
+def _state(value: int) -> str | None:
+    try:
+        return TcpState(value).name
+    except ValueError:
+        return None if value == 0 else str(value)
+
+
+@dataclass(frozen=True)
+class KernelEvent:
+    """One decoded event. Fields that do not apply to a kind are None (or 0 for numbers)."""
+
+    kind: Kind
+    time_ns: int  # CLOCK_MONOTONIC nanoseconds (the kernel's bpf_ktime_get_ns)
+    netns: int  # network namespace inode number
+    ifindex: int
+    family: int
+    protocol: int  # IPPROTO_*; 0 for a drop without an IPv4 header
+    saddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    sport: int
+    dport: int
+    drop_reason: int  # the running kernel's enum skb_drop_reason value (drops only)
+    drop_reason_name: str | None  # e.g. "NO_SOCKET"
+    old_state: str | None  # state changes: "TCP_SYN_SENT", ...
+    new_state: str | None  # state changes: the new state; retransmits: the socket's state
+    skb_len: int
+    location: int  # drops: kernel text address that freed the packet
+    err: int  # retransmits: the kernel's error for the retransmission (0: sent)
+
+    def __str__(self) -> str:
+        flow = f"{self.saddr}:{self.sport} > {self.daddr}:{self.dport} proto {self.protocol}"
+        if self.kind is Kind.DROP:
+            return f"DROP {self.drop_reason_name or self.drop_reason} {flow} if {self.ifindex}"
+        if self.kind is Kind.STATE:
+            return f"STATE {self.old_state} -> {self.new_state} {flow}"
+        return f"RETRANSMIT {self.new_state} {flow}"
+
+
+def decode(events: np.ndarray, reason_names: Mapping[int, str]) -> list[KernelEvent]:
+    """Structured array (EVENT_DTYPE) -> KernelEvents. Unknown kinds are skipped."""
+    out: list[KernelEvent] = []
+    for e in events:
+        try:
+            kind = Kind(int(e["kind"]))
+        except ValueError:
+            continue
+        family = int(e["family"])
+        reason = int(e["drop_reason"])
+        drop = kind is Kind.DROP
+        out.append(
+            KernelEvent(
+                kind=kind,
+                time_ns=int(e["ktime_ns"]),
+                netns=int(e["netns"]),
+                ifindex=int(e["ifindex"]),
+                family=family,
+                protocol=int(e["protocol"]),
+                saddr=_addr(e["saddr"], family),
+                daddr=_addr(e["daddr"], family),
+                sport=int(e["sport"]),
+                dport=int(e["dport"]),
+                drop_reason=reason,
+                drop_reason_name=reason_names.get(reason, str(reason)) if drop else None,
+                old_state=_state(int(e["old_state"])) if kind is Kind.STATE else None,
+                new_state=None if drop else _state(int(e["new_state"])),
+                skb_len=int(e["skb_len"]),
+                location=int(e["location"]),
+                err=int(e["err"]),
+            )
+        )
+    return out
