@@ -1,0 +1,153 @@
+"""The one-line form of a flow, as `hubble observe` prints it by default (its compact output):
+
+  Nov 28 21:52:51.123: x/a:43210 (ID:300) -> y/b:80 (ID:301) to-endpoint FORWARDED (TCP Flags: SYN)
+  Nov 28 21:52:51.124: x/a:43211 (ID:300) -> y/b:81 (ID:301) Policy denied DROPPED (TCP Flags: SYN)
+
+time (UTC), source, its identity, arrow (-> request, <- reply with the ends swapped, <> unknown),
+destination, its identity, the event's type (trace point, drop reason, policy verdict), verdict,
+and the summary in parentheses.
+"""
+
+from __future__ import annotations
+
+from flowscope.flow.dropreason import describe
+from flowscope.flow.model import (
+    SCTP,
+    TCP,
+    UDP,
+    Endpoint,
+    Flow,
+    LostEvent,
+    LostEventSource,
+    MessageType,
+    PolicyMatchType,
+    Record,
+    TraceObservationPoint,
+    TrafficDirection,
+    Verdict,
+)
+from flowscope.flow.summary import summary_of
+from flowscope.flow.timestamp import stamp_milli
+
+# Cilium's reserved identities as its NumericIdentity.String() names them.
+RESERVED_IDENTITY_NAMES = {
+    0: "unknown",
+    1: "host",
+    2: "world",
+    3: "unmanaged",
+    4: "health",
+    5: "init",
+    6: "remote-node",
+    7: "kube-apiserver",
+    8: "ingress",
+    9: "world-ipv4",
+    10: "world-ipv6",
+}
+# Trace event sub-types (the datapath's observation point numbers) and their names.
+_TRACE_POINTS = {p.datapath_code: p.label for p in TraceObservationPoint if p.value}
+
+
+def _ports(flow: Flow) -> tuple[str, str]:
+    if isinstance(flow.l4, TCP | UDP | SCTP):
+        return str(flow.l4.source_port), str(flow.l4.destination_port)
+    return "", ""
+
+
+def _host(ip: str, port: str, ep: Endpoint | None, svc, names: tuple[str, ...]) -> str:
+    host = ip
+    ns = ep.namespace if ep else ""
+    if svc is not None:
+        ns = svc.namespace
+    if ep and ep.pod_name:
+        host = f"{ns}/{ep.pod_name}" if ns else ep.pod_name
+    elif svc is not None and svc.name:
+        host = f"{ns}/{svc.name}" if ns else svc.name
+    elif names:
+        host = ",".join(names)
+    if port and port != "0":
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host
+
+
+def _identity(ep: Endpoint | None) -> str:
+    ident = ep.identity if ep else 0
+    name = RESERVED_IDENTITY_NAMES.get(ident)
+    return f"({name})" if name else f"(ID:{ident})"
+
+
+def flow_type(flow: Flow) -> str:
+    """The type column: trace point ('to-endpoint'), drop reason, 'policy-verdict:L3-L4 INGRESS'."""
+    if flow.event_type is None:
+        return "UNKNOWN"
+    kind, sub = flow.event_type.type, flow.event_type.sub_type
+    if kind == MessageType.TRACE:
+        return _TRACE_POINTS.get(sub, str(sub))
+    if kind == MessageType.DROP:
+        return describe(sub)
+    if kind == MessageType.POLICY_VERDICT:
+        try:
+            match = PolicyMatchType(flow.policy_match_type).label
+        except ValueError:
+            match = "unknown"
+        try:
+            direction = TrafficDirection(flow.traffic_direction).name
+        except ValueError:
+            direction = str(flow.traffic_direction)
+        return f"policy-verdict:{match} {direction}"
+    return "UNKNOWN"
+
+
+def verdict_text(flow: Flow) -> str:
+    try:
+        verdict = Verdict(flow.verdict)
+    except ValueError:
+        return str(flow.verdict)
+    if flow.event_type is not None and flow.event_type.type == MessageType.POLICY_VERDICT:
+        if verdict in (Verdict.FORWARDED, Verdict.REDIRECTED):
+            return "ALLOWED"
+        if verdict in (Verdict.DROPPED, Verdict.ERROR):
+            return "DENIED"
+        if verdict is Verdict.AUDIT:
+            return "AUDITED"
+    return verdict.name
+
+
+def format_flow(flow: Flow, *, node_name: bool = False) -> str:
+    src_port, dst_port = _ports(flow)
+    if flow.ip is not None:
+        src = _host(flow.ip.source, src_port, flow.source, flow.source_service, flow.source_names)
+        dst = _host(
+            flow.ip.destination,
+            dst_port,
+            flow.destination,
+            flow.destination_service,
+            flow.destination_names,
+        )
+    else:
+        src = dst = ""
+    src_id, dst_id = _identity(flow.source), _identity(flow.destination)
+    arrow = "->"
+    if flow.is_reply is None:
+        arrow = "<>"
+    elif flow.is_reply:
+        src, dst, src_id, dst_id, arrow = dst, src, dst_id, src_id, "<-"
+    node = f" [{flow.node_name}]" if node_name else ""
+    summary = flow.summary or summary_of(flow.l4)
+    return (
+        f"{stamp_milli(flow.time_ns)}{node}: {src} {src_id} {arrow} {dst} {dst_id} "
+        f"{flow_type(flow)} {verdict_text(flow)} ({summary})"
+    )
+
+
+def format_lost(event: LostEvent) -> str:
+    try:
+        source = LostEventSource(event.source).name
+    except ValueError:
+        source = str(event.source)
+    return f"EVENTS LOST: {source} CPU({event.cpu or 0}) {event.num_events_lost}"
+
+
+def format_compact(record: Record, *, node_name: bool = False) -> str:
+    if isinstance(record, LostEvent):
+        return format_lost(record)
+    return format_flow(record, node_name=node_name)
