@@ -1,0 +1,404 @@
+"""Keep one node's datapath maps equal to what the cluster's state asks for.
+
+Inputs, each a PrefixMirror of the store (or the allocator's watch): namespaces, pods,
+NetworkPolicies, the ipcache records every agent publishes for its pods, identities, and the
+`applied` marks of the other agents. Outputs, through the datapath's map modules: the ipcache,
+each local endpoint's policy, and the endpoint map (identity, IP, audit mode).
+
+A reconcile recomputes everything from the mirrors (pure functions: dataplane.policy.compiler,
+dataplane.identity.ipcache) and writes only the differences. Changes are coalesced: however many
+arrive while a reconcile runs, one more follows it.
+
+Two orderings carry the issue's promises:
+- A new endpoint: its programs are attached while its veth is still down (host_link_created;
+  with no endpoint entry they drop everything), and its identity, ipcache entry, policy and
+  endpoint entry are written before CNI ADD returns (endpoint_added). Then the ADD waits, for a
+  bounded time, until every other live agent has applied the ipcache record of the new pod, so
+  that the pod's first packet to any peer meets a peer that knows who it is.
+- A restarted agent reads what its maps hold before writing anything, and writes nothing until
+  every mirror has loaded: it never passes through a state with fewer rules than the cluster's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Protocol
+
+from dataplane.agent import ipcache_records
+from dataplane.agent.ipcache_records import IPRecord
+from dataplane.endpoint.endpoint import Endpoint
+from dataplane.endpoint.registry import EndpointRegistry
+from dataplane.identity.allocator import IdentityAllocator
+from dataplane.identity.ipcache import IPCacheEntry, PodAddress, diff_ipcache, plan_ipcache
+from dataplane.identity.model import Identity, Labels
+from dataplane.policy.compiler import (
+    CompiledPolicy,
+    PodInfo,
+    compile_policies,
+    namespace_labels,
+    pod_info,
+    required_prefixes,
+    security_labels,
+)
+from dataplane.policy.entry import EndpointPolicy
+from flowscope.apis import kinds
+from flowscope.clusterinfo import ClusterInfo
+from flowscope.store.kv import KV
+from flowscope.store.mirror import PrefixMirror
+
+log = logging.getLogger(__name__)
+
+AUDIT_ANNOTATION = "policy.flowscope.io/audit-mode"
+APPLIED_PREFIX = "/flowscope/agents/"
+# How long CNI ADD waits for the other agents to learn a new pod's identity. Bounded: an agent
+# that is down must not stop pods from starting (its node's pods cannot be reached meanwhile
+# only if a policy there selects the new pod's identity).
+PROPAGATION_TIMEOUT = 2.0
+
+
+class DatapathMaps(Protocol):
+    """What enforcement needs of the node's datapath (probes.datapath.Datapath provides it)."""
+
+    async def attach_endpoint(self, host_ifname: str) -> None: ...
+    def ipcache_entries(self) -> dict[IPv4Network, IPCacheEntry]: ...
+    def ipcache_update(self, upserts: Mapping[IPv4Network, IPCacheEntry]) -> None: ...
+    def ipcache_delete(self, prefixes: list[IPv4Network]) -> None: ...
+    def policy_get(self, endpoint_id: int) -> EndpointPolicy | None: ...
+    def policy_set(self, endpoint_id: int, policy: EndpointPolicy) -> None: ...
+    def policy_delete(self, endpoint_id: int) -> None: ...
+    def endpoint_set(
+        self, ifindex: int, endpoint_id: int, identity: int, ip: IPv4Address, audit: bool
+    ) -> None: ...
+    def endpoint_delete(self, ifindex: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    endpoint: Endpoint
+    identity: Identity
+
+    @property
+    def pod_key(self) -> tuple[str, str]:
+        return (self.endpoint.pod_namespace, self.endpoint.pod_name)
+
+    @property
+    def id(self) -> int:
+        """The endpoint id: its host veth's ifindex, unique on the node."""
+        return self.endpoint.host_ifindex
+
+
+def _json(_key: str, value: bytes) -> dict[str, Any] | None:
+    try:
+        return json.loads(value)
+    except ValueError:
+        log.warning("ignoring an unreadable object under %s", _key)
+        return None
+
+
+def _applied(_key: str, value: bytes) -> int | None:
+    try:
+        return int(json.loads(value)["revision"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Enforcement:
+    def __init__(
+        self,
+        info: ClusterInfo,
+        node: str,
+        kv: KV,
+        datapath: DatapathMaps,
+        allocator: IdentityAllocator,
+    ) -> None:
+        self.info = info
+        self.node = node
+        self.kv = kv
+        self.datapath = datapath
+        self.allocator = allocator
+        self._changed = asyncio.Event()
+        mirror = self._mirror
+        self.namespaces = mirror(kinds.get("Namespace").prefix(), _json)
+        self.pods = mirror(kinds.get("Pod").prefix(), _json)
+        self.policies = mirror(kinds.get("NetworkPolicy").prefix(), _json)
+        self.records = mirror(ipcache_records.PREFIX, ipcache_records.decode)
+        self._mark_waiters: set[asyncio.Event] = set()
+        self.applied_marks = PrefixMirror(kv, APPLIED_PREFIX, _applied, self._marks_changed)
+        self.identities: dict[int, Identity] = {}
+        self.local: dict[str, LocalEndpoint] = {}  # Endpoint.key -> ...
+        self.cidr_identities: dict[IPv4Network, int] = {}
+        self.compiled: CompiledPolicy | None = None
+        self._ipcache: dict[IPv4Network, IPCacheEntry] = {}
+        self._policies: dict[int, EndpointPolicy] = {}
+        self._endpoint_rows: dict[int, tuple] = {}
+        self._lock = asyncio.Lock()
+        self._applied_rev = 0
+        self._identity_rev = 0
+        self.reconciles = 0
+        self.last_reconcile_ms = 0.0
+
+    def _mirror(self, prefix: str, decode: Callable[[str, bytes], Any]) -> PrefixMirror:
+        return PrefixMirror(self.kv, prefix, decode, self._changed.set)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every input, adopt what the maps hold, restore local endpoints, reconcile once."""
+        for m in (self.namespaces, self.pods, self.policies, self.records, self.applied_marks):
+            await m.load()
+        self.identities = await self.allocator.all()
+        _, self._identity_rev = await self.kv.range("/flowscope/identities/id/")
+        self._ipcache = await asyncio.to_thread(self.datapath.ipcache_entries)
+        for ep in await EndpointRegistry(self.kv, self.node).list():
+            pod = self._pod(ep)
+            labels = (
+                security_labels(pod, namespace_labels(self.namespaces.items.values()))
+                if pod
+                else None
+            )
+            if labels is None:
+                # the pod object is gone (a DEL is on its way): keep what its record says
+                record = self.records.items.get(str(ep.ip))
+                identity = self.identities.get(record.identity) if record else None
+                if identity is None:
+                    continue
+                identity = await self.allocator.allocate(identity.labels)
+            else:
+                identity = await self.allocator.allocate(labels)
+            self.local[ep.key] = LocalEndpoint(ep, identity)
+            current = self.datapath.policy_get(ep.host_ifindex)
+            if current is not None:
+                self._policies[ep.host_ifindex] = current
+        await self.reconcile()
+
+    async def run(self) -> None:
+        """Follow every input and reconcile on change, until cancelled."""
+        tasks = [
+            asyncio.create_task(m.run(), name=f"mirror {m.prefix}")
+            for m in (self.namespaces, self.pods, self.policies, self.records, self.applied_marks)
+        ]
+        tasks.append(asyncio.create_task(self._follow_identities(), name="identities"))
+        tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a mirror that ends or fails takes the agent down, visibly
+            raise RuntimeError("enforcement input ended unexpectedly")
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _follow_identities(self) -> None:
+        async for event in self.allocator.watch(self._identity_rev + 1):
+            if event.kind == "added":
+                self.identities[event.identity.id] = event.identity
+            else:
+                self.identities.pop(event.identity.id, None)
+            self._changed.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.reconcile()
+
+    # -- CNI hooks ------------------------------------------------------------------------------
+    async def host_link_created(self, host_ifname: str) -> None:
+        await self.datapath.attach_endpoint(host_ifname)
+
+    async def endpoint_added(self, endpoint: Endpoint) -> None:
+        pod = await self._fetch_pod(endpoint)
+        ns_labels = namespace_labels(self.namespaces.items.values())
+        identity = await self.allocator.allocate(security_labels(pod, ns_labels))
+        self.identities[identity.id] = identity
+        revision = await ipcache_records.publish(self.kv, self._record(endpoint, identity))
+        async with self._lock:
+            self.local[endpoint.key] = LocalEndpoint(endpoint, identity)
+            await self._apply(extra_pods={pod.key: pod})
+        await self._wait_propagated(revision)
+
+    async def endpoint_removed(self, endpoint: Endpoint) -> None:
+        async with self._lock:
+            local = self.local.pop(endpoint.key, None)
+            self.datapath.endpoint_delete(endpoint.host_ifindex)
+            self._endpoint_rows.pop(endpoint.host_ifindex, None)
+            self.datapath.policy_delete(endpoint.host_ifindex)
+            self._policies.pop(endpoint.host_ifindex, None)
+        record = self.records.items.get(str(endpoint.ip))
+        if record is None or record.node == self.node:
+            await ipcache_records.withdraw(self.kv, endpoint.ip)
+        if local is not None:
+            await self.allocator.release(local.identity.id)
+
+    # -- reconciling ----------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        async with self._lock:
+            await self._apply()
+
+    async def _apply(self, extra_pods: Mapping[tuple[str, str], PodInfo] | None = None) -> None:
+        started = time.perf_counter()
+        records_rev = self.records.revision
+        ns_labels = namespace_labels(self.namespaces.items.values())
+        pods = {p.key: p for p in map(pod_info, self.pods.items.values())}
+        pods.update(extra_pods or {})
+        await self._relabel_local(pods, ns_labels)
+        await self._sync_cidr_identities()
+        await self._sync_ipcache()
+        self._sync_policies(pods, ns_labels)
+        self._sync_endpoints()
+        self.reconciles += 1
+        self.last_reconcile_ms = (time.perf_counter() - started) * 1000
+        if records_rev > self._applied_rev:
+            self._applied_rev = records_rev
+            await self.kv.put(
+                f"{APPLIED_PREFIX}{self.node}", json.dumps({"revision": records_rev}).encode()
+            )
+
+    async def _relabel_local(self, pods: Mapping, ns_labels: Mapping) -> None:
+        """A local pod (or its namespace) relabelled: a new identity, record and release."""
+        for key, local in list(self.local.items()):
+            pod = pods.get(local.pod_key)
+            if pod is None:
+                continue
+            labels = security_labels(pod, ns_labels)
+            if labels == local.identity.labels:
+                continue
+            identity = await self.allocator.allocate(labels)
+            self.identities[identity.id] = identity
+            await ipcache_records.publish(self.kv, self._record(local.endpoint, identity))
+            self.local[key] = LocalEndpoint(local.endpoint, identity)
+            await self.allocator.release(local.identity.id)
+            log.info(
+                "%s/%s relabelled: identity %d -> %d",
+                *local.pod_key,
+                local.identity.id,
+                identity.id,
+            )
+
+    async def _sync_cidr_identities(self) -> None:
+        wanted = required_prefixes(list(self.policies.items.values()))
+        for prefix in wanted - self.cidr_identities.keys():
+            identity = await self.allocator.allocate_cidr(prefix)
+            self.identities[identity.id] = identity
+            self.cidr_identities[prefix] = identity.id
+        for prefix in self.cidr_identities.keys() - wanted:
+            await self.allocator.release(self.cidr_identities.pop(prefix))
+
+    async def _sync_ipcache(self) -> None:
+        pods: dict[IPv4Address, PodAddress] = {}
+        for record in self.records.items.values():
+            if record.identity not in self.identities:
+                found = await self.allocator.lookup(record.identity)
+                if found is None:
+                    continue  # the identity is being deleted: the record will follow
+                self.identities[found.id] = found
+            pods[record.ip] = PodAddress(record.ip, record.identity, record.host_ip)
+        for local in self.local.values():  # ours are authoritative, even before the watch
+            ep = local.endpoint
+            pods[ep.ip] = PodAddress(ep.ip, local.identity.id, self.info.node(self.node).ip)
+        nodes = {n.name: n.ip for n in self.info.nodes}
+        pods = {ip: p for ip, p in pods.items() if ip not in set(nodes.values())}
+        plan = plan_ipcache(pods.values(), nodes, self.cidr_identities, self.node)
+        upserts, deletes = diff_ipcache(self._ipcache, plan)
+        if upserts:
+            self.datapath.ipcache_update(upserts)
+        if deletes:
+            self.datapath.ipcache_delete(deletes)
+        self._ipcache = plan
+
+    def _sync_policies(self, pods: Mapping, ns_labels: Mapping) -> None:
+        by_labels: dict[Labels, int] = {
+            i.labels: i.id for i in self.identities.values() if not i.is_reserved and not i.is_cidr
+        }
+        local_keys = {local.pod_key for local in self.local.values()}
+        self.compiled = compile_policies(
+            list(self.policies.items.values()),
+            pods.values(),
+            ns_labels,
+            by_labels,
+            self.cidr_identities,
+            local=lambda p: p.key in local_keys,
+        )
+        for local in self.local.values():
+            policy = self.compiled.endpoints.get(local.pod_key)
+            if policy is None:
+                continue  # the pod object is gone: keep the last policy until CNI DEL
+            if self._policies.get(local.id) != policy:
+                self.datapath.policy_set(local.id, policy)
+                self._policies[local.id] = policy
+
+    def _sync_endpoints(self) -> None:
+        for local in self.local.values():
+            ep = local.endpoint
+            row = (local.id, local.identity.id, ep.ip, self._audit(ep.pod_namespace))
+            if self._endpoint_rows.get(ep.host_ifindex) != row:
+                self.datapath.endpoint_set(ep.host_ifindex, *row)
+                self._endpoint_rows[ep.host_ifindex] = row
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _audit(self, namespace: str) -> bool:
+        if self.info.policy_audit_mode:
+            return True
+        ns = self.namespaces.items.get(namespace) or {}
+        value = ((ns.get("metadata") or {}).get("annotations") or {}).get(AUDIT_ANNOTATION, "")
+        return value.lower() in ("true", "enabled")
+
+    def _pod(self, ep: Endpoint) -> PodInfo | None:
+        obj = self.pods.items.get(f"{ep.pod_namespace}/{ep.pod_name}")
+        return pod_info(obj) if obj else None
+
+    async def _fetch_pod(self, ep: Endpoint) -> PodInfo:
+        """The pod behind a new endpoint, read from the store itself (the mirror may lag)."""
+        kv = await self.kv.get(kinds.get("Pod").key(ep.pod_namespace, ep.pod_name))
+        if kv is None:
+            # a runtime without the Kubernetes args: the pod is known by namespace only
+            return PodInfo(namespace=ep.pod_namespace or "default", name=ep.pod_name, ip=ep.ip)
+        return pod_info(json.loads(kv.value))
+
+    def _record(self, ep: Endpoint, identity: Identity) -> IPRecord:
+        return IPRecord(
+            ip=ep.ip,
+            identity=identity.id,
+            node=self.node,
+            host_ip=self.info.node(self.node).ip,
+            namespace=ep.pod_namespace,
+            pod=ep.pod_name,
+        )
+
+    async def _wait_propagated(self, revision: int) -> None:
+        """Until every other agent that has applied anything has applied `revision`."""
+        deadline = time.monotonic() + PROPAGATION_TIMEOUT
+        changed = asyncio.Event()
+        self._mark_waiters.add(changed)
+        try:
+            while True:
+                changed.clear()  # before the check: a change after it wakes the wait below
+                behind = [
+                    node
+                    for node, applied in self.applied_marks.items.items()
+                    if node != self.node and applied < revision
+                ]
+                if not behind:
+                    return
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "agents of %s have not applied ipcache revision %d after %.1fs",
+                        ", ".join(behind),
+                        revision,
+                        PROPAGATION_TIMEOUT,
+                    )
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+        finally:
+            self._mark_waiters.discard(changed)
+
+    def _marks_changed(self) -> None:
+        for event in self._mark_waiters:
+            event.set()
