@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "flowscope.cli.lab",  # lab up/down/status/exec/probe
     "flowscope.cli.controller",  # controller: scheduler, EndpointSlices (run by the lab)
     "flowscope.cli.agent",  # agent: one per node (run by the lab)
+    "flowscope.cli.observe",  # observe: the nodes' flows
     "flowscope.cli.policy",  # policy trace
 )
 

@@ -1,0 +1,217 @@
+"""`flowscope observe`: the flows every node (or one) sees, in time order, as `hubble observe`.
+
+Reads each node's flow stream (collector/flowstream.py: <node dir>/flows.sock). Without --follow
+it prints the last N flows of all nodes together and exits; with --follow it then prints new
+flows as they come, held back for a moment so that flows of different nodes come out in time
+order (all nodes of a lab share this machine's clock). A node without a stream is reported on
+stderr and the others still print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import sys
+import time
+from collections.abc import Iterable
+
+from flowscope import clusterinfo
+from flowscope.errors import FlowscopeError, NotFound, UsageError
+
+DEFAULT_LAST = 20
+REORDER_WINDOW = 0.2  # seconds a followed flow waits for earlier ones from other nodes
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("observe", help="print the flows the nodes see (like `hubble observe`)")
+    p.add_argument("--node", help="only this node's flows (default: every node)")
+    p.add_argument(
+        "--last",
+        type=int,
+        help=f"print the last N flows first (default {DEFAULT_LAST}; with --follow 0)",
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
+    p.add_argument(
+        "--namespace", action="append", default=[], help="flows from or to this namespace"
+    )
+    p.add_argument(
+        "--pod", action="append", default=[], metavar="[NS/]POD", help="flows from or to this pod"
+    )
+    p.add_argument(
+        "--verdict",
+        action="append",
+        default=[],
+        help="FORWARDED, DROPPED, AUDIT, ... (repeat for several)",
+    )
+    p.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
+    p.add_argument("--print-node-name", action="store_true", help="compact: show each node")
+    p.set_defaults(func=cmd_observe)
+
+
+class TimeMerger:
+    """Orders records from several nodes by time, holding each `window_ns` for latecomers."""
+
+    def __init__(self, window_ns: int) -> None:
+        self.window_ns = window_ns
+        self._heap: list = []
+        self._order = itertools.count()  # ties keep arrival order
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, record) -> None:
+        heapq.heappush(self._heap, (record.time_ns, next(self._order), record))
+
+    def pop_until(self, time_ns: int) -> list:
+        out = []
+        while self._heap and self._heap[0][0] <= time_ns:
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+    def ready(self, now_ns: int) -> list:
+        return self.pop_until(now_ns - self.window_ns)
+
+    def drain(self) -> list:
+        return self.pop_until(1 << 127)
+
+
+def last_in_time(records: Iterable, n: int) -> list:
+    """The newest `n` records of all nodes, oldest first (equal times keep their order)."""
+    ordered = sorted(records, key=lambda r: r.time_ns)
+    return ordered[-n:] if n > 0 else []
+
+
+def build_filter(args: argparse.Namespace):
+    from flowscope.flow.filter import FlowFilter, parse_verdict
+
+    verdicts = []
+    for text in args.verdict:
+        try:
+            verdicts.append(parse_verdict(text))
+        except ValueError as exc:
+            raise UsageError(f"--verdict: {exc}") from None
+    for pod in args.pod:
+        ns, sep, name = pod.rpartition("/")
+        if not name or (sep and not ns):
+            raise UsageError(f"--pod {pod!r}: write NAMESPACE/POD or POD")
+    return FlowFilter(tuple(args.namespace), tuple(args.pod), tuple(verdicts))
+
+
+async def cmd_observe(args: argparse.Namespace) -> int:
+    from collector.flowstream import FlowRequest, flow_socket
+
+    if args.last is not None and args.last < 0:
+        raise UsageError(f"--last {args.last}: give a count of 0 or more")
+    last = args.last if args.last is not None else (0 if args.follow else DEFAULT_LAST)
+    flow_filter = build_filter(args)
+    info = clusterinfo.load(args.cluster)
+    nodes = [n.name for n in info.nodes]
+    if args.node is not None:
+        if args.node not in nodes:
+            raise NotFound(
+                f"node {args.node!r} is not in cluster {info.name!r} (nodes: {', '.join(nodes)})",
+                hint="`flowscope lab status` lists the nodes",
+            )
+        nodes = [args.node]
+    request = FlowRequest(last=last, follow=args.follow, filter=flow_filter)
+    sockets = {node: flow_socket(info.paths, node) for node in nodes}
+    printer = _Printer(args.output, args.print_node_name)
+    return await observe(sockets, request, printer)
+
+
+class _Printer:
+    def __init__(self, output: str, node_name: bool) -> None:
+        from flowscope.flow.compact import format_compact
+
+        self._format = (
+            (lambda r: r.to_json())
+            if output == "json"
+            else (lambda r: format_compact(r, node_name=node_name))
+        )
+
+    def __call__(self, records: list) -> None:
+        if records:
+            sys.stdout.write("".join(self._format(r) + "\n" for r in records))
+            sys.stdout.flush()
+
+
+_END = object()
+
+
+class _Problem(str):
+    """A node's trouble, for stderr; `unreachable` when its stream could not be read at all."""
+
+    unreachable = False
+
+
+class _Unreachable(_Problem):
+    unreachable = True
+
+
+async def _pump(node: str, path, request, out: asyncio.Queue) -> None:
+    """Feed `out` with (node, record), (node, problem text) and finally (node, _END)."""
+    from collector.flowstream import FlowStreamError, read_flows
+
+    try:
+        async for record in read_flows(path, request):
+            await out.put((node, record))
+        if request.follow:
+            await out.put((node, _Problem("its flow stream closed (did its agent stop?)")))
+    except (FileNotFoundError, ConnectionRefusedError):
+        await out.put((node, _Unreachable(f"no flow stream at {path} (is its agent running?)")))
+    except FlowStreamError as exc:
+        await out.put((node, _Unreachable(f"its flow stream refused the request: {exc}")))
+    except (OSError, ValueError) as exc:
+        await out.put((node, _Problem(f"reading its flow stream failed: {exc}")))
+    finally:
+        out.put_nowait((node, _END))
+
+
+async def observe(sockets: dict, request, printer) -> int:
+    """Read every node's stream; print via `printer(records)`. Exit code: 0, or 1 when no node
+    could be read at all."""
+    queue: asyncio.Queue = asyncio.Queue()
+    tasks = [asyncio.create_task(_pump(n, p, request, queue)) for n, p in sockets.items()]
+    live, unreachable = set(sockets), set()
+    merger = TimeMerger(int(REORDER_WINDOW * 1e9))
+    start_ns = time.time_ns()
+    history_due = time.monotonic() + REORDER_WINDOW
+    history_done = not request.follow
+    try:
+        while live:
+            try:
+                node, item = await asyncio.wait_for(queue.get(), REORDER_WINDOW / 4)
+            except TimeoutError:
+                node, item = None, None
+            if item is _END:
+                live.discard(node)
+            elif isinstance(item, _Problem):
+                print(f"warning: node {node}: {item}", file=sys.stderr, flush=True)
+                if item.unreachable:
+                    unreachable.add(node)
+            elif item is not None:
+                merger.add(item)
+            if not request.follow:
+                continue
+            if not history_done and time.monotonic() >= history_due:
+                # what was held before we asked: only the newest `last` of all nodes together
+                printer(last_in_time(merger.pop_until(start_ns), request.last or 0))
+                history_done = True
+            if history_done:
+                printer(merger.ready(time.time_ns()))
+        if request.follow:
+            printer(merger.drain())
+        else:
+            printer(last_in_time(merger.drain(), request.last or 0))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if len(unreachable) == len(sockets):
+        raise FlowscopeError(
+            "no node's flow stream could be read",
+            hint="`flowscope lab status` shows whether the agents run",
+        )
+    return 0

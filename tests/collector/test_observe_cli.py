@@ -1,0 +1,198 @@
+"""`flowscope observe` against flow streams served by the test, as the node agents serve them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from collector.flowstream import SOCKET_NAME, FlowServer, FlowStream, serve_flows
+from flowscope.clusterinfo import ClusterInfo, NodeInfo
+from flowscope.flow import (
+    IP,
+    TCP,
+    Endpoint,
+    EventType,
+    Flow,
+    LostEventSource,
+    TCPFlags,
+    TraceObservationPoint,
+    Verdict,
+    record_from_json,
+)
+from flowscope.flow.timestamp import now_ns
+from tests.conftest import unique
+
+NODES = ("node-1", "node-2", "node-3")
+
+
+@dataclass
+class FakeCluster:
+    """A cluster.json and flow streams for node-1 and node-2 (node-3 serves none)."""
+
+    name: str
+    run_root: Path
+    streams: dict[str, FlowStream]
+
+    async def observe(self, *args: str) -> tuple[int, str, str]:
+        proc = await self.start(*args)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode, out.decode(), err.decode()
+
+    async def start(self, *args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "flowscope",
+            "--cluster",
+            self.name,
+            "observe",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "FLOWSCOPE_RUN_ROOT": str(self.run_root)},
+        )
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[FakeCluster]:
+    run_root = Path(tempfile.mkdtemp(prefix="fsobs"))
+    name = unique("obs")
+    info = ClusterInfo(
+        name=name,
+        ipam="overlay",
+        vnet_cidr=IPv4Network("10.224.0.0/16"),
+        pod_cidr=IPv4Network("10.244.0.0/16"),
+        service_cidr=IPv4Network("10.96.0.0/16"),
+        gateway=IPv4Address("10.224.0.1"),
+        etcd_url="http://127.0.0.1:1",
+        nodes=tuple(
+            NodeInfo(n, IPv4Address(f"10.224.0.{i + 4}"), f"fs.{name}.{n}")
+            for i, n in enumerate(NODES)
+        ),
+    )
+    (run_root / name).mkdir()
+    (run_root / name / "cluster.json").write_text(info.to_json())
+    servers: list[FlowServer] = []
+    streams = {}
+    try:
+        for node in NODES[:2]:
+            streams[node] = FlowStream(capacity=1000, node_name=node)
+            path = run_root / name / "nodes" / node / SOCKET_NAME
+            servers.append(await serve_flows(streams[node], path))
+        yield FakeCluster(name, run_root, streams)
+    finally:
+        for server in servers:
+            await server.close()
+        shutil.rmtree(run_root, ignore_errors=True)
+
+
+def flow(t: int, node: str, src: str, verdict: Verdict = Verdict.FORWARDED) -> Flow:
+    ns, pod = src.split("/")
+    dropped = verdict == Verdict.DROPPED
+    return Flow(
+        t,
+        verdict,
+        drop_reason=133 if dropped else 0,
+        ip=IP("10.244.1.5", "10.244.2.7"),
+        l4=TCP(40000 + (t // 10**6) % 1000, 80, TCPFlags(SYN=True)),
+        source=Endpoint(identity=300, namespace=ns, pod_name=pod),
+        destination=Endpoint(identity=301, namespace="y", pod_name="b"),
+        node_name=node,
+        event_type=(
+            EventType.drop(133) if dropped else EventType.trace(TraceObservationPoint.TO_ENDPOINT)
+        ),
+        is_reply=False,
+    )
+
+
+T0 = 1_764_366_771_000_000_000
+
+
+async def test_last_flows_of_all_nodes_in_time_order(cluster: FakeCluster) -> None:
+    # interleaved in time across the two nodes
+    cluster.streams["node-1"].publish([flow(T0 + i * 10**6, "node-1", "x/a") for i in (0, 2, 4)])
+    cluster.streams["node-2"].publish(
+        [flow(T0 + i * 10**6, "node-2", "z/c", Verdict.DROPPED) for i in (1, 3, 5)]
+    )
+    code, out, err = await cluster.observe("--last", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4, out
+    assert [line[:19] for line in lines] == [
+        "Nov 28 21:52:51.002",
+        "Nov 28 21:52:51.003",
+        "Nov 28 21:52:51.004",
+        "Nov 28 21:52:51.005",
+    ]
+    assert lines[0].endswith(
+        "x/a:40002 (ID:300) -> y/b:80 (ID:301) to-endpoint FORWARDED (TCP Flags: SYN)"
+    )
+    assert "z/c:40003 (ID:300) -> y/b:80 (ID:301) Policy denied DROPPED" in lines[1]
+    assert "node node-3" in err and "no flow stream" in err  # reported, the others still print
+    assert "Traceback" not in err
+
+    code, out, err = await cluster.observe(
+        "-o", "json", "--verdict", "dropped", "--print-node-name"
+    )
+    assert code == 0, err
+    records = [record_from_json(line) for line in out.splitlines()]
+    assert [r.time_ns - T0 for r in records] == [10**6, 3 * 10**6, 5 * 10**6]
+    assert all(json.loads(line)["node_name"] == "node-2" for line in out.splitlines())
+
+    code, out, _ = await cluster.observe("--namespace", "x", "--pod", "x/a", "--last", "1")
+    assert code == 0 and out.count("\n") == 1 and "x/a:40004" in out
+
+    code, out, err = await cluster.observe("--node", "node-1")
+    assert code == 0 and out.count("\n") == 3 and err == ""
+
+
+async def test_errors(cluster: FakeCluster) -> None:
+    code, _, err = await cluster.observe("--node", "node-3")
+    assert code == 1 and "no node's flow stream could be read" in err and "hint" in err
+    code, _, err = await cluster.observe("--node", "node-9")
+    assert code == 1 and "node-9" in err and "lab status" in err
+    code, _, err = await cluster.observe("--verdict", "SMASHED")
+    assert code == 2 and "--verdict" in err and "FORWARDED" in err
+    code, _, err = await cluster.observe("--last", "-1")
+    assert code == 2 and "--last" in err
+
+
+async def test_follow_prints_new_flows_and_lost_events_then_quits_quietly(
+    cluster: FakeCluster,
+) -> None:
+    cluster.streams["node-1"].publish([flow(T0, "node-1", "x/old")])
+    proc = await cluster.start("--follow", "-o", "json")
+    try:
+        for _ in range(200):  # wait until both nodes have a follower
+            if all(s.followers for s in cluster.streams.values()):
+                break
+            await asyncio.sleep(0.02)
+        assert all(s.followers for s in cluster.streams.values())
+        t = now_ns() - 10_000_000  # before the lost event below, after observe started
+        cluster.streams["node-2"].publish([flow(t + 2_000_000, "node-2", "z/c")])
+        cluster.streams["node-1"].publish([flow(t + 1_000_000, "node-1", "x/a")])
+        cluster.streams["node-1"].publish_lost(LostEventSource.PERF_EVENT_RING_BUFFER, 9, cpu=0)
+        got = []
+        while len(got) < 3:
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            got.append(record_from_json(line))
+        # the flows came out in time order although node-2's was published first
+        assert [r.source.pod_name for r in got[:2]] == ["a", "c"]
+        assert got[2].num_events_lost == 9
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode in (0, 130)
+    assert b"x/old" not in out  # following without --last prints only new flows
