@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
+from dataplane.endpoint.netns import netns_path, write_sysctls
 from dataplane.maps.kernelevent import EVENT_SIZE, KernelEvent, Kind
 from dataplane.maps.netnsfilter import netns_inode
 from flowscope.errors import NotFound, UsageError
@@ -39,6 +40,7 @@ class World:
     a: str
     b: str
     c: str
+    va_ifindex: int
     vb_ifindex: int
 
     def inode(self, ns: str) -> int:
@@ -49,6 +51,8 @@ async def _build(prefix: str) -> World:
     a, b, c = (f"{prefix}{x}" for x in "abc")
     for ns in (a, b, c):
         netns.create(ns)
+    # a's link-local IPv6 address usable at once (no duplicate address detection wait)
+    write_sysctls(netns_path(a), {"net/ipv6/conf/default/accept_dad": "0"})
     async with AsyncIPRoute(netns=a, flags=0) as ipr:
         await ipr.link("add", ifname="va", kind="veth", peer={"ifname": "vb", "net_ns_fd": b})
         await ipr.link("set", ifname="lo", state="up")
@@ -64,7 +68,7 @@ async def _build(prefix: str) -> World:
         await ipr.route("add", dst=f"{A_SILENT_IP}/32", type="blackhole")
     async with AsyncIPRoute(netns=c, flags=0) as ipr:
         await ipr.link("set", ifname="lo", state="up")
-    return World(a, b, c, vb)
+    return World(a, b, c, va, vb)
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +328,28 @@ def test_bad_input_names_the_field(pin_root: Path) -> None:
     finally:
         tp.close()
         tp.unpin()
+
+
+def test_unspecified_drops_only_when_asked(
+    world: World, probes: TracepointProbes, pin_root: Path
+) -> None:
+    """IPv6 multicast to a group nobody in b joined: b frees it without a reason."""
+    everything = TracepointProbes.load(pin_root / "all", report_unspecified=True)
+    try:
+        for tp in (everything, probes):
+            tp.watch_netns(world.inode(world.b))
+        everything.attach()
+        u = netns.create_socket(world.a, socket.AF_INET6, socket.SOCK_DGRAM, 0, flags=0)
+        u.sendto(b"x" * 77, ("ff02::1:2345", 9, 0, world.va_ifindex))
+        u.close()
+
+        def ours(ev: list[KernelEvent]) -> list[KernelEvent]:
+            # IPv6 header + UDP header + payload: tells it from the link's own IPv6 chatter
+            return [e for e in ev if e.drop_reason_name == "NOT_SPECIFIED" and e.skb_len == 125]
+
+        got = ours(collect(everything, lambda ev: bool(ours(ev))))
+        assert [(e.ifindex, e.family, e.saddr) for e in got] == [(world.vb_ifindex, 0, None)]
+        assert not [e for e in probes.read() if e.drop_reason_name == "NOT_SPECIFIED"]
+    finally:
+        everything.close()
+        everything.unpin()
