@@ -65,8 +65,8 @@ def _kind(t: _BtfType) -> int:
     return (t.info >> 24) & 0x1F
 
 
-def _members(btf: int, type_id: int) -> list[tuple[str, int, int]]:
-    """(name, type id, bit offset) of each member of a struct or union."""
+def _members(btf: int, type_id: int) -> list[tuple[str, int, int, int]]:
+    """(name, type id, bit offset, bitfield width or 0) of each member of a struct or union."""
     lib = _lib()
     ptr = lib.btf__type_by_id(btf, type_id)
     t = ptr.contents
@@ -79,16 +79,18 @@ def _members(btf: int, type_id: int) -> list[tuple[str, int, int]]:
     for m in members:
         name = lib.btf__name_by_offset(btf, m.name_off) or b""
         bits = m.offset & 0xFFFFFF if kflag else m.offset
-        out.append((name.decode(), m.type, bits))
+        width = m.offset >> 24 if kflag else 0
+        out.append((name.decode(), m.type, bits, width))
     return out
 
 
-def _find_member(btf: int, type_id: int, name: str) -> tuple[int, int] | None:
-    """(type id, bit offset) of `name` in a struct/union, looking through anonymous members."""
+def _find_member(btf: int, type_id: int, name: str) -> tuple[int, int, int] | None:
+    """(type id, bit offset, bitfield width) of `name` in a struct/union, looking through
+    anonymous members."""
     lib = _lib()
-    for member, mtype, bits in _members(btf, type_id):
+    for member, mtype, bits, width in _members(btf, type_id):
         if member == name:
-            return mtype, bits
+            return mtype, bits, width
         if not member:
             inner = lib.btf__resolve_type(btf, mtype)
             if inner > 0 and _kind(lib.btf__type_by_id(btf, inner).contents) in (
@@ -97,7 +99,7 @@ def _find_member(btf: int, type_id: int, name: str) -> tuple[int, int] | None:
             ):
                 found = _find_member(btf, inner, name)
                 if found is not None:
-                    return found[0], found[1] + bits
+                    return found[0], found[1] + bits, found[2]
     return None
 
 
@@ -117,8 +119,8 @@ def field_offset(struct: str, path: str) -> int:
         if found is None:
             where = ".".join([struct, *path.split(".")[:i]])
             raise BtfError(f"{where} has no member {name!r} in the running kernel")
-        mtype, bits = found
-        if bits % 8:
+        mtype, bits, width = found
+        if width or bits % 8:
             raise BtfError(f"{struct}.{path} is a bitfield; only byte-aligned fields are read")
         total += bits // 8
         current = lib.btf__resolve_type(btf, mtype)

@@ -130,6 +130,10 @@ def _state(value: int) -> str | None:
         return None if value == 0 else str(value)
 
 
+def _endpoint(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None, port: int) -> str:
+    return f"[{addr}]:{port}" if isinstance(addr, ipaddress.IPv6Address) else f"{addr}:{port}"
+
+
 @dataclass(frozen=True)
 class KernelEvent:
     """One decoded event. Fields that do not apply to a kind are None (or 0 for numbers)."""
@@ -153,7 +157,10 @@ class KernelEvent:
     err: int  # retransmits: the kernel's error for the retransmission (0: sent)
 
     def __str__(self) -> str:
-        flow = f"{self.saddr}:{self.sport} > {self.daddr}:{self.dport} proto {self.protocol}"
+        flow = (
+            f"{_endpoint(self.saddr, self.sport)} > {_endpoint(self.daddr, self.dport)} "
+            f"proto {self.protocol}"
+        )
         if self.kind is Kind.DROP:
             return f"DROP {self.drop_reason_name or self.drop_reason} {flow} if {self.ifindex}"
         if self.kind is Kind.STATE:
