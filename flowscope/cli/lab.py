@@ -56,6 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_probe)
 
+    p = lab_sub.add_parser("matrix", help="probe every pod pair at once; print reachability")
+    p.add_argument(
+        "--namespaces", help="comma-separated, e.g. x,y,z (default: every non-system namespace)"
+    )
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--protocol", choices=("TCP", "UDP"), default="TCP", type=str.upper)
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds until a probe is blocked")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_matrix)
+
 
 def _name(args: argparse.Namespace) -> str:
     return args.name or args.cluster
@@ -235,3 +245,48 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         print(f"{source} -> {target} ({ip}:{port}/{args.protocol}): no answer ({result['error']})")
     return 0 if result["connected"] else 1
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dataplane.lab import matrix
+
+    namespaces = None
+    if args.namespaces is not None:
+        namespaces = [ns.strip() for ns in args.namespaces.split(",") if ns.strip()]
+        if not namespaces:
+            raise UsageError("--namespaces: name at least one namespace, e.g. x,y,z")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: out of range 1-65535")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout}: give a positive number of seconds")
+
+    async def lookup():
+        info = clusterinfo.load(args.cluster)
+        async with cluster_store(info) as store:
+            missing = [ns for ns in namespaces or () if not await store.namespace_exists(ns)]
+            return info, missing, await store.list("Pod")
+
+    info, missing, pods = asyncio.run(lookup())
+    if missing:
+        raise NotFound(
+            f"namespace{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}",
+            hint="`flowscope get namespaces` lists them",
+        )
+    selected = matrix.select_pods(pods, namespaces)
+    if not selected:
+        where = ", ".join(namespaces) if namespaces else "any non-system namespace"
+        raise FlowscopeError(
+            f"no Running pods in {where}: nothing to probe",
+            hint="`flowscope get pods -A` shows the pods and their phases",
+        )
+    try:
+        results = matrix.probe_matrix(info.paths, selected, args.port, args.protocol, args.timeout)
+    except RuntimeError as exc:
+        raise FlowscopeError(str(exc), hint="`flowscope lab status` shows the pods") from None
+    if args.output == "json":
+        print("\n".join(r.to_json() for r in results))
+    else:
+        print(matrix.table_of(selected, results))
+    return 0
