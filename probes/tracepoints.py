@@ -39,6 +39,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.kernelevent import (
     KernelEvent,
@@ -242,6 +244,10 @@ class TracepointProbes:
     def read(self, max_records: int = 1 << 16) -> list[KernelEvent]:
         """Drain the ring and decode what was there."""
         return self.decode(self.ring.drain(max_records))
+
+    def read_array(self, max_records: int = 1 << 16) -> np.ndarray:
+        """Drain the ring into one structured array (EVENT_DTYPE), for columnar consumers."""
+        return to_array(self.ring.drain(max_records))
 
     def lost_events(self) -> int:
         """Events the programs could not emit because the ring was full, since the map was
