@@ -55,6 +55,22 @@ class _BpfMapInfo(ct.Structure):
     )
 
 
+class _BpfMapCreateOpts(ct.Structure):
+    # struct bpf_map_create_opts (libbpf 1.x); `sz` tells libbpf which fields we know
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("btf_fd", ct.c_uint32),
+        ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32),
+        ("btf_vmlinux_value_type_id", ct.c_uint32),
+        ("inner_map_fd", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("map_extra", ct.c_uint64),
+        ("numa_node", ct.c_uint32),
+        ("map_ifindex", ct.c_uint32),
+    )
+
+
 class _BpfTestRunOpts(ct.Structure):
     # struct bpf_test_run_opts (libbpf 1.x); `sz` tells libbpf which fields we know
     _fields_ = (
@@ -96,6 +112,11 @@ def _libbpf() -> ct.CDLL:
             ct.c_int,
         ),
         "bpf_prog_test_run_opts": ([ct.c_int, ct.POINTER(_BpfTestRunOpts)], ct.c_int),
+        "bpf_map_create": (
+            [ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p],
+            ct.c_int,
+        ),
+        "bpf_map_get_fd_by_id": ([ct.c_uint32], ct.c_int),
     }
     for name, (argtypes, restype) in sigs.items():
         fn = getattr(lib, name)
@@ -174,12 +195,33 @@ def map_info(fd: int) -> MapInfo:
 
 
 def map_create(
-    map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int = 0
+    map_type: int,
+    name: str,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int = 0,
+    *,
+    inner_map_fd: int | None = None,
 ) -> int:
-    fd = _libbcc().bcc_create_map(
-        map_type, name[: BPF_OBJ_NAME_LEN - 1].encode(), key_size, value_size, max_entries, flags
-    )
+    """Create a map. Maps of maps need `inner_map_fd`: a map whose type, key/value sizes and
+    flags every inner map must share (the kernel keeps only that shape, not the map)."""
+    short = name[: BPF_OBJ_NAME_LEN - 1].encode()
+    if inner_map_fd is None:
+        fd = _libbcc().bcc_create_map(map_type, short, key_size, value_size, max_entries, flags)
+    else:
+        opts = _BpfMapCreateOpts(
+            sz=ct.sizeof(_BpfMapCreateOpts), inner_map_fd=inner_map_fd, map_flags=flags
+        )
+        fd = _libbpf().bpf_map_create(
+            map_type, short, key_size, value_size, max_entries, ct.byref(opts)
+        )
     return _check(fd, f"create map {name}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """Open a map by its kernel id (a map of maps' lookups return inner map ids)."""
+    return _check(_libbpf().bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
 
 
 def prog_load(prog_type: int, name: str, insns: bytes, license: str) -> int:
@@ -286,16 +328,22 @@ class TestRun:
     duration_ns: int
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
-    """Run a loaded program once on `data` with BPF_PROG_TEST_RUN (no attachment needed)."""
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, *, ctx: bytes = b"") -> TestRun:
+    """Run a loaded program once on `data` with BPF_PROG_TEST_RUN (no attachment needed).
+
+    ctx: an optional context to start from (for tc programs a struct __sk_buff, of which the
+    kernel reads only some fields, e.g. ifindex)."""
     data_in = ct.create_string_buffer(data, len(data))
     data_out = ct.create_string_buffer(len(data) + 512)
+    ctx_in = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
     opts = _BpfTestRunOpts(
         sz=ct.sizeof(_BpfTestRunOpts),
         data_in=ct.cast(data_in, ct.c_void_p),
         data_out=ct.cast(data_out, ct.c_void_p),
         data_size_in=len(data),
         data_size_out=len(data_out),
+        ctx_in=ct.cast(ctx_in, ct.c_void_p) if ctx_in is not None else None,
+        ctx_size_in=len(ctx),
         repeat=repeat,
     )
     _check(_libbpf().bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "test run")
