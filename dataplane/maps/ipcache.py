@@ -88,8 +88,16 @@ class EntryLike(Protocol):
     def node_ip(self) -> IPv4Address | None: ...
 
 
+def _net(prefix: IPv4Network | str) -> IPv4Network:
+    try:
+        return IPv4Network(prefix)
+    except ValueError as e:
+        raise MapError(f"ipcache prefix {prefix!r}: {e}") from e
+
+
 def make_key(prefix: IPv4Network | str) -> IPCacheKey:
-    net = IPv4Network(prefix)
+    """The trie key of a prefix (host bits cleared)."""
+    net = IPv4Network(prefix, strict=False)
     return IPCacheKey(prefixlen=net.prefixlen, addr=_be32(net.network_address))
 
 
@@ -149,7 +157,7 @@ class IPCacheMap(ABC):
 
     def sync(self, desired: Mapping[IPv4Network, EntryLike]) -> tuple[int, int]:
         """Make the map hold exactly `desired`; returns (entries written, entries deleted)."""
-        want = {IPv4Network(p): _value(e) for p, e in desired.items()}
+        want = {_net(p): _value(e) for p, e in desired.items()}
         have = self.entries()
         upserts = {p: v for p, v in want.items() if have.get(p) != v}
         deletes = [p for p in have if p not in want]
@@ -163,7 +171,7 @@ class KernelIPCacheMap(IPCacheMap):
         self.max_entries = max_entries
 
     def upsert(self, prefix: IPv4Network | str, value: IPCacheValue) -> None:
-        net = IPv4Network(prefix)
+        net = _net(prefix)
         _check(net, value)
         try:
             self.map.update(make_key(net), value.to_struct())
@@ -173,13 +181,11 @@ class KernelIPCacheMap(IPCacheMap):
             raise
 
     def delete(self, prefix: IPv4Network | str) -> bool:
-        return self.map.delete(make_key(prefix))
+        return self.map.delete(make_key(_net(prefix)))
 
     def get(self, prefix: IPv4Network | str) -> IPCacheValue | None:
         # An LPM lookup returns the longest match, not necessarily this prefix: check it.
-        net = IPv4Network(prefix)
-        entries = self.entries()
-        return entries.get(net)
+        return self.entries().get(_net(prefix))
 
     def lookup(self, addr: IPv4Address | str) -> IPCacheValue | None:
         v = self.map.lookup(IPCacheKey(prefixlen=32, addr=_be32(addr)))
@@ -201,17 +207,17 @@ class FakeIPCacheMap(IPCacheMap):
         self.max_entries = max_entries
 
     def upsert(self, prefix: IPv4Network | str, value: IPCacheValue) -> None:
-        net = IPv4Network(prefix)
+        net = _net(prefix)
         _check(net, value)
         if net not in self._entries and len(self._entries) >= self.max_entries:
             raise _full(self.max_entries, net)
         self._entries[net] = value
 
     def delete(self, prefix: IPv4Network | str) -> bool:
-        return self._entries.pop(IPv4Network(prefix), None) is not None
+        return self._entries.pop(_net(prefix), None) is not None
 
     def get(self, prefix: IPv4Network | str) -> IPCacheValue | None:
-        return self._entries.get(IPv4Network(prefix))
+        return self._entries.get(_net(prefix))
 
     def lookup(self, addr: IPv4Address | str) -> IPCacheValue | None:
         a = IPv4Address(addr)

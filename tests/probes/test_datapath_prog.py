@@ -691,3 +691,86 @@ def test_a_full_ring_counts_lost_events(ns, pin_root: Path) -> None:
         assert b.dp.stats()["drop_policy_denied"] == 200  # the drops themselves all happened
         b.run(FROM_ENDPOINT, udp(A_IP, B_IP, 1, 53))
         assert len(b.events()) == 1  # space again
+
+
+# -- the kernel against the model --------------------------------------------------------------
+
+# peer address -> (identity, CIDR identity), as the bench's ipcache has them
+PEERS = {
+    B_IP: (B_ID, 0),
+    P_IP: (P_ID, CIDR_ID),
+    CIDR_ONLY_IP: (CIDR_ID, CIDR_ID),
+    NODE_IP: (int(Reserved.HOST), 0),
+    WORLD_IP: (int(Reserved.WORLD), 0),
+}
+_identities = st.sampled_from([0, B_ID, P_ID, CIDR_ID, int(Reserved.HOST), int(Reserved.WORLD)])
+_protocols = st.sampled_from([0, P.TCP, P.UDP, SCTP, P.ICMP])
+_ports = st.one_of(st.sampled_from([0, 8, 53, 80, 443, 8000, 8080, 65535]), st.integers(0, 65535))
+
+
+@st.composite
+def policy_entries(draw) -> PolicyEntry:
+    proto = draw(_protocols)
+    return PolicyEntry(
+        draw(st.sampled_from([EG, IN])),
+        draw(_identities),
+        proto,
+        draw(_ports),
+        draw(st.one_of(st.just(16), st.integers(0, 16))),
+        draw(st.integers(1, 40)),  # few cookies: entries sharing a key must resolve alike
+    )
+
+
+@st.composite
+def probes(draw, entries: list[PolicyEntry]) -> tuple[Direction, str, int, int]:
+    """A packet: direction, peer, protocol, port; often one an entry is about."""
+    if entries and draw(st.booleans()):
+        e = draw(st.sampled_from(entries))
+        proto = e.protocol or draw(_protocols.filter(bool))
+        port = (e.port + draw(st.sampled_from([0, 0, 1, -1, 255, 256]))) % 65536
+        direction = e.direction
+    else:
+        proto, port, direction = (
+            draw(_protocols.filter(bool)),
+            draw(_ports),
+            draw(st.sampled_from([EG, IN])),
+        )
+    return direction, draw(st.sampled_from(sorted(PEERS))), proto, port
+
+
+def probe_frame(direction: Direction, peer: str, proto: int, port: int) -> tuple[bytes, int]:
+    """The frame and the port the policy sees (ICMP: the type; echo requests here)."""
+    src, dst = (A_IP, peer) if direction == EG else (peer, A_IP)
+    sp = sport()
+    if proto == P.TCP:
+        return tcp(src, dst, sp, port), port
+    if proto == P.UDP:
+        return udp(src, dst, sp, port), port
+    if proto == SCTP:
+        return sctp(src, dst, sp, port), port
+    return ping(src, dst, sp), 8
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_kernel_decides_exactly_as_the_model(bench: Bench, data: st.DataObject) -> None:
+    entries = data.draw(st.lists(policy_entries(), max_size=12))
+    model = EndpointPolicy(frozenset(entries))
+    bench.dp.policy.set_policy(bench.ifindex["a"], model)
+    packets = data.draw(st.lists(probes(entries), min_size=1, max_size=15))
+    for direction, peer, proto, port in packets:
+        frame, policy_port = probe_frame(direction, peer, proto, port)
+        ident, cidr = PEERS[peer]
+        want = model.decide(direction, ident, cidr, proto, policy_port)
+        prog = FROM_ENDPOINT if direction == EG else TO_ENDPOINT
+        verdict = bench.run(prog, frame)
+        (ev,) = bench.events()
+        bench.dp.ct.flush()
+        got = (verdict, ev.policy_cookie)
+        assert got == ((PASS, want.cookie) if want else (SHOT, 0)), (direction, peer, proto, port)
+        map_says = bench.dp.policy.decide(
+            bench.ifindex["a"], direction, ident, cidr, proto, policy_port
+        )
+        assert (map_says.allowed, map_says.cookie) == ((True, want.cookie) if want else (False, 0))
