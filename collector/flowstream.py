@@ -6,7 +6,8 @@ The protocol is deliberately small (the Observer gRPC API replaces it later). A 
     {"last": 20, "follow": false, "filters": {"namespace": ["x"], "verdict": ["DROPPED"]}}
 
 `last`: how many of the held records that match to send first (null: all of them); `follow`: then
-keep the connection and send new ones as they come. Every answer line is a GetFlowsResponse in
+keep the connection and send new ones as they come; optional `mark_history_end`: true puts one
+{"history_end": true} line between the two. Every answer line is a GetFlowsResponse in
 Hubble's JSON ({"flow": ...} or {"lost_events": ...}); a bad request gets one {"error": "..."}
 line. Filters (flowscope.flow.filter): namespace, pod ("NS/POD-PREFIX"), verdict; each optional.
 Without `follow` the server closes the connection after the held records.
@@ -43,6 +44,7 @@ REQUEST_TIMEOUT = 5.0  # seconds a reader has to send its request line
 REQUEST_LIMIT = 64 * 1024
 _WRITE_CHUNK = 512  # lines written between yields to the event loop
 SOCKET_NAME = "flows.sock"
+HISTORY_END_LINE = b'{"history_end":true}\n'
 
 
 def flow_socket(paths: ClusterPaths, node: str) -> Path:
@@ -55,11 +57,19 @@ class FlowRequest:
     last: int | None = None  # None: all held records
     follow: bool = False
     filter: FlowFilter = field(default_factory=FlowFilter)
+    # ask for a {"history_end": true} line between the held records and the live ones, so that
+    # a reader of several nodes knows which records were already there when it asked
+    mark_history_end: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"last": self.last, "follow": self.follow, "filters": self.filter.to_dict()}
-        )
+        raw: dict[str, Any] = {
+            "last": self.last,
+            "follow": self.follow,
+            "filters": self.filter.to_dict(),
+        }
+        if self.mark_history_end:
+            raw["mark_history_end"] = True
+        return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> FlowRequest:
@@ -70,16 +80,23 @@ class FlowRequest:
             raise ValueError(f"request is not JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise ValueError("request: expected a JSON object")
-        unknown = set(raw) - {"last", "follow", "filters"}
+        unknown = set(raw) - {"last", "follow", "filters", "mark_history_end"}
         if unknown:
             raise ValueError(f"request.{sorted(unknown)[0]}: unknown field")
         last = raw.get("last")
         if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
             raise ValueError(f"request.last: {last!r} is not a count >= 0 or null")
-        follow = raw.get("follow", False)
-        if not isinstance(follow, bool):
-            raise ValueError(f"request.follow: {follow!r} is not true or false")
-        return cls(last, follow, FlowFilter.from_dict(raw.get("filters")))
+        flags = {}
+        for name in ("follow", "mark_history_end"):
+            flags[name] = raw.get(name, False)
+            if not isinstance(flags[name], bool):
+                raise ValueError(f"request.{name}: {flags[name]!r} is not true or false")
+        return cls(
+            last,
+            flags["follow"],
+            FlowFilter.from_dict(raw.get("filters")),
+            flags["mark_history_end"],
+        )
 
 
 class _Missed:
@@ -259,6 +276,9 @@ class FlowServer:
         try:
             history = stream.ring.last(request.last, request.filter.matches)
             await _write_entries(writer, history)
+            if request.mark_history_end:
+                writer.write(HISTORY_END_LINE)
+                await writer.drain()
             if follower is None:
                 return
             eof = asyncio.create_task(_until_eof(reader, stream, follower))
@@ -328,8 +348,16 @@ class FlowStreamError(Exception):
     """The server refused the request (its {"error": ...} line)."""
 
 
-async def read_flows(path: Path | str, request: FlowRequest) -> AsyncIterator[Record]:
-    """Ask the flow stream at `path` for `request` and yield what it sends.
+class HistoryEnd:
+    """What read_flows yields for the {"history_end": true} line (mark_history_end requests)."""
+
+
+HISTORY_END = HistoryEnd()
+
+
+async def read_flows(path: Path | str, request: FlowRequest) -> AsyncIterator[Record | HistoryEnd]:
+    """Ask the flow stream at `path` for `request` and yield what it sends (and HISTORY_END
+    where the held records end, when the request asked to mark it).
 
     Raises FileNotFoundError / ConnectionRefusedError when nothing serves there and
     FlowStreamError when the server refuses the request.
@@ -342,6 +370,9 @@ async def read_flows(path: Path | str, request: FlowRequest) -> AsyncIterator[Re
             obj: Any = json.loads(line)
             if "error" in obj:
                 raise FlowStreamError(obj["error"])
+            if obj.get("history_end") is True:
+                yield HISTORY_END
+                continue
             yield record_from_json(obj)
     finally:
         writer.close()

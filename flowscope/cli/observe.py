@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import sys
@@ -170,15 +171,18 @@ async def _pump(node: str, path, request, out: asyncio.Queue) -> None:
 
 
 async def observe(sockets: dict, request, printer) -> int:
-    """Read every node's stream; print via `printer(records)`. Exit code: 0, or 1 when no node
-    could be read at all."""
+    """Read every node's stream; print via `printer(records)`: first the newest `request.last`
+    held records of all nodes together, then (following) new ones in time order. Exit code 0;
+    FlowscopeError when no node could be read at all."""
+    from collector.flowstream import HISTORY_END
+
+    request = dataclasses.replace(request, mark_history_end=True)
     queue: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(n, p, request, queue)) for n, p in sockets.items()]
-    live, unreachable = set(sockets), set()
+    live, in_history, unreachable = set(sockets), set(sockets), set()
+    history: list = []
+    history_printed = False
     merger = TimeMerger(int(REORDER_WINDOW * 1e9))
-    start_ns = time.time_ns()
-    history_due = time.monotonic() + REORDER_WINDOW
-    history_done = not request.follow
     try:
         while live:
             try:
@@ -187,24 +191,23 @@ async def observe(sockets: dict, request, printer) -> int:
                 node, item = None, None
             if item is _END:
                 live.discard(node)
+                in_history.discard(node)
+            elif item is HISTORY_END:
+                in_history.discard(node)
             elif isinstance(item, _Problem):
                 print(f"warning: node {node}: {item}", file=sys.stderr, flush=True)
                 if item.unreachable:
                     unreachable.add(node)
             elif item is not None:
-                merger.add(item)
-            if not request.follow:
-                continue
-            if not history_done and time.monotonic() >= history_due:
-                # what was held before we asked: only the newest `last` of all nodes together
-                printer(last_in_time(merger.pop_until(start_ns), request.last or 0))
-                history_done = True
-            if history_done:
+                (history.append if node in in_history else merger.add)(item)
+            if not history_printed and not in_history:
+                printer(last_in_time(history, request.last or 0))
+                history_printed = True
+            if history_printed:
                 printer(merger.ready(time.time_ns()))
-        if request.follow:
-            printer(merger.drain())
-        else:
-            printer(last_in_time(merger.drain(), request.last or 0))
+        if not history_printed:
+            printer(last_in_time(history, request.last or 0))
+        printer(merger.drain())
     finally:
         for task in tasks:
             task.cancel()

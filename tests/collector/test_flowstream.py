@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from collector.flowstream import (
+    HISTORY_END,
     FlowRequest,
     FlowStream,
     FlowStreamError,
@@ -160,6 +161,27 @@ async def test_slow_reader_never_blocks_the_producer_and_learns_what_it_missed(
         assert lost > 0, f"nothing lost: the reader kept up with {total} flows?"
         assert flows + lost == total, (flows, lost)
         assert len(stream.ring) == total + 1
+
+
+async def test_history_end_is_marked_only_when_asked(sock_dir: Path) -> None:
+    stream = FlowStream(capacity=10)
+    stream.publish([flow(1), flow(2)])
+    path = sock_dir / "flows.sock"
+    async with await serve_flows(stream, path):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        request = FlowRequest(last=None, follow=True, mark_history_end=True)
+        assert FlowRequest.from_json(request.to_json()) == request
+        writer.write(request.to_json().encode() + b"\n")
+        await writer.drain()
+        lines = [await reader.readline() for _ in range(3)]
+        assert [json.loads(line) for line in lines][2] == {"history_end": True}
+        stream.publish([flow(3)])
+        assert record_from_json(await reader.readline()) == flow(3)
+        writer.close()
+        got = await collect(path, FlowRequest(last=5))
+        assert got == [flow(1), flow(2), flow(3)]  # unmarked: nothing but records
+        got = await collect(path, FlowRequest(last=5, mark_history_end=True))
+        assert got[:3] == [flow(1), flow(2), flow(3)] and got[3] is HISTORY_END
 
 
 async def test_bad_requests_get_an_error_line(sock_dir: Path) -> None:

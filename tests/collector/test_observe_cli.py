@@ -168,31 +168,33 @@ async def test_errors(cluster: FakeCluster) -> None:
     assert code == 2 and "--last" in err
 
 
-async def test_follow_prints_new_flows_and_lost_events_then_quits_quietly(
+async def test_follow_prints_history_then_new_flows_and_lost_events_then_quits_quietly(
     cluster: FakeCluster,
 ) -> None:
+    cluster.streams["node-2"].publish([flow(T0 - 1, "node-2", "z/older")])
     cluster.streams["node-1"].publish([flow(T0, "node-1", "x/old")])
-    proc = await cluster.start("--follow", "-o", "json")
+    proc = await cluster.start("--follow", "--last", "1", "-o", "json")
     try:
-        for _ in range(200):  # wait until both nodes have a follower
-            if all(s.followers for s in cluster.streams.values()):
-                break
-            await asyncio.sleep(0.02)
+        got = [record_from_json(await asyncio.wait_for(proc.stdout.readline(), 10))]
+        assert got[0].source.pod_name == "old"  # the newest held flow of both nodes together
         assert all(s.followers for s in cluster.streams.values())
-        t = now_ns() - 10_000_000  # before the lost event below, after observe started
-        cluster.streams["node-2"].publish([flow(t + 2_000_000, "node-2", "z/c")])
-        cluster.streams["node-1"].publish([flow(t + 1_000_000, "node-1", "x/a")])
+        # published out of time order; recent, so observe holds them a moment to sort them
+        t = now_ns()
+        cluster.streams["node-2"].publish([flow(t - 1_000_000, "node-2", "z/c")])
+        cluster.streams["node-1"].publish([flow(t - 2_000_000, "node-1", "x/a")])
         cluster.streams["node-1"].publish_lost(LostEventSource.PERF_EVENT_RING_BUFFER, 9, cpu=0)
-        got = []
-        while len(got) < 3:
-            line = await asyncio.wait_for(proc.stdout.readline(), 10)
-            got.append(record_from_json(line))
-        # the flows came out in time order although node-2's was published first
-        assert [r.source.pod_name for r in got[:2]] == ["a", "c"]
-        assert got[2].num_events_lost == 9
+        while len(got) < 4:
+            got.append(record_from_json(await asyncio.wait_for(proc.stdout.readline(), 10)))
+        # in time order, although node-2's flow was published first
+        assert [r.source.pod_name for r in got[1:3]] == ["a", "c"]
+        assert got[3].num_events_lost == 9
+        # a new flow whose event time is older than the request is new all the same
+        cluster.streams["node-2"].publish([flow(T0 + 5, "node-2", "x/late")])
+        late = record_from_json(await asyncio.wait_for(proc.stdout.readline(), 10))
+        assert late.source.pod_name == "late"
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode in (0, 130)
-    assert b"x/old" not in out  # following without --last prints only new flows
+    assert b"older" not in out
