@@ -720,7 +720,3 @@ def record_from_json(text: str | bytes | dict) -> Record:
     if "lost_events" in obj:
         return LostEvent.from_json(obj)
     raise ValueError(f"not a flow or lost_events response: keys {sorted(obj)}")
-
-
-def record_time(record: Record) -> int:
-    return record.time_ns
