@@ -26,10 +26,12 @@ Policies only ever add allow entries, so several policies simply union.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import Any
 
@@ -44,7 +46,7 @@ from dataplane.policy.entry import (
     EndpointPolicy,
     PolicyEntry,
     allow_all,
-    entries_for_ports,
+    port_prefixes,
 )
 from flowscope.apis import labels as selectors
 from flowscope.apis.labels import Selector
@@ -190,7 +192,7 @@ class Rule:
     peers: tuple[Peer, ...]  # empty: every peer
     ports: tuple[PortSpec, ...]  # empty: every protocol and port
 
-    @property
+    @cached_property
     def has_named_ports(self) -> bool:
         return any(isinstance(p.port, str) for p in self.ports)
 
@@ -437,37 +439,73 @@ class IdentityIndex:
 class CompiledPolicy:
     """What the compiler produced for a set of local endpoints."""
 
+    # An endpoint whose policy did not change since the previous compile of the same Compiler
+    # gets the very same EndpointPolicy object, so `new is old` tells the agent to skip it.
     endpoints: Mapping[PodKey, EndpointPolicy]
-    cookies: Mapping[int, RuleRef]
+    cookies: Mapping[int, RuleRef]  # every rule of every policy
     # per endpoint and direction, the policies that select it ("ns/name"); absent: none
     selected_by: Mapping[PodKey, Mapping[Direction, tuple[str, ...]]]
     # pods whose label set has no identity yet: they cannot be selected as peers
     unresolved: tuple[PodKey, ...] = ()
 
 
-def _port_ranges(
-    spec: PortSpec, resolve: Callable[[str, int], int | None]
-) -> list[tuple[int, int]]:
+_new = object.__new__
+
+
+def _entry(
+    direction: Direction, identity: int, protocol: int, port: int, plen: int, cookie: int
+) -> PolicyEntry:
+    """PolicyEntry(...) without the frozen dataclass __init__ (a field at a time through
+    object.__setattr__), which costs twice as much; entries are built by the million."""
+    e = _new(PolicyEntry)
+    e.__dict__.update(
+        direction=direction,
+        identity=identity,
+        protocol=protocol,
+        port=port,
+        prefix_len=plen,
+        cookie=cookie,
+    )
+    return e
+
+
+@lru_cache(maxsize=4096)
+def _prefixes(start: int, end: int) -> tuple[tuple[int, int], ...]:
+    return tuple(port_prefixes(start, end))
+
+
+def _spec_prefixes(spec: PortSpec, resolve: Callable[[str, int], int | None]) -> tuple:
+    """(port, prefix_len) pairs covering the spec's ports; a name resolves through `resolve`."""
     if spec.port is None:
-        return [ALL_PORTS]
+        return _prefixes(*ALL_PORTS)
     if isinstance(spec.port, str):
         number = resolve(spec.port, spec.protocol)
-        return [] if number is None else [(number, number)]
-    return [(spec.port, spec.end_port if spec.end_port is not None else spec.port)]
+        return () if number is None else _prefixes(number, number)
+    return _prefixes(spec.port, spec.end_port if spec.end_port is not None else spec.port)
+
+
+def _no_names(name: str, protocol: int) -> None:
+    return None
 
 
 class Compiler:
     """Compiles policies for endpoints; reuse one instance to keep its caches across compiles.
 
-    Rule entries are cached by (policy content, rule) as long as the identity universe (pod and
-    CIDR identities, pods' named ports) is the same; a change to one policy then recompiles only
-    that policy's rules, and the rest is a union of cached sets per endpoint."""
+    Caches, all checked against their inputs (never trusted blindly):
+    - parsed policies, by object identity of the stored dict;
+    - each rule's entries, by (policy, rule) while the identity universe (pod and CIDR
+      identities, the pods' named ports) is unchanged;
+    - each endpoint's EndpointPolicy, while the rule entry sets it is made of are the same.
+    So after one policy changes, only its rules are recompiled and only the endpoints it selects
+    (before or after) are re-unioned; the rest costs a selector match per (policy, pod)."""
 
     def __init__(self) -> None:
         self._universe: tuple | None = None
         self._index: IdentityIndex | None = None
         self._rule_cache: dict[tuple, tuple[Policy, frozenset[PolicyEntry]]] = {}
         self._parsed: dict[str, tuple[Mapping[str, Any], Policy]] = {}
+        self._refs: dict[tuple, tuple[Policy, RuleRef]] = {}
+        self._endpoints: dict[PodKey, tuple[tuple, EndpointPolicy]] = {}
 
     def _policies(self, objs: Iterable[Mapping[str, Any] | Policy]) -> list[Policy]:
         out = []
@@ -486,6 +524,39 @@ class Compiler:
         self._parsed = seen
         return out
 
+    def _cookie_table(
+        self, parsed: Sequence[Policy], cookies: Mapping[tuple, int]
+    ) -> dict[int, RuleRef]:
+        table: dict[int, RuleRef] = {}
+        refs: dict[tuple, tuple[Policy, RuleRef]] = {}
+        for policy in parsed:
+            for direction in Direction:
+                for i, rule in enumerate(policy.rules(direction) or ()):
+                    for j in range(len(rule.peers)) if rule.peers else (None,):
+                        key = (
+                            policy.namespace,
+                            policy.name,
+                            int(direction),
+                            i,
+                            -1 if j is None else j,
+                        )
+                        hit = self._refs.get(key)
+                        if hit is not None and (hit[0] is policy or hit[0] == policy):
+                            ref = hit[1]
+                        else:
+                            ref = RuleRef(
+                                policy.namespace,
+                                policy.name,
+                                direction,
+                                i,
+                                j,
+                                _describe(policy, direction, i, rule, j),
+                            )
+                        refs[key] = (policy, ref)
+                        table[cookies[key]] = ref
+        self._refs = refs
+        return table
+
     def compile(
         self,
         policies: Iterable[Mapping[str, Any] | Policy],
@@ -495,6 +566,26 @@ class Compiler:
         cidr_identities: Mapping[IPv4Network, int],
         *,
         local: Callable[[PodInfo], bool] | None = None,
+    ) -> CompiledPolicy:
+        """Entries for every local pod (`local`: a filter, default every pod)."""
+        # Millions of small acyclic objects: the cyclic GC would rescan them over and over
+        # (half the time of a large compile) and can free nothing, so it pauses meanwhile.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._compile(policies, pods, namespaces, identities, cidr_identities, local)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _compile(
+        self,
+        policies: Iterable[Mapping[str, Any] | Policy],
+        pods: Iterable[PodInfo],
+        namespaces: Mapping[str, Mapping[str, str]],
+        identities: Mapping[Labels, int],
+        cidr_identities: Mapping[IPv4Network, int],
+        local: Callable[[PodInfo], bool] | None,
     ) -> CompiledPolicy:
         pods = list(pods)
         parsed = self._policies(policies)
@@ -518,7 +609,7 @@ class Compiler:
         index = self._index
 
         cookies = assign_cookies(parsed)
-        cookie_table: dict[int, RuleRef] = {}
+        cookie_table = self._cookie_table(parsed, cookies)
         by_namespace: dict[str, list[Policy]] = defaultdict(list)
         for p in parsed:
             by_namespace[p.namespace].append(p)
@@ -526,6 +617,7 @@ class Compiler:
         endpoints: dict[PodKey, EndpointPolicy] = {}
         selected_by: dict[PodKey, dict[Direction, tuple[str, ...]]] = {}
         selector_hits: dict[tuple[Selector, tuple], bool] = {}
+        previous, self._endpoints = self._endpoints, {}
         for pod in pods:
             if local is not None and not local(pod):
                 continue
@@ -545,22 +637,21 @@ class Compiler:
                     chosen[direction].append(str(policy))
                     for i, rule in enumerate(rules):
                         pieces.append(
-                            self._rule_entries(
-                                index, policy, direction, i, rule, pod, cookies, cookie_table
-                            )
+                            self._rule_entries(index, policy, direction, i, rule, pod, cookies)
                         )
-            extra = []
-            if chosen[Direction.INGRESS]:
-                extra.append(
-                    PolicyEntry(
-                        Direction.INGRESS, int(Reserved.HOST), ANY_PROTOCOL, 0, 0, COOKIE_HOST
-                    )
-                )
+            made = (tuple(pieces), bool(chosen[Direction.INGRESS]), bool(chosen[Direction.EGRESS]))
+            before = previous.get(pod.key)
+            if before is not None and before[0] == made:  # the same sets: identity compares
+                result = before[1]
             else:
-                extra.append(allow_all(Direction.INGRESS))
-            if not chosen[Direction.EGRESS]:
-                extra.append(allow_all(Direction.EGRESS))
-            endpoints[pod.key] = EndpointPolicy(frozenset(extra).union(*pieces))
+                extra = [
+                    _HOST_INGRESS if chosen[Direction.INGRESS] else _NO_POLICY[Direction.INGRESS]
+                ]
+                if not chosen[Direction.EGRESS]:
+                    extra.append(_NO_POLICY[Direction.EGRESS])
+                result = EndpointPolicy(frozenset(extra).union(*pieces))
+            self._endpoints[pod.key] = (made, result)
+            endpoints[pod.key] = result
             selected_by[pod.key] = {d: tuple(names) for d, names in chosen.items() if names}
         live = {(p.namespace, p.name) for p in parsed}
         for stale in [k for k in self._rule_cache if (k[0], k[1]) not in live]:
@@ -576,30 +667,16 @@ class Compiler:
         rule: Rule,
         pod: PodInfo,
         cookies: Mapping[tuple, int],
-        cookie_table: dict[int, RuleRef],
     ) -> frozenset[PolicyEntry]:
         # ingress named ports depend on the local pod's containerPorts; nothing else does
         local_ports = pod.ports if direction is Direction.INGRESS and rule.has_named_ports else None
         ckey = (policy.namespace, policy.name, direction, i, local_ports)
-        peer_indexes: Iterable[int | None] = range(len(rule.peers)) if rule.peers else (None,)
-        for j in peer_indexes:
-            cookie = cookies[
-                (policy.namespace, policy.name, int(direction), i, -1 if j is None else j)
-            ]
-            if cookie not in cookie_table:
-                cookie_table[cookie] = RuleRef(
-                    policy.namespace,
-                    policy.name,
-                    direction,
-                    i,
-                    j,
-                    _describe(policy, direction, i, rule, j),
-                )
         hit = self._rule_cache.get(ckey)
         if hit is not None and (hit[0] is policy or hit[0] == policy):
             return hit[1]
+        resolve = pod.named_port if direction is Direction.INGRESS else _no_names
         out: list[PolicyEntry] = []
-        for j in peer_indexes:
+        for j in range(len(rule.peers)) if rule.peers else (None,):
             cookie = cookies[
                 (policy.namespace, policy.name, int(direction), i, -1 if j is None else j)
             ]
@@ -612,7 +689,7 @@ class Compiler:
                 block_peer = peer.ip_block is not None
             if not rule.ports:
                 out.extend(
-                    PolicyEntry(direction, ident, ANY_PROTOCOL, 0, 0, cookie) for ident in peer_ids
+                    _entry(direction, ident, ANY_PROTOCOL, 0, 0, cookie) for ident in peer_ids
                 )
                 continue
             for spec in rule.ports:
@@ -621,9 +698,13 @@ class Compiler:
                         continue  # see the module docstring
                     out.extend(self._egress_named(index, direction, spec, peer_ids, j, cookie))
                     continue
-                ranges = _port_ranges(spec, pod.named_port)
-                for ident in peer_ids:
-                    out.extend(entries_for_ports(direction, ident, spec.protocol, ranges, cookie))
+                prefixes = _spec_prefixes(spec, resolve)
+                proto = spec.protocol
+                out.extend(
+                    _entry(direction, ident, proto, port, plen, cookie)
+                    for ident in peer_ids
+                    for port, plen in prefixes
+                )
         result = frozenset(out)
         self._rule_cache[ckey] = (policy, result)
         return result
@@ -649,8 +730,15 @@ class Compiler:
                 if (n := pod.named_port(spec.port, spec.protocol)) is not None
             }
             for n in sorted(numbers):
-                out.extend(entries_for_ports(direction, ident, spec.protocol, [(n, n)], cookie))
+                out.extend(
+                    _entry(direction, ident, spec.protocol, port, plen, cookie)
+                    for port, plen in _prefixes(n, n)
+                )
         return out
+
+
+_HOST_INGRESS = PolicyEntry(Direction.INGRESS, int(Reserved.HOST), ANY_PROTOCOL, 0, 0, COOKIE_HOST)
+_NO_POLICY = {d: allow_all(d) for d in Direction}
 
 
 def compile_policies(
