@@ -146,6 +146,16 @@ class Trace:
             if verdict.policies:
                 lines.append(f"  selected by: {', '.join(verdict.policies)}")
             lines.append(f"  {verdict.reason}")
+            if verdict.entry is not None:
+                e = verdict.entry
+                what = (
+                    "any protocol"
+                    if e.protocol == 0
+                    else (f"{PROTOCOL_NAMES.get(e.protocol, e.protocol)} {e.port}/{e.prefix_len}")
+                )
+                lines.append(
+                    f"  matched entry: identity {e.identity}, {what}, cookie {e.cookie:#x}"
+                )
             lines.append(f"  {name.lower()} verdict: {'ALLOWED' if verdict.allowed else 'DENIED'}")
         lines += ["", f"Final verdict: {'ALLOWED' if self.allowed else 'DENIED'}"]
         return "\n".join(lines)
