@@ -26,6 +26,7 @@ Policies only ever add allow entries, so several policies simply union.
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 from collections import defaultdict
@@ -503,24 +504,28 @@ class Compiler:
         self._universe: tuple | None = None
         self._index: IdentityIndex | None = None
         self._rule_cache: dict[tuple, tuple[Policy, frozenset[PolicyEntry]]] = {}
-        self._parsed: dict[str, tuple[Mapping[str, Any], Policy]] = {}
+        self._parsed: dict[str, tuple[Any, Policy]] = {}
         self._refs: dict[tuple, tuple[Policy, RuleRef]] = {}
         self._endpoints: dict[PodKey, tuple[tuple, EndpointPolicy]] = {}
 
     def _policies(self, objs: Iterable[Mapping[str, Any] | Policy]) -> list[Policy]:
         out = []
-        seen: dict[str, tuple[Mapping[str, Any], Policy]] = {}
+        seen: dict[str, tuple[Any, Policy]] = {}
         for obj in objs:
             if isinstance(obj, Policy):
                 out.append(obj)
                 continue
             meta = obj["metadata"]
             key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+            spec = obj.get("spec")
             cached = self._parsed.get(key)
-            # the same object (unchanged since the last compile) parses to the same Policy
-            policy = cached[1] if cached is not None and cached[0] is obj else parse_policy(obj)
-            seen[key] = (obj, policy)
-            out.append(policy)
+            # an unchanged spec parses to the same Policy object, which keeps its rules' cache
+            # entries hitting by identity; compared by value, so dicts mutated in place are seen
+            if cached is not None and cached[0] == spec:
+                seen[key] = cached
+            else:
+                seen[key] = (copy.deepcopy(spec), parse_policy(obj))
+            out.append(seen[key][1])
         self._parsed = seen
         return out
 

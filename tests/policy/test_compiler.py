@@ -336,3 +336,15 @@ def test_cidr_identity_numbers_come_from_the_caller() -> None:
     )
     xa = compiled.endpoints[("x", "a")]
     assert {e.identity for e in xa.entries if e.direction is Direction.EGRESS} == {CIDR_ID_BASE + 7}
+
+
+def test_a_policy_dict_changed_in_place_is_recompiled() -> None:
+    pods, nss = make_pods(), make_namespaces()
+    ids = {security_labels(p, nss): 300 + i for i, p in enumerate(pods)}
+    pol = stored([netpol("x", "p", {}, ingress=[{}])])[0]
+    compiler = Compiler()
+    open_ = compiler.compile([pol], pods, nss, ids, {})
+    pol["spec"]["ingress"] = []
+    closed = compiler.compile([pol], pods, nss, ids, {})
+    assert open_.endpoints[("x", "a")].decide(Direction.INGRESS, 301, 0, 6, 80) is not None
+    assert closed.endpoints[("x", "a")].decide(Direction.INGRESS, 301, 0, 6, 80) is None
