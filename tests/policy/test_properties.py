@@ -200,7 +200,7 @@ def _isolated(cluster: Cluster) -> dict[tuple[tuple[str, str], Direction], bool]
     }
 
 
-@SETTINGS
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy_sets(3), policies("added"))
 def test_adding_a_policy_never_removes_a_connection_it_does_not_isolate(
     pols: list[dict[str, Any]], extra: dict[str, Any]
