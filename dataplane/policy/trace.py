@@ -37,6 +37,14 @@ class Party:
     ip: IPv4Address | None
     labels: tuple[str, ...] = ()
     pod: PodInfo | None = None
+    node: str | None = None  # set for a node's address: the node's name
+
+    def identity_seen_by(self, local: PodInfo) -> int:
+        """Its identity as the datapath of `local`'s node sees it (the ipcache's view): a node's
+        address is the host on its own node and a remote node everywhere else."""
+        if self.node is None:
+            return self.identity
+        return int(Reserved.HOST if self.node == local.node else Reserved.REMOTE_NODE)
 
     def describe(self) -> str:
         cidr = f", CIDR identity {self.cidr_identity}" if self.cidr_identity else ""
@@ -167,12 +175,28 @@ def _party(
     namespaces: Mapping[str, Mapping[str, str]],
     identities: Mapping[Labels, int],
     cidr_identities: Mapping[IPv4Network, int],
+    node_ips: Mapping[IPv4Address, str],
 ) -> Party:
     if isinstance(end, IPv4Address):
         owner = next((p for p in pods if p.ip == end), None)
         if owner is None:
             cidr = cidr_identity_of(end, cidr_identities)
-            return Party(str(end), int(Reserved.WORLD), cidr, end, (Reserved.WORLD.label,))
+            node = node_ips.get(end)
+            if node is not None:
+                label = Reserved.REMOTE_NODE.label
+                return Party(
+                    f"{end} (node {node})",
+                    int(Reserved.REMOTE_NODE),
+                    cidr,
+                    end,
+                    (label,),
+                    node=node,
+                )
+            # as the ipcache has it: the longest covering CIDR identity's prefix, else world
+            labels = (f"cidr:{_covering(end, cidr_identities)}",) if cidr else ()
+            return Party(
+                str(end), cidr or int(Reserved.WORLD), cidr, end, labels or (Reserved.WORLD.label,)
+            )
         end = owner
     lbls = security_labels(end, namespaces)
     ident = identities.get(lbls)
@@ -183,6 +207,10 @@ def _party(
         )
     cidr = cidr_identity_of(end.ip, cidr_identities) if end.ip is not None else 0
     return Party(str(end), ident, cidr, end.ip, tuple(sorted(lbls)), end)
+
+
+def _covering(address: IPv4Address, cidr_identities: Mapping[IPv4Network, int]) -> IPv4Network:
+    return max((p for p in cidr_identities if address in p), key=lambda p: p.prefixlen)
 
 
 def _verdict(
@@ -196,20 +224,22 @@ def _verdict(
     assert local.pod is not None
     policies = compiled.selected_by.get(local.pod.key, {}).get(direction, ())
     entry = compiled.endpoints[local.pod.key].decide(
-        direction, peer.identity, peer.cidr_identity, protocol, port
+        direction, peer.identity_seen_by(local.pod), peer.cidr_identity, protocol, port
     )
     dname = direction.name.lower()
     service = f"{PROTOCOL_NAMES.get(protocol, protocol)}/{port}"
     rule = None
     if entry is None:
+        seen = peer.identity_seen_by(local.pod)
+        who = peer.describe() if seen == peer.identity else f"{peer.name} (identity {seen})"
         reason = (
             f"denied: default deny for {dname} of {local.name} (policies selecting it: "
-            f"{', '.join(policies)}); no rule of theirs allows {peer.describe()} on {service}"
+            f"{', '.join(policies)}); no rule of theirs allows {who} on {service}"
         )
     elif entry.cookie == COOKIE_NO_POLICY:
         reason = f"allowed: no policy selects {local.name} for {dname}"
     elif entry.cookie == COOKIE_HOST:
-        reason = "allowed: traffic from the node's host to its pods is always allowed"
+        reason = "allowed: the node's own host may always reach its pods (kubelet probes)"
     else:
         rule = compiled.cookies.get(entry.cookie)
         reason = f"allowed by {rule.description if rule else f'cookie {entry.cookie:#x}'}"
@@ -228,14 +258,18 @@ def trace(
     protocol: int,
     *,
     compiler: Compiler | None = None,
+    node_ips: Mapping[IPv4Address, str] | None = None,
 ) -> Trace:
     """The datapath's verdict on a new connection from `source` to `destination`:`port`.
 
-    An address that is a pod's IP stands for that pod; any other address is outside the cluster
-    (reserved:world, plus the CIDR identity of its longest covering ipBlock prefix)."""
+    An address that is a pod's IP stands for that pod; a node's address (`node_ips`: address ->
+    node name) is the host to pods on that node and a remote node to the others; any other address
+    is outside the cluster: the identity of its longest covering CIDR identity's prefix, or
+    reserved:world, as the ipcache (dataplane/identity/ipcache.py) gives it."""
     pods = list(pods)
-    src = _party(source, pods, namespaces, identities, cidr_identities)
-    dst = _party(destination, pods, namespaces, identities, cidr_identities)
+    node_ips = node_ips or {}
+    src = _party(source, pods, namespaces, identities, cidr_identities, node_ips)
+    dst = _party(destination, pods, namespaces, identities, cidr_identities, node_ips)
     wanted = {p.pod.key for p in (src, dst) if p.pod is not None}
     compiled = (compiler or Compiler()).compile(
         policies, pods, namespaces, identities, cidr_identities, local=lambda p: p.key in wanted

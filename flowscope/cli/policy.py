@@ -80,7 +80,12 @@ def trace_identities(
 
 
 async def trace_in_store(
-    store: ObjectStore, source: str, destination: str, port: int, protocol: str
+    store: ObjectStore,
+    source: str,
+    destination: str,
+    port: int,
+    protocol: str,
+    node_ips: Mapping[IPv4Address, str] | None = None,
 ) -> Trace:
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port} is out of range 1-65535")
@@ -90,14 +95,27 @@ async def trace_in_store(
     namespaces = namespace_labels(await store.list("Namespace"))
     policies = await store.list("NetworkPolicy")
     identities, cidrs = trace_identities(pods, namespaces, required_prefixes(policies))
-    return trace(policies, pods, namespaces, identities, cidrs, src, dst, port, PROTOCOLS[protocol])
+    return trace(
+        policies,
+        pods,
+        namespaces,
+        identities,
+        cidrs,
+        src,
+        dst,
+        port,
+        PROTOCOLS[protocol],
+        node_ips=node_ips,
+    )
 
 
 async def cmd_trace(args: argparse.Namespace) -> int:
     try:
-        async with cluster_store(clusterinfo.load(args.cluster)) as store:
+        info = clusterinfo.load(args.cluster)
+        node_ips = {node.ip: node.name for node in info.nodes}
+        async with cluster_store(info) as store:
             result = await trace_in_store(
-                store, args.source, args.destination, args.port, args.protocol
+                store, args.source, args.destination, args.port, args.protocol, node_ips
             )
     except UsageError:
         raise

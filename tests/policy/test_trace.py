@@ -78,9 +78,32 @@ def test_world_source_has_no_egress_side() -> None:
     pol = netpol("x", "from-net", {}, ingress=[{"from": [{"ipBlock": block}]}])
     t = run([pol], "203.0.113.9", "x/a")
     assert t.allowed and t.egress is None
-    assert t.source.identity == Reserved.WORLD and t.source.cidr_identity != 0
+    # as the ipcache has it: a covered address has its CIDR identity as its identity
+    assert t.source.identity == t.source.cidr_identity != 0
+    assert t.source.labels == ("cidr:203.0.113.0/24",)
     assert "outside the cluster" in t.render()
-    assert not run([pol], "198.51.100.1", "x/a").allowed
+    outside = run([pol], "198.51.100.1", "x/a")
+    assert not outside.allowed
+    assert outside.source.identity == Reserved.WORLD and outside.source.cidr_identity == 0
+
+
+def test_a_node_address_is_the_host_on_its_own_node_only() -> None:
+    objs = stored([netpol("x", "deny", {}, ingress=[])])
+    ids, cidrs = allocate(PODS, NAMESPACES, required_prefixes(objs))
+    nodes = {IPv4Address("10.224.0.11"): "node-1", IPv4Address("10.224.0.12"): "node-2"}
+    xa = BY_NAME["x/a"]  # on node-1
+
+    def from_node(address: str):
+        return trace(
+            objs, PODS, NAMESPACES, ids, cidrs, IPv4Address(address), xa, 80, 6, node_ips=nodes
+        )
+
+    own = from_node("10.224.0.11")
+    assert own.allowed and own.ingress is not None
+    assert own.ingress.entry is not None and own.ingress.entry.identity == Reserved.HOST
+    assert "kubelet" in own.ingress.reason
+    other = from_node("10.224.0.12")
+    assert not other.allowed and "identity 6" in other.ingress.reason  # remote-node
 
 
 def test_a_pod_address_stands_for_the_pod() -> None:
