@@ -9,21 +9,34 @@ network, pinned programs keep running; a restarted agent adopts all of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
+from collector.enrich import Enricher
+from collector.flowstream import FlowStream, flow_socket, serve_flows
+from collector.node import NodeCollector
 from dataplane.agent import routing
+from dataplane.agent.enforcement import Enforcement
+from dataplane.agent.nodedatapath import NodeDatapath
 from dataplane.cni.conf import write_conflist
 from dataplane.cni.server import serve_cni
 from dataplane.cni.service import CNIService
+from dataplane.endpoint.endpoint import Endpoint
+from dataplane.identity.allocator import IdentityAllocator
 from dataplane.ipam import IPAM, PREFIXES_KEY_PREFIX, IPAMConfig, all_node_prefixes
 from dataplane.lab.kubelet import Kubelet
 from flowscope.apis.objectstore import ObjectStore
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.store.etcd import EtcdKV
+from probes.datapath import Datapath
+from probes.tracepoints import TracepointProbes
 
 log = logging.getLogger(__name__)
+
+CT_GC_INTERVAL = 10.0  # seconds; the kernel already ignores expired entries
 
 
 def cni_path() -> list[str]:
@@ -31,17 +44,31 @@ def cni_path() -> list[str]:
     return [str(Path(sys.executable).parent), "/usr/lib/cni"]
 
 
-class EndpointHooks:
-    """What the datapath does when an endpoint comes or goes (policy and identity join later)."""
+class DatapathHooks:
+    """What the datapath does when an endpoint comes or goes: enforcement (programs, identity,
+    policy) and the tracepoint probes' view of the pod's namespace."""
+
+    def __init__(self, enforcement: Enforcement, tracepoints) -> None:
+        self.enforcement = enforcement
+        self.tracepoints = tracepoints
 
     async def host_link_created(self, host_ifname: str) -> None:
-        log.debug("host link created: %s", host_ifname)
+        await self.enforcement.host_link_created(host_ifname)
 
-    async def endpoint_added(self, endpoint) -> None:
-        log.debug("endpoint added: %s", endpoint)
+    async def endpoint_added(self, endpoint: Endpoint) -> None:
+        await self.enforcement.endpoint_added(endpoint)
+        self.watch(endpoint)
 
-    async def endpoint_removed(self, endpoint) -> None:
-        log.debug("endpoint removed: %s", endpoint)
+    async def endpoint_removed(self, endpoint: Endpoint) -> None:
+        with contextlib.suppress(OSError):
+            self.tracepoints.unwatch_netns(os.stat(endpoint.netns).st_ino)
+        await self.enforcement.endpoint_removed(endpoint)
+
+    def watch(self, endpoint: Endpoint) -> None:
+        try:
+            self.tracepoints.watch_netns(os.stat(endpoint.netns).st_ino)
+        except OSError as e:  # kernel events of this pod are missed, nothing else
+            log.warning("endpoint %s: cannot watch its namespace: %s", endpoint.key, e)
 
 
 class Agent:
@@ -57,8 +84,26 @@ class Agent:
         ipam = IPAM(kv, IPAMConfig.from_cluster_info(self.info), self.node, self.node_ip)
         await ipam.ensure_node()
         masquerade = await self._start_masquerade()
+        netns = self.paths.node_netns(self.node)
+        bpf_dir = self.paths.node_bpf_dir(self.node)
+        # compiling takes about a second each, the first time in a process: off the event loop.
+        # Both adopt what a previous run pinned (connections, policies, watched namespaces).
+        datapath = await asyncio.to_thread(Datapath.load, bpf_dir / "datapath")
+        tracepoints = await asyncio.to_thread(TracepointProbes.load, bpf_dir / "tracepoints")
+        tracepoints.watch_named_netns(netns)
+        tracepoints.attach()
 
-        service = CNIService(kv, self.node, self.paths.node_netns(self.node), ipam, EndpointHooks())
+        maps = NodeDatapath(datapath, netns)
+        enforcement = Enforcement(self.info, self.node, kv, maps, IdentityAllocator(kv, self.node))
+        await enforcement.start()
+        hooks = DatapathHooks(enforcement, tracepoints)
+        for local in enforcement.local.values():
+            hooks.watch(local.endpoint)
+        stream = FlowStream(node_name=self.node)
+        flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
+        collector = NodeCollector(self.node, Enricher(enforcement, self.info.name), stream)
+
+        service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
         server = await serve_cni(service, socket_path)
         conflist = write_conflist(
@@ -68,9 +113,15 @@ class Agent:
         tasks = [
             asyncio.create_task(self._route_loop(kv), name="routes"),
             asyncio.create_task(kubelet.run(), name="kubelet"),
+            asyncio.create_task(enforcement.run(), name="enforcement"),
+            asyncio.create_task(
+                collector.run_datapath(datapath.ring(), datapath.lost_events), name="flows"
+            ),
+            asyncio.create_task(collector.run_tracepoints(tracepoints), name="kernel-events"),
+            asyncio.create_task(_every(CT_GC_INTERVAL, datapath.ct.gc), name="ct-gc"),
         ]
         if masquerade is not None:
-            tasks.append(asyncio.create_task(self._masquerade_gc(masquerade), name="masq-gc"))
+            tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
         await self._set_node_ready(objects, ipam)
         log.info("agent for %s ready (%s, ipam %s)", self.node, self.node_ip, self.info.ipam)
         stopped = asyncio.create_task(stop.wait())
@@ -78,8 +129,11 @@ class Agent:
         for task in tasks:
             task.cancel()
         server.close()
+        await flow_server.close()
         await service.close()
         await kv.close()
+        tracepoints.close()  # tracepoint attachments end with this process's fds
+        datapath.close()  # tc programs and maps stay pinned and attached
         for task in done:
             if task is stopped:
                 continue
@@ -101,11 +155,6 @@ class Agent:
             self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr
         )
         return masq
-
-    async def _masquerade_gc(self, masq) -> None:
-        while True:
-            await asyncio.sleep(5)
-            await asyncio.to_thread(masq.gc)
 
     async def _route_loop(self, kv) -> None:
         """Reconcile routes now and on every change of prefix ownership."""
@@ -146,6 +195,13 @@ class Agent:
                 "nodeInfo": {"kubeletVersion": "flowscope-0.1", "kernelVersion": _kernel()},
             },
         )
+
+
+async def _every(seconds: float, fn) -> None:
+    """Run a blocking maintenance call (map GC) every few seconds, off the event loop."""
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(fn)
 
 
 def _kernel() -> str:

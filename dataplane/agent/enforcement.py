@@ -33,15 +33,16 @@ from typing import Any, Protocol
 
 from dataplane.agent import ipcache_records
 from dataplane.agent.ipcache_records import IPRecord
-from dataplane.endpoint.endpoint import Endpoint
+from dataplane.endpoint.endpoint import GATEWAY, Endpoint
 from dataplane.endpoint.registry import EndpointRegistry
 from dataplane.identity.allocator import IdentityAllocator
 from dataplane.identity.ipcache import IPCacheEntry, PodAddress, diff_ipcache, plan_ipcache
-from dataplane.identity.model import Identity, Labels
+from dataplane.identity.model import RESERVED_IDENTITIES, Identity, Labels, Reserved
 from dataplane.policy.compiler import (
     CompiledPolicy,
+    Compiler,
     PodInfo,
-    compile_policies,
+    RuleRef,
     namespace_labels,
     pod_info,
     required_prefixes,
@@ -50,6 +51,7 @@ from dataplane.policy.compiler import (
 from dataplane.policy.entry import EndpointPolicy
 from flowscope.apis import kinds
 from flowscope.clusterinfo import ClusterInfo
+from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
 from flowscope.store.mirror import PrefixMirror
 
@@ -61,6 +63,7 @@ APPLIED_PREFIX = "/flowscope/agents/"
 # that is down must not stop pods from starting (its node's pods cannot be reached meanwhile
 # only if a policy there selects the new pod's identity).
 PROPAGATION_TIMEOUT = 2.0
+GATEWAY_PREFIX = IPv4Network(f"{GATEWAY}/32")
 
 
 class DatapathMaps(Protocol):
@@ -134,6 +137,7 @@ class Enforcement:
         self.identities: dict[int, Identity] = {}
         self.local: dict[str, LocalEndpoint] = {}  # Endpoint.key -> ...
         self.cidr_identities: dict[IPv4Network, int] = {}
+        self.compiler = Compiler()  # keeps its caches between reconciles
         self.compiled: CompiledPolicy | None = None
         self._ipcache: dict[IPv4Network, IPCacheEntry] = {}
         self._policies: dict[int, EndpointPolicy] = {}
@@ -176,6 +180,13 @@ class Enforcement:
             if current is not None:
                 self._policies[ep.host_ifindex] = current
         await self.reconcile()
+        # the programs of this run replace the previous run's on every veth, atomically, on the
+        # same maps: no packet meets an unfiltered veth or emptier maps in between
+        for local in self.local.values():
+            try:
+                await self.datapath.attach_endpoint(local.endpoint.host_ifname)
+            except FlowscopeError as e:
+                log.warning("endpoint %s: cannot re-attach: %s", local.endpoint.key, e)
 
     async def run(self) -> None:
         """Follow every input and reconcile on change, until cancelled."""
@@ -305,6 +316,8 @@ class Enforcement:
         nodes = {n.name: n.ip for n in self.info.nodes}
         pods = {ip: p for ip, p in pods.items() if ip not in set(nodes.values())}
         plan = plan_ipcache(pods.values(), nodes, self.cidr_identities, self.node)
+        # the pods' gateway address: what the node's own traffic to a pod may carry as source
+        plan[GATEWAY_PREFIX] = IPCacheEntry(int(Reserved.HOST), 0, self.info.node(self.node).ip)
         upserts, deletes = diff_ipcache(self._ipcache, plan)
         if upserts:
             self.datapath.ipcache_update(upserts)
@@ -317,7 +330,7 @@ class Enforcement:
             i.labels: i.id for i in self.identities.values() if not i.is_reserved and not i.is_cidr
         }
         local_keys = {local.pod_key for local in self.local.values()}
-        self.compiled = compile_policies(
+        self.compiled = self.compiler.compile(
             list(self.policies.items.values()),
             pods.values(),
             ns_labels,
@@ -340,6 +353,19 @@ class Enforcement:
             if self._endpoint_rows.get(ep.host_ifindex) != row:
                 self.datapath.endpoint_set(ep.host_ifindex, *row)
                 self._endpoint_rows[ep.host_ifindex] = row
+
+    # -- the directory the collector reads (collector.enrich.Directory) ------------------------
+    def record(self, ip: str) -> IPRecord | None:
+        for local in self.local.values():  # ours first: the record mirror may lag a new pod
+            if str(local.endpoint.ip) == ip:
+                return self._record(local.endpoint, local.identity)
+        return self.records.items.get(ip)
+
+    def identity(self, identity_id: int) -> Identity | None:
+        return self.identities.get(identity_id) or RESERVED_IDENTITIES.get(identity_id)
+
+    def rule(self, cookie: int) -> RuleRef | None:
+        return self.compiled.cookies.get(cookie) if self.compiled else None
 
     # -- helpers --------------------------------------------------------------------------------
     def _audit(self, namespace: str) -> bool:

@@ -67,7 +67,7 @@ class EventType(enum.IntEnum):
 
     DROP = 1
     TRACE = 4
-    POLICY_VERDICT = 9
+    POLICY_VERDICT = 5
 
 
 class Verdict(enum.IntEnum):

@@ -11,7 +11,8 @@ import json
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.identity.model import CIDR_ID_BASE, MIN_CLUSTER_ID, Labels
+from dataplane.identity.allocator import IdentityAllocator
+from dataplane.identity.model import CIDR_ID_BASE, MIN_CLUSTER_ID, Identity, Labels, cidr_of
 from dataplane.policy.compiler import (
     PROTOCOLS,
     PodInfo,
@@ -62,21 +63,26 @@ def _endpoint(text: str, pods: Mapping[tuple[str, str], PodInfo]) -> PodInfo | I
 
 
 def trace_identities(
+    known: Mapping[int, Identity],
     pods: Iterable[PodInfo],
     namespaces: Mapping[str, Mapping[str, str]],
     prefixes: Iterable[IPv4Network],
 ) -> tuple[dict[Labels, int], dict[IPv4Network, int]]:
-    """Identity numbers for the trace. INTERIM: numbered here, in a stable order, until the
-    cluster's allocator (dataplane/identity/allocator.py) is read instead. The verdict does not
-    depend on the numbers (only on which pods share one), but the numbers shown will differ from
-    the agents' until then."""
-    label_sets = sorted({security_labels(p, namespaces) for p in pods}, key=sorted)
-    identities = {lbls: MIN_CLUSTER_ID + i for i, lbls in enumerate(label_sets)}
-    cidrs = {
-        prefix: CIDR_ID_BASE + i
-        for i, prefix in enumerate(sorted(prefixes, key=lambda n: (n.network_address, n.prefixlen)))
-    }
-    return identities, cidrs
+    """The identity numbers the agents allocated (`known`, from the cluster's allocator), so
+    the trace shows the numbers flows carry. A pod or ipBlock the agents have not numbered yet
+    (it is starting, or no agent runs) gets a provisional number above every allocated one; the
+    verdict depends only on which pods share an identity, never on the numbers."""
+    identities = {i.labels: i.id for i in known.values() if not i.is_reserved and not i.is_cidr}
+    cidrs = {cidr_of(i.labels): i.id for i in known.values() if i.is_cidr}
+    next_id = max([MIN_CLUSTER_ID - 1, *identities.values()]) + 1
+    for labels in sorted({security_labels(p, namespaces) for p in pods}, key=sorted):
+        if labels not in identities:
+            identities[labels], next_id = next_id, next_id + 1
+    next_cidr = max([CIDR_ID_BASE - 1, *cidrs.values()]) + 1
+    for prefix in sorted(prefixes, key=lambda n: (n.network_address, n.prefixlen)):
+        if prefix not in cidrs:
+            cidrs[prefix], next_cidr = next_cidr, next_cidr + 1
+    return identities, cidrs  # type: ignore[return-value]
 
 
 async def trace_in_store(
@@ -94,7 +100,8 @@ async def trace_in_store(
     src, dst = _endpoint(source, by_key), _endpoint(destination, by_key)
     namespaces = namespace_labels(await store.list("Namespace"))
     policies = await store.list("NetworkPolicy")
-    identities, cidrs = trace_identities(pods, namespaces, required_prefixes(policies))
+    known = await IdentityAllocator(store.kv, "policy-trace").all()  # reads only
+    identities, cidrs = trace_identities(known, pods, namespaces, required_prefixes(policies))
     return trace(
         policies,
         pods,

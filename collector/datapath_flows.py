@@ -1,0 +1,82 @@
+"""The datapath's flow events (probes/datapath.c, decoded by dataplane.maps.flowevent) as flow
+records with names: endpoints, identities, labels, and the policy that allowed the flow."""
+
+from __future__ import annotations
+
+from collector.enrich import Enricher
+from dataplane.maps.flowevent import CtState, FlowEvent, ObservationPoint
+from dataplane.policy.entry import Direction
+from flowscope.flow.model import (
+    IP,
+    SCTP,
+    TCP,
+    UDP,
+    EventType,
+    Flow,
+    FlowType,
+    ICMPv4,
+    NetworkInterface,
+    TCPFlags,
+    TraceObservationPoint,
+    TrafficDirection,
+    Verdict,
+)
+from flowscope.flow.summary import summary_of
+
+_IPPROTO_ICMP, _IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 1, 6, 17, 132
+
+
+def _l4(ev: FlowEvent):
+    if ev.proto == _IPPROTO_TCP:
+        return TCP(ev.sport, ev.dport, TCPFlags.from_bits(ev.tcp_flags))
+    if ev.proto == _IPPROTO_UDP:
+        return UDP(ev.sport, ev.dport)
+    if ev.proto == _IPPROTO_SCTP:
+        return SCTP(ev.sport, ev.dport)
+    if ev.proto == _IPPROTO_ICMP:
+        return ICMPv4(ev.icmp_type, ev.icmp_code)
+    return None
+
+
+def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int) -> Flow:
+    """One event as a flow. The local endpoint is the source at from-endpoint (the pod sends)
+    and the destination at to-endpoint; the endpoint id belongs to that side only."""
+    from_endpoint = ev.obs_point == ObservationPoint.FROM_ENDPOINT
+    src_id = ev.endpoint_id if from_endpoint else 0
+    dst_id = 0 if from_endpoint else ev.endpoint_id
+    src = enricher.endpoint(str(ev.saddr), ev.src_identity, src_id)
+    dst = enricher.endpoint(str(ev.daddr), ev.dst_identity, dst_id)
+    l4 = _l4(ev)
+    verdict = Verdict(int(ev.verdict)) if int(ev.verdict) in Verdict._value2member_map_ else 0
+    point = TraceObservationPoint(int(ev.obs_point))
+    if verdict == Verdict.DROPPED:
+        event_type = EventType.drop(int(ev.drop_reason))
+    elif int(ev.event_type) == EventType.policy_verdict().type:
+        event_type = EventType.policy_verdict()
+    else:
+        event_type = EventType.trace(point)
+    direction = int(ev.traffic_direction)
+    allowed = ()
+    if verdict == Verdict.FORWARDED and ev.ct_state == CtState.NEW:  # its allow rule
+        policy_dir = Direction.EGRESS if direction == TrafficDirection.EGRESS else Direction.INGRESS
+        allowed = enricher.allowed_by(ev.policy_cookie, policy_dir)
+    return Flow(
+        time_ns=ev.ktime_ns + wall_offset,
+        verdict=verdict,
+        drop_reason=int(ev.drop_reason) if verdict == Verdict.DROPPED else 0,
+        ip=IP(str(ev.saddr), str(ev.daddr)),
+        l4=l4,
+        source=src,
+        destination=dst,
+        type=FlowType.L3_L4,
+        node_name=node,
+        event_type=event_type,
+        traffic_direction=direction,
+        trace_observation_point=point,
+        is_reply=ev.is_reply,
+        interface=NetworkInterface(ev.ifindex, "") if ev.ifindex else None,
+        egress_allowed_by=allowed if direction == TrafficDirection.EGRESS else (),
+        ingress_allowed_by=allowed if direction == TrafficDirection.INGRESS else (),
+        policy_cookie=ev.policy_cookie or None,
+        summary=summary_of(l4),
+    )

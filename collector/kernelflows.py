@@ -1,0 +1,75 @@
+"""Kernel events from the tracepoint probes (drops with the kernel's reason, TCP state changes,
+retransmits) as flow records, so they show up in `observe` beside the datapath's own flows.
+
+Hubble has no field for the kernel's skb drop reason: such a drop is a DROPPED flow whose
+drop_reason is DROP_REASON_UNKNOWN and whose Summary names the kernel reason ("Kernel drop:
+NO_SOCKET"). TCP state changes and retransmits are TRACED flows of type SOCK.
+"""
+
+from __future__ import annotations
+
+import time
+
+from collector.enrich import Enricher
+from dataplane.maps.kernelevent import KernelEvent, Kind
+from flowscope.flow.model import (
+    IP,
+    SCTP,
+    TCP,
+    UDP,
+    EventType,
+    Flow,
+    FlowType,
+    IPVersion,
+    MessageType,
+    NetworkInterface,
+    Verdict,
+)
+
+_IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 6, 17, 132
+
+
+def monotonic_to_wall_offset() -> int:
+    """Add to a CLOCK_MONOTONIC timestamp (bpf_ktime_get_ns) to get nanoseconds since the epoch."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: int) -> Flow:
+    ip = l4 = None
+    src = dst = None
+    if event.saddr is not None and event.daddr is not None:
+        version = IPVersion.IPv4 if event.saddr.version == 4 else IPVersion.IPv6
+        ip = IP(str(event.saddr), str(event.daddr), version)
+        src, dst = enricher.by_ip(str(event.saddr)), enricher.by_ip(str(event.daddr))
+    if event.protocol == _IPPROTO_TCP:
+        l4 = TCP(event.sport, event.dport)
+    elif event.protocol == _IPPROTO_UDP:
+        l4 = UDP(event.sport, event.dport)
+    elif event.protocol == _IPPROTO_SCTP:
+        l4 = SCTP(event.sport, event.dport)
+    common = dict(
+        time_ns=event.time_ns + wall_offset,
+        ip=ip,
+        l4=l4,
+        source=src,
+        destination=dst,
+        node_name=node,
+        interface=NetworkInterface(event.ifindex, "") if event.ifindex else None,
+    )
+    if event.kind is Kind.DROP:
+        return Flow(
+            verdict=Verdict.DROPPED,
+            type=FlowType.L3_L4,
+            event_type=EventType(MessageType.DROP, 0),
+            summary=f"Kernel drop: {event.drop_reason_name or event.drop_reason}",
+            **common,
+        )
+    if event.kind is Kind.STATE:
+        summary = f"TCP state {_state(event.old_state)} -> {_state(event.new_state)}"
+    else:
+        summary = f"TCP retransmit in {_state(event.new_state)}"
+    return Flow(verdict=Verdict.TRACED, type=FlowType.SOCK, summary=summary, **common)
+
+
+def _state(name: str | None) -> str:
+    return (name or "?").removeprefix("TCP_")
