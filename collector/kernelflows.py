@@ -2,13 +2,17 @@
 retransmits) as flow records, so they show up in `observe` beside the datapath's own flows.
 
 Hubble has no field for the kernel's skb drop reason: such a drop is a DROPPED flow whose
-drop_reason is DROP_REASON_UNKNOWN and whose Summary names the kernel reason ("Kernel drop:
-NO_SOCKET"). TCP state changes and retransmits are TRACED flows of type SOCK.
+drop_reason is DROP_REASON_UNKNOWN (0) and whose `kernel_drop_reason` (our extension) names the
+kernel's reason ("NO_SOCKET"). TCP state changes and retransmits are TRACED flows of type SOCK.
+
+QUEUE_PURGE is not reported: the kernel frees a closing socket's unread queue that way on every
+ordinary close, which says nothing about the network.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from collector.enrich import Enricher
 from dataplane.maps.kernelevent import KernelEvent, Kind
@@ -25,8 +29,23 @@ from flowscope.flow.model import (
     NetworkInterface,
     Verdict,
 )
+from flowscope.flow.summary import summary_of
 
 _IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 6, 17, 132
+BENIGN_DROP_REASONS = frozenset({"QUEUE_PURGE"})
+TC_DROP_REASONS = frozenset({"TC_INGRESS", "TC_EGRESS"})
+
+
+def reportable(event: KernelEvent, datapath_device: Callable[[int, int], bool]) -> bool:
+    """False for drops that say nothing new: benign ones, and the datapath's own tc drops on an
+    endpoint's veth (`datapath_device(netns, ifindex)`), which it reported with their reason."""
+    if event.kind is not Kind.DROP:
+        return True
+    if event.drop_reason_name in BENIGN_DROP_REASONS:
+        return False
+    return not (
+        event.drop_reason_name in TC_DROP_REASONS and datapath_device(event.netns, event.ifindex)
+    )
 
 
 def monotonic_to_wall_offset() -> int:
@@ -61,7 +80,8 @@ def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: 
             verdict=Verdict.DROPPED,
             type=FlowType.L3_L4,
             event_type=EventType(MessageType.DROP, 0),
-            summary=f"Kernel drop: {event.drop_reason_name or event.drop_reason}",
+            kernel_drop_reason=event.drop_reason_name or str(event.drop_reason),
+            summary=summary_of(l4),
             **common,
         )
     if event.kind is Kind.STATE:

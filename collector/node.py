@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from collector.datapath_flows import datapath_flow
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
-from collector.kernelflows import kernel_flow, monotonic_to_wall_offset
+from collector.kernelflows import kernel_flow, monotonic_to_wall_offset, reportable
 from dataplane.maps import flowevent
 from flowscope.flow.model import Flow, LostEventSource
 from probes.ringbuf import RingBuffer
@@ -40,8 +40,15 @@ class CollectorStats:
 
 
 class NodeCollector:
-    def __init__(self, node: str, enricher: Enricher, stream: FlowStream) -> None:
+    def __init__(
+        self,
+        node: str,
+        enricher: Enricher,
+        stream: FlowStream,
+        datapath_device: Callable[[int, int], bool] = lambda _netns, _ifindex: False,
+    ) -> None:
         self.node = node
+        self.datapath_device = datapath_device  # (netns inode, ifindex) carries our programs
         self.enricher = enricher
         self.stream = stream
         self.stats = CollectorStats()
@@ -59,6 +66,7 @@ class NodeCollector:
             return [
                 kernel_flow(ev, self.enricher, self.node, self._wall_offset)
                 for ev in probes.decode(records)
+                if reportable(ev, self.datapath_device)
             ]
 
         await self._run("tracepoints", probes.ring, to_flows, probes.lost_events)

@@ -90,7 +90,7 @@ class Agent:
         # Both adopt what a previous run pinned (connections, policies, watched namespaces).
         datapath = await asyncio.to_thread(Datapath.load, bpf_dir / "datapath")
         tracepoints = await asyncio.to_thread(TracepointProbes.load, bpf_dir / "tracepoints")
-        tracepoints.watch_named_netns(netns)
+        node_inode = tracepoints.watch_named_netns(netns)
         tracepoints.attach()
 
         maps = NodeDatapath(datapath, netns)
@@ -101,7 +101,12 @@ class Agent:
             hooks.watch(local.endpoint)
         stream = FlowStream(node_name=self.node)
         flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
-        collector = NodeCollector(self.node, Enricher(enforcement, self.info.name), stream)
+        collector = NodeCollector(
+            self.node,
+            Enricher(enforcement, self.info.name),
+            stream,
+            lambda inode, ifindex: inode == node_inode and enforcement.has_ifindex(ifindex),
+        )
 
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)

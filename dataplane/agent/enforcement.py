@@ -364,6 +364,10 @@ class Enforcement:
     def identity(self, identity_id: int) -> Identity | None:
         return self.identities.get(identity_id) or RESERVED_IDENTITIES.get(identity_id)
 
+    def has_ifindex(self, ifindex: int) -> bool:
+        """Whether a local endpoint's host veth has this ifindex (in the node's namespace)."""
+        return ifindex in self._endpoint_rows
+
     def rule(self, cookie: int) -> RuleRef | None:
         return self.compiled.cookies.get(cookie) if self.compiled else None
 

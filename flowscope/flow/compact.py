@@ -17,6 +17,7 @@ from flowscope.flow.model import (
     UDP,
     Endpoint,
     Flow,
+    FlowType,
     LostEvent,
     LostEventSource,
     MessageType,
@@ -77,6 +78,10 @@ def _identity(ep: Endpoint | None) -> str:
 
 def flow_type(flow: Flow) -> str:
     """The type column: trace point ('to-endpoint'), drop reason, 'policy-verdict:L3-L4 INGRESS'."""
+    if flow.kernel_drop_reason:
+        return f"kernel-drop:{flow.kernel_drop_reason}"
+    if flow.type == FlowType.SOCK:
+        return "sock-trace"
     if flow.event_type is None:
         return "UNKNOWN"
     kind, sub = flow.event_type.type, flow.event_type.sub_type

@@ -7,8 +7,9 @@ with the .proto field names ({"flow": {...}, "node_name": ..., "time": ...}; enu
 So tools that read Hubble's output read ours, and `from_json` reads Hubble's back (fields we do not
 model, such as ethernet or l7, are skipped).
 
-Our one extension is `policy_cookie`: the u32 the datapath's policy entry carries, naming the
-policy and rule that allowed or denied the flow (dataplane/policy/entry.py).
+Our extensions: `policy_cookie`, the u32 the datapath's policy entry carries, naming the
+policy and rule that allowed or denied the flow (dataplane/policy/entry.py), and
+`kernel_drop_reason`, the kernel's own reason for a drop seen by the tracepoint probes.
 """
 
 from __future__ import annotations
@@ -533,6 +534,7 @@ class Flow:
     egress_denied_by: tuple[Policy, ...] = ()
     ingress_denied_by: tuple[Policy, ...] = ()
     policy_cookie: int | None = None  # our extension: the policy entry's cookie
+    kernel_drop_reason: str = ""  # our extension: the kernel's skb drop reason ("NO_SOCKET")
     summary: str = ""  # Hubble: "Summary"
     uuid: str = ""
 
@@ -584,6 +586,8 @@ class Flow:
                 d[name] = [p.to_dict() for p in policies]
         if self.policy_cookie is not None:
             d["policy_cookie"] = self.policy_cookie
+        if self.kernel_drop_reason:
+            d["kernel_drop_reason"] = self.kernel_drop_reason
         if self.summary:
             d["Summary"] = self.summary
         return d
@@ -650,6 +654,7 @@ class Flow:
                 for name in _POLICY_LISTS
             },
             policy_cookie=_uint(cookie, "flow.policy_cookie") if cookie is not None else None,
+            kernel_drop_reason=str(raw.get("kernel_drop_reason") or ""),
             summary=raw.get("Summary", ""),
             uuid=raw.get("uuid", ""),
         )
