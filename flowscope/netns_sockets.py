@@ -1,22 +1,28 @@
-"""Netlink sockets inside another network namespace, made on a thread instead of a fork.
+"""Netlink sockets inside another network namespace, and new namespaces, made on a thread
+instead of a fork.
 
 pyroute2 (0.9) creates a socket for `IPRoute(netns=...)` in a forked child that enters the
 namespace and passes the socket back. Forking a process whose other threads are inside gRPC
 (the etcd client) crashes the child (seen: SIGSEGV, "child process is dead, status: -11"). setns(2)
 moves only the calling thread, so a short-lived thread can enter the namespace, open the socket
-and leave: a socket stays in the namespace it was opened in. Importing this module installs that
-strategy into pyroute2; dataplane/ and probes/ import it first.
+and leave: a socket stays in the namespace it was opened in. A new namespace is made the same
+way: a thread unshares its own network namespace and bind-mounts it under /run/netns. Importing
+this module installs both into pyroute2 (netns.create_socket, netns.create); dataplane/ and
+probes/ import it first.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import threading
 
 import pyroute2.netns as _pyroute2_netns
 
-from flowscope.setns import enter_netns
+from flowscope.setns import CLONE_NEWNET, enter_netns
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _netns_path(netns: str) -> str:
@@ -60,4 +66,26 @@ def _create_socket(
     return socket_in_netns(netns, family, socket_type, proto)
 
 
+def create_netns(netns: str, libc=None) -> None:
+    """pyroute2's netns.create, on a thread: unshare(CLONE_NEWNET) moves only that thread."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare: {os.strerror(err)}")
+            # pyroute2's own bind mount (shared /run/netns, the mount point), of this thread's ns
+            _pyroute2_netns._create(netns, libc, pid=f"self/task/{threading.get_native_id()}")
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-create:{netns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+
+
 _pyroute2_netns.create_socket = _create_socket
+_pyroute2_netns.create = create_netns

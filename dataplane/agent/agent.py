@@ -37,6 +37,7 @@ from probes.tracepoints import TracepointProbes
 log = logging.getLogger(__name__)
 
 CT_GC_INTERVAL = 10.0  # seconds; the kernel already ignores expired entries
+DATAPATH_REPORT_INTERVAL = 2.0  # seconds between checks of what could not be programmed
 
 
 def cni_path() -> list[str]:
@@ -128,6 +129,10 @@ class Agent:
         if masquerade is not None:
             tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
         await self._set_node_ready(objects, ipam)
+        # after Ready: that status write replaces the conditions this task then adds to
+        tasks.append(
+            asyncio.create_task(self._report_datapath(objects, enforcement), name="report")
+        )
         log.info("agent for %s ready (%s, ipam %s)", self.node, self.node_ip, self.info.ipam)
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -160,6 +165,33 @@ class Agent:
             self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr
         )
         return masq
+
+    async def _report_datapath(self, objects: ObjectStore, enforcement: Enforcement) -> None:
+        """The node's DatapathReady condition: False, with what failed, while anything could
+        not be programmed (a full map, above all), so `flowscope get nodes` shows it."""
+        reported: dict[str, str] | None = None
+        while True:
+            problems = dict(enforcement.problems)
+            if problems != reported:
+                message = "; ".join(f"{what}: {why}" for what, why in sorted(problems.items()))
+                cond = {
+                    "type": "DatapathReady",
+                    "status": "False" if problems else "True",
+                    "reason": "MapWriteFailed" if problems else "Programmed",
+                    "message": message[:1000],
+                }
+
+                def mutate(node: dict, cond=cond) -> dict:
+                    status = node.setdefault("status", {})
+                    others = [
+                        c for c in status.get("conditions") or () if c.get("type") != cond["type"]
+                    ]
+                    status["conditions"] = [*others, cond]
+                    return node
+
+                await objects.update("Node", None, self.node, mutate)
+                reported = problems
+            await asyncio.sleep(DATAPATH_REPORT_INTERVAL)
 
     async def _route_loop(self, kv) -> None:
         """Reconcile routes now and on every change of prefix ownership."""

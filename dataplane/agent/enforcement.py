@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
@@ -143,6 +143,7 @@ class Enforcement:
         self._policies: dict[int, EndpointPolicy] = {}
         self._endpoint_rows: dict[int, tuple] = {}
         self._lock = asyncio.Lock()
+        self.problems: dict[str, str] = {}  # what could not be programmed -> why
         self._applied_rev = 0
         self._identity_rev = 0
         self.reconciles = 0
@@ -232,6 +233,16 @@ class Enforcement:
         async with self._lock:
             self.local[endpoint.key] = LocalEndpoint(endpoint, identity)
             await self._apply(extra_pods={pod.key: pod})
+            failed = [
+                self.problems[what]
+                for what in (f"policy of {endpoint.key}", f"endpoint {endpoint.key}")
+                if what in self.problems
+            ]
+            if failed:  # CNI ADD fails and rolls back: a pod never runs half-programmed
+                self.local.pop(endpoint.key, None)
+                await self.allocator.release(identity.id)
+                await ipcache_records.withdraw(self.kv, endpoint.ip)
+                raise FlowscopeError(f"endpoint {endpoint.key}: {'; '.join(failed)}")
         await self._wait_propagated(revision)
 
     async def endpoint_removed(self, endpoint: Endpoint) -> None:
@@ -319,11 +330,12 @@ class Enforcement:
         # the pods' gateway address: what the node's own traffic to a pod may carry as source
         plan[GATEWAY_PREFIX] = IPCacheEntry(int(Reserved.HOST), 0, self.info.node(self.node).ip)
         upserts, deletes = diff_ipcache(self._ipcache, plan)
-        if upserts:
-            self.datapath.ipcache_update(upserts)
-        if deletes:
-            self.datapath.ipcache_delete(deletes)
-        self._ipcache = plan
+        with self._reporting("ipcache"):
+            if upserts:
+                self.datapath.ipcache_update(upserts)
+            if deletes:
+                self.datapath.ipcache_delete(deletes)
+            self._ipcache = plan  # only once written: a failed write is retried next round
 
     def _sync_policies(self, pods: Mapping, ns_labels: Mapping) -> None:
         by_labels: dict[Labels, int] = {
@@ -342,17 +354,34 @@ class Enforcement:
             policy = self.compiled.endpoints.get(local.pod_key)
             if policy is None:
                 continue  # the pod object is gone: keep the last policy until CNI DEL
-            if self._policies.get(local.id) != policy:
-                self.datapath.policy_set(local.id, policy)
-                self._policies[local.id] = policy
+            current = self._policies.get(local.id)
+            if current is not policy and current != policy:
+                # on failure the endpoint keeps its previous, whole policy (the swap is atomic)
+                with self._reporting(f"policy of {local.endpoint.key}"):
+                    self.datapath.policy_set(local.id, policy)
+                    self._policies[local.id] = policy
 
     def _sync_endpoints(self) -> None:
         for local in self.local.values():
             ep = local.endpoint
             row = (local.id, local.identity.id, ep.ip, self._audit(ep.pod_namespace))
             if self._endpoint_rows.get(ep.host_ifindex) != row:
-                self.datapath.endpoint_set(ep.host_ifindex, *row)
-                self._endpoint_rows[ep.host_ifindex] = row
+                with self._reporting(f"endpoint {ep.key}"):
+                    self.datapath.endpoint_set(ep.host_ifindex, *row)
+                    self._endpoint_rows[ep.host_ifindex] = row
+
+    @contextlib.contextmanager
+    def _reporting(self, what: str) -> Iterator[None]:
+        """A map write that fails (a full map, above all) is logged and kept in `problems`,
+        never silent; the next reconcile tries again, and a success clears it."""
+        try:
+            yield
+        except FlowscopeError as e:
+            if self.problems.get(what) != str(e):
+                log.error("cannot program %s: %s%s", what, e, f" ({e.hint})" if e.hint else "")
+            self.problems[what] = f"{e}" + (f" ({e.hint})" if e.hint else "")
+        else:
+            self.problems.pop(what, None)
 
     # -- the directory the collector reads (collector.enrich.Directory) ------------------------
     def record(self, ip: str) -> IPRecord | None:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 WATCHED = ("Node", "Pod", "Service", "EndpointSlice")
 _DEBOUNCE = 0.02  # seconds: let a burst of events (an apply of many pods) land before a round
 _RETRY = 0.5  # seconds before retrying a round that failed to write
+IDENTITY_GC_INTERVAL = 60.0  # seconds between identity GC rounds
+IDENTITY_UNUSED_FOR = 900.0  # an identity unused this long is deleted (Cilium: 15 min)
 
 
 class Informers:
@@ -113,11 +115,32 @@ async def run_endpointslice_round(store: ObjectStore, informers: Informers) -> i
     return len(changes.apply) + len(changes.delete)
 
 
+async def collect_identities(kv: KV, every: float, unused_for: float) -> None:
+    """Delete identities no node has used for `unused_for` seconds (Cilium's identity GC).
+
+    One place runs it, as Cilium's operator does: the agents only take and drop references."""
+    from dataplane.identity.allocator import IdentityAllocator
+
+    allocator = IdentityAllocator(kv, "controller")
+    while True:
+        await asyncio.sleep(every)
+        try:
+            deleted = await allocator.gc(unused_for)
+        except FlowscopeError as e:
+            log.warning("identity gc failed: %s; next round in %.0fs", e, every)
+            continue
+        if deleted:
+            log.info("identity gc: deleted %s", ", ".join(map(str, deleted)))
+
+
 async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
-    """Run the scheduler and the EndpointSlice controller until `stop_event` is set."""
+    """Run the scheduler, the EndpointSlice controller and identity GC until `stop_event`."""
     store = ObjectStore(kv)
     informers = Informers(store)
     await informers.start()
+    identity_gc = asyncio.create_task(
+        collect_identities(kv, IDENTITY_GC_INTERVAL, IDENTITY_UNUSED_FOR), name="identity-gc"
+    )
     try:
         while not stop_event.is_set():
             stop = asyncio.ensure_future(stop_event.wait())
@@ -138,4 +161,5 @@ async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
                 await asyncio.sleep(_RETRY)
                 informers.dirty.set()
     finally:
+        identity_gc.cancel()
         await informers.stop()

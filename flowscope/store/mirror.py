@@ -8,10 +8,16 @@ replay events). Values are decoded once, when they arrive.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
+
+log = logging.getLogger(__name__)
+RETRY = 0.5  # seconds before reading a prefix again after its watch failed
 
 T = TypeVar("T")
 
@@ -42,15 +48,24 @@ class PrefixMirror(Generic[T]):
         return revision
 
     async def run(self) -> None:
-        """Follow changes forever (load() first)."""
-        async for event in self.kv.watch(self.prefix, self.revision + 1):
-            if event.kind == "put":
-                self._put(event.kv.key, event.kv.value)
-            else:
-                self.items.pop(event.kv.key[len(self.prefix) :], None)
-            self.revision = event.kv.mod_revision
-            self.version += 1
-            self._on_change()
+        """Follow changes forever (load() first). A watch that fails (the store compacted the
+        history it needed, or went away and came back) is replaced by a fresh load and watch."""
+        while True:
+            try:
+                async for event in self.kv.watch(self.prefix, self.revision + 1):
+                    if event.kind == "put":
+                        self._put(event.kv.key, event.kv.value)
+                    else:
+                        self.items.pop(event.kv.key[len(self.prefix) :], None)
+                    self.revision = event.kv.mod_revision
+                    self.version += 1
+                    self._on_change()
+                return
+            except FlowscopeError as e:
+                log.warning("watch of %s failed (%s): reading it again", self.prefix, e)
+                await asyncio.sleep(RETRY)
+                await self.load()
+                self._on_change()
 
     def _put(self, key: str, value: bytes) -> None:
         name = key[len(self.prefix) :]

@@ -17,10 +17,12 @@ from dataplane.endpoint.registry import EndpointRegistry
 from dataplane.identity.allocator import IdentityAllocator
 from dataplane.identity.ipcache import IPCacheEntry
 from dataplane.identity.model import Reserved
+from dataplane.maps.bpfmap import MapError
 from dataplane.policy.entry import COOKIE_HOST, COOKIE_NO_POLICY, Direction, EndpointPolicy
 from flowscope.apis.objectstore import ObjectStore
 from flowscope.apis.refs import ObjectRef
 from flowscope.clusterinfo import ClusterInfo, NodeInfo
+from flowscope.errors import FlowscopeError
 
 NODES = {"n1": IPv4Address("10.224.0.4"), "n2": IPv4Address("10.224.0.5")}
 
@@ -34,6 +36,7 @@ class FakeDatapath:
         self.policies: dict[int, EndpointPolicy] = {}
         self.endpoints: dict[int, tuple] = {}
         self.writes = 0
+        self.max_policy_entries = 1 << 20
 
     async def attach_endpoint(self, host_ifname: str) -> None:
         self.attached.append(host_ifname)
@@ -54,6 +57,10 @@ class FakeDatapath:
         return self.policies.get(endpoint_id)
 
     def policy_set(self, endpoint_id: int, policy: EndpointPolicy) -> None:
+        if len(policy.entries) > self.max_policy_entries:
+            raise MapError(
+                f"policy map of endpoint {endpoint_id} is full", hint="raise policy_entries"
+            )
         self.writes += 1
         self.policies[endpoint_id] = policy
 
@@ -263,3 +270,29 @@ async def test_endpoint_removed_clears_its_state(kv, objects):
         assert 7 not in dp.endpoints and 7 not in dp.policies
         assert await kv.get(ipcache_records.PREFIX + "10.244.0.10") is None
         await until(lambda: IPv4Network("10.244.0.10/32") not in dp.ipcache)
+
+
+async def test_a_full_policy_map_is_reported_and_the_old_policy_kept(kv, objects):
+    async with running(kv, "n1") as (enf, dp):
+        await add(kv, enf, endpoint("n1", "x", "a", "10.244.0.10", 7))
+        before = dp.policies[7]
+        dp.max_policy_entries = 1  # the deny policy has two entries (HOST + egress allow-all)
+        await objects.apply([deny_ingress("x")])
+        await until(lambda: any("policy of" in k for k in enf.problems))
+        assert dp.policies[7] == before  # never half-written
+        assert "is full" in next(iter(enf.problems.values()))
+        dp.max_policy_entries = 1 << 20
+        await objects.apply([namespace("x", {"team": "a", "poke": "1"})])  # any change: retry
+        await until(lambda: not enf.problems)
+        assert COOKIE_HOST in {e.cookie for e in dp.policies[7].entries}
+
+
+async def test_add_fails_cleanly_when_the_endpoints_policy_cannot_be_written(kv, objects):
+    async with running(kv, "n1") as (enf, dp):
+        dp.max_policy_entries = 0
+        ep = endpoint("n1", "x", "a", "10.244.0.10", 7)
+        await EndpointRegistry(kv, ep.node).put(ep)
+        with pytest.raises(FlowscopeError, match="is full"):
+            await enf.endpoint_added(ep)
+        assert ep.key not in enf.local
+        assert await kv.get(ipcache_records.PREFIX + "10.244.0.10") is None

@@ -118,3 +118,24 @@ async def test_controllers_bind_pods_and_derive_endpointslices(kv: KV) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_identity_gc_deletes_only_identities_unused_long_enough(kv: KV) -> None:
+    from dataplane.identity.allocator import IdentityAllocator
+    from flowscope.controllers.manager import collect_identities
+
+    agent = IdentityAllocator(kv, "node-1")
+    kept = await agent.allocate(frozenset({"k8s:app=kept"}))
+    gone = await agent.allocate(frozenset({"k8s:app=gone"}))
+    await agent.release(gone.id)
+    gc = asyncio.create_task(collect_identities(kv, every=0.01, unused_for=0.0))
+    try:
+        reader = IdentityAllocator(kv, "reader")
+        for _ in range(500):
+            if await reader.lookup(gone.id) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await reader.lookup(gone.id) is None
+        assert await reader.lookup(kept.id) == kept
+    finally:
+        gc.cancel()
