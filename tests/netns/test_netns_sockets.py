@@ -11,7 +11,7 @@ import time
 import pytest
 from pyroute2 import IPRoute, netns
 
-import flowscope.netns_sockets  # noqa: F401  (installs the thread-based operations)
+import flowscope.netns_sockets
 from tests.conftest import unique
 
 pytestmark = pytest.mark.privileged
