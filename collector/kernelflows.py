@@ -29,9 +29,9 @@ from flowscope.flow.model import (
     NetworkInterface,
     Verdict,
 )
-from flowscope.flow.summary import summary_of
 
 _IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 6, 17, 132
+_PROTOCOL_NAMES = {1: "ICMPv4", _IPPROTO_TCP: "TCP", _IPPROTO_UDP: "UDP", _IPPROTO_SCTP: "SCTP"}
 BENIGN_DROP_REASONS = frozenset({"QUEUE_PURGE"})
 TC_DROP_REASONS = frozenset({"TC_INGRESS", "TC_EGRESS"})
 
@@ -81,7 +81,7 @@ def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: 
             type=FlowType.L3_L4,
             event_type=EventType(MessageType.DROP, 0),
             kernel_drop_reason=event.drop_reason_name or str(event.drop_reason),
-            summary=summary_of(l4),
+            summary=_PROTOCOL_NAMES.get(event.protocol, f"IP protocol {event.protocol}"),
             **common,
         )
     if event.kind is Kind.STATE:

@@ -11,7 +11,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "lab up: 3 nodes, $IPAM IPAM"
 "${FS[@]}" lab up --nodes 3 --ipam "$IPAM"
 
-step "apply examples/ (namespaces, pods, a service)"
+step "apply examples/ (namespaces, NetworkPolicies, pods, a service)"
 "${FS[@]}" apply -f examples/
 
 step "waiting for pods"
@@ -24,15 +24,27 @@ done
 "${FS[@]}" get pods -A -o wide
 "${FS[@]}" get nodes -o wide
 
-step "traffic: every frontend pod to every backend pod, TCP and UDP, across nodes"
+step "traffic: every frontend pod to every backend pod across nodes (policy: TCP 8080 only)"
 mapfile -t fe < <("${FS[@]}" get pods -n frontend -o name | sed 's|^pod/|frontend/|')
 mapfile -t be < <("${FS[@]}" get pods -n backend -o name | sed 's|^pod/|backend/|')
 for src in "${fe[@]}"; do
   for dst in "${be[@]}"; do
     "${FS[@]}" lab probe "$src" "$dst:8080" || true
-    "${FS[@]}" lab probe "$src" "$dst:5353" --protocol UDP || true
+    "${FS[@]}" lab probe "$src" "$dst:5353" --protocol UDP --timeout 1 || true
   done
 done
+
+step "reachability matrix of the two namespaces, TCP 8080 (rows: from, columns: to)"
+"${FS[@]}" lab matrix --namespaces frontend,backend --port 8080
+
+step "why: policy trace of an allowed and a denied connection"
+"${FS[@]}" policy trace --from "${fe[0]}" --to "${be[0]}" --port 8080 || true
+"${FS[@]}" policy trace --from "${fe[0]}" --to "${be[0]}" --port 5353 --protocol UDP || true
+
+step "live flows: the datapath's verdicts on every node (flowscope observe)"
+"${FS[@]}" observe --last 12 --namespace backend --print-node-name
+step "drops only"
+"${FS[@]}" observe --last 6 --verdict DROPPED --namespace backend
 
 step "the outside world (overlay: masqueraded to the node's address)"
 "${FS[@]}" lab exec "${fe[0]}" -- python3 -c \
