@@ -269,3 +269,41 @@ def test_kernel_events_show_tcp_states(lab: Lab) -> None:
         10,
         "a TCP state change flow from the tracepoint probes",
     )
+
+
+def test_ip_block_selects_pod_addresses_with_except(lab: Lab) -> None:
+    """ipBlock peers match pod IPs too (the e2e suite's CIDR cases): the ipcache entry of a pod
+    carries the CIDR identity of the longest ipBlock prefix covering its address."""
+    zb, zc = pod_ip(lab, "z/b"), pod_ip(lab, "z/c")
+    lab.apply(
+        f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: from-pod-cidr-but-zc, namespace: y}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: 10.244.0.0/16, except: ["{zc}/32"]}}}}]
+"""
+    )
+    try:
+        until(lambda: not lab.probe("z/c", "y/a:80", timeout=0.5)["connected"], what="except")
+        assert lab.probe("z/b", "y/a:80")["connected"], f"{zb} is inside the ipBlock"
+        assert lab.probe("x/b", "y/a:80")["connected"]
+        assert lab.probe("z/c", "y/b:80")["connected"]  # y/b is not selected
+    finally:
+        lab.run("delete", "networkpolicy", "from-pod-cidr-but-zc", "-n", "y")
+
+
+def test_policy_trace_gives_the_datapaths_answer(lab: Lab) -> None:
+    for src, dst in [
+        ("z/a", "x/a"),
+        ("y/a", "x/a"),
+        ("x/b", "x/c"),
+        ("z/c", "z/a"),
+        ("y/c", "x/b"),
+    ]:
+        probe = lab.probe(src, f"{dst}:80", timeout=0.5)
+        trace = lab.run("policy", "trace", "--from", src, "--to", dst, "--port", "80", check=False)
+        assert trace.returncode in (0, 1), trace.stderr
+        assert (trace.returncode == 0) == probe["connected"], f"{src} -> {dst}: {trace.stdout}"
