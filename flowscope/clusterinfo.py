@@ -39,6 +39,12 @@ class ClusterInfo:
         """Cluster-wide policy audit mode (Cilium's policy-audit-mode): drops become AUDIT."""
         return bool(self.extra.get("policy_audit_mode", False))
 
+    @property
+    def policy_map_entries(self) -> int | None:
+        """The most policy entries one endpoint may have (None: the datapath's default)."""
+        value = self.extra.get("policy_map_entries")
+        return int(value) if value else None
+
     def node(self, name: str) -> NodeInfo:
         for node in self.nodes:
             if node.name == name:

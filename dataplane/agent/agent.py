@@ -89,7 +89,9 @@ class Agent:
         bpf_dir = self.paths.node_bpf_dir(self.node)
         # compiling takes about a second each, the first time in a process: off the event loop.
         # Both adopt what a previous run pinned (connections, policies, watched namespaces).
-        datapath = await asyncio.to_thread(Datapath.load, bpf_dir / "datapath")
+        entries = self.info.policy_map_entries
+        sizes = {"policy_entries": entries} if entries else {}
+        datapath = await asyncio.to_thread(Datapath.load, bpf_dir / "datapath", **sizes)
         tracepoints = await asyncio.to_thread(TracepointProbes.load, bpf_dir / "tracepoints")
         node_inode = tracepoints.watch_named_netns(netns)
         tracepoints.attach()

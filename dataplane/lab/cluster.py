@@ -41,6 +41,7 @@ class UpOptions:
     pod_cidr: IPv4Network | None = None
     timeout: float = 60.0
     policy_audit_mode: bool = False  # cluster-wide: would-be policy drops pass as AUDIT
+    policy_map_entries: int | None = None  # per endpoint; None: the datapath's default
 
 
 def _free_port() -> int:
@@ -166,7 +167,11 @@ def _start_store(
         gateway=plan.gateway,
         etcd_url=url,
         nodes=tuple(NodeInfo(n.name, n.ip, paths.node_netns(n.name)) for n in plan.nodes),
-        extra={"world_ip": str(plan.world_ip), "policy_audit_mode": opts.policy_audit_mode},
+        extra={
+            "world_ip": str(plan.world_ip),
+            "policy_audit_mode": opts.policy_audit_mode,
+            "policy_map_entries": opts.policy_map_entries,
+        },
     )
 
 

@@ -147,7 +147,8 @@ def _too_big(epid: int, count: int, max_entries: int) -> MapError:
     return MapError(
         f"map {MAP_NAME}: the policy of endpoint {epid} needs {count} entries, "
         f"more than one endpoint's policy map holds ({max_entries})",
-        hint="raise policy_entries in Datapath.load (the agent's --policy-entries)",
+        hint="raise it for a new cluster (`flowscope lab up --policy-map-entries N`) "
+        "or narrow the policies (port ranges and ipBlock excepts multiply entries)",
     )
 
 

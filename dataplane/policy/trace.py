@@ -7,7 +7,7 @@ identity, exactly as the kernel programs look them up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -152,7 +152,7 @@ class Trace:
                 continue
             lines.append(f"{name} of {verdict.endpoint}:")
             if verdict.policies:
-                lines.append(f"  selected by: {', '.join(verdict.policies)}")
+                lines.append(f"  selected by: {_names(verdict.policies)}")
             lines.append(f"  {verdict.reason}")
             if verdict.entry is not None:
                 e = verdict.entry
@@ -167,6 +167,13 @@ class Trace:
             lines.append(f"  {name.lower()} verdict: {'ALLOWED' if verdict.allowed else 'DENIED'}")
         lines += ["", f"Final verdict: {'ALLOWED' if self.allowed else 'DENIED'}"]
         return "\n".join(lines)
+
+
+def _names(policies: Sequence[str], shown: int = 8) -> str:
+    """A readable list: the first few names, then how many more (-o json lists them all)."""
+    if len(policies) <= shown:
+        return ", ".join(policies)
+    return f"{', '.join(policies[:shown])} and {len(policies) - shown} more"
 
 
 def _party(
@@ -234,7 +241,7 @@ def _verdict(
         who = peer.describe() if seen == peer.identity else f"{peer.name} (identity {seen})"
         reason = (
             f"denied: default deny for {dname} of {local.name} (policies selecting it: "
-            f"{', '.join(policies)}); no rule of theirs allows {who} on {service}"
+            f"{_names(policies)}); no rule of theirs allows {who} on {service}"
         )
     elif entry.cookie == COOKIE_NO_POLICY:
         reason = f"allowed: no policy selects {local.name} for {dname}"

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="cluster-wide policy audit mode: would-be policy drops pass and show as AUDIT",
     )
+    p.add_argument(
+        "--policy-map-entries",
+        type=_positive,
+        metavar="N",
+        help="the most policy entries one endpoint may have (default 65536)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = lab_sub.add_parser("down", help="remove everything the cluster made")
@@ -67,6 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_matrix)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def _name(args: argparse.Namespace) -> str:
     return args.name or args.cluster
 
@@ -86,6 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         pod_cidr=args.pod_cidr,
         timeout=args.timeout,
         policy_audit_mode=args.policy_audit_mode,
+        policy_map_entries=args.policy_map_entries,
     )
     info, was_up = cluster.up(opts, _say)
     if was_up:

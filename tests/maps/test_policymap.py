@@ -160,7 +160,7 @@ def test_limits_are_errors_that_say_what_to_raise(pmap: PolicyMap) -> None:
     big = pol(*(PolicyEntry(IN, 2000 + i, 6, 80, 16, 1) for i in range(INNER_ENTRIES + 1)))
     with pytest.raises(MapError, match="endpoint 4 needs 9 entries") as err:
         pmap.set_policy(4, big)
-    assert "policy_entries" in str(err.value)
+    assert "--policy-map-entries" in str(err.value)
     assert pmap.get(4) is None  # nothing half-written
     for ep in range(MAX_ENDPOINTS):
         pmap.set_policy(ep + 1, pol())
