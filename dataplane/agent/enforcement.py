@@ -63,6 +63,7 @@ APPLIED_PREFIX = "/flowscope/agents/"
 # that is down must not stop pods from starting (its node's pods cannot be reached meanwhile
 # only if a policy there selects the new pod's identity).
 PROPAGATION_TIMEOUT = 2.0
+SLOW_RECONCILE_MS = 200.0  # longer reconciles are logged
 GATEWAY_PREFIX = IPv4Network(f"{GATEWAY}/32")
 
 
@@ -276,6 +277,14 @@ class Enforcement:
         self._sync_endpoints()
         self.reconciles += 1
         self.last_reconcile_ms = (time.perf_counter() - started) * 1000
+        if self.last_reconcile_ms > SLOW_RECONCILE_MS:
+            log.info(
+                "reconcile took %.0f ms (%d policies, %d pods, %d local endpoints)",
+                self.last_reconcile_ms,
+                len(self.policies.items),
+                len(pods),
+                len(self.local),
+            )
         if records_rev > self._applied_rev:
             self._applied_rev = records_rev
             await self.kv.put(
