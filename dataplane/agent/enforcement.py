@@ -63,6 +63,7 @@ APPLIED_PREFIX = "/flowscope/agents/"
 # that is down must not stop pods from starting (its node's pods cannot be reached meanwhile
 # only if a policy there selects the new pod's identity).
 PROPAGATION_TIMEOUT = 2.0
+STORE_CONCURRENCY = 32  # store requests in flight at once for a batch (CIDR identities)
 SLOW_RECONCILE_MS = 200.0  # longer reconciles are logged
 GATEWAY_PREFIX = IPv4Network(f"{GATEWAY}/32")
 
@@ -314,12 +315,21 @@ class Enforcement:
 
     async def _sync_cidr_identities(self) -> None:
         wanted = required_prefixes(list(self.policies.items.values()))
-        for prefix in wanted - self.cidr_identities.keys():
-            identity = await self.allocator.allocate_cidr(prefix)
+        limit = asyncio.Semaphore(STORE_CONCURRENCY)
+
+        async def allocate(prefix: IPv4Network) -> None:
+            async with limit:
+                identity = await self.allocator.allocate_cidr(prefix)
             self.identities[identity.id] = identity
             self.cidr_identities[prefix] = identity.id
-        for prefix in self.cidr_identities.keys() - wanted:
-            await self.allocator.release(self.cidr_identities.pop(prefix))
+
+        async def release(prefix: IPv4Network) -> None:
+            async with limit:
+                await self.allocator.release(self.cidr_identities.pop(prefix))
+
+        # a thousand ipBlocks are a thousand store round trips: in parallel, not in a row
+        await asyncio.gather(*map(allocate, wanted - self.cidr_identities.keys()))
+        await asyncio.gather(*map(release, self.cidr_identities.keys() - wanted))
 
     async def _sync_ipcache(self) -> None:
         pods: dict[IPv4Address, PodAddress] = {}
