@@ -32,6 +32,7 @@ from pathlib import Path
 
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.natmap import KernelNatMap, NatEntry, NatKey, NatMapping
+from dataplane.maps.netorder import u32_of
 from flowscope.errors import FlowscopeError, UsageError
 from probes import libbpf, tcattach
 from probes.bpfloader import CompiledObject, LoadedObject
@@ -93,10 +94,6 @@ class MasqConfigStruct(ct.Structure):
     )
 
 
-def _be32(addr: ipaddress.IPv4Address) -> int:
-    return int.from_bytes(addr.packed, "little")
-
-
 @dataclass(frozen=True)
 class MasqueradeConfig:
     """What one node's masquerade needs. Timeouts follow Cilium's conntrack defaults."""
@@ -156,9 +153,9 @@ class MasqueradeConfig:
 
     def to_struct(self) -> MasqConfigStruct:
         return MasqConfigStruct(
-            node_ip=_be32(self.node_ip),
-            native_net=_be32(self.native_cidr.network_address),
-            native_mask=_be32(self.native_cidr.netmask),
+            node_ip=u32_of(self.node_ip),
+            native_net=u32_of(self.native_cidr.network_address),
+            native_mask=u32_of(self.native_cidr.netmask),
             port_min=self.port_min,
             port_max=self.port_max,
             timeout_tcp_s=self.timeout_tcp_s,

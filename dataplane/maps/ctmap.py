@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.netorder import ip_of, u32_of
 from dataplane.policy.entry import Direction
 from probes.bpfloader import Migration
 
@@ -73,14 +74,6 @@ KEY_DTYPE = np.dtype(CtKey)
 ENTRY_DTYPE = np.dtype(CtEntry)
 
 
-def _ip(be32: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(int(be32).to_bytes(4, "little"))
-
-
-def _be32(addr: ipaddress.IPv4Address | str) -> int:
-    return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
-
-
 def make_key(
     scope: Direction,
     proto: int,
@@ -92,8 +85,8 @@ def make_key(
     """A key from host-order ports, as the datapath builds it (ICMP echo: sport = the id on
     the request, dport = 0)."""
     return CtKey(
-        saddr=_be32(saddr),
-        daddr=_be32(daddr),
+        saddr=u32_of(saddr),
+        daddr=u32_of(daddr),
         sport=socket.htons(sport),
         dport=socket.htons(dport),
         proto=proto,
@@ -155,8 +148,8 @@ def decode(keys: np.ndarray, values: np.ndarray) -> list[Connection]:
         Connection(
             scope=Direction(int(k["scope"])),
             proto=int(k["proto"]),
-            saddr=_ip(k["saddr"]),
-            daddr=_ip(k["daddr"]),
+            saddr=ip_of(k["saddr"]),
+            daddr=ip_of(k["daddr"]),
             sport=socket.ntohs(int(k["sport"])),
             dport=socket.ntohs(int(k["dport"])),
             **{name: int(v[name]) for name, *_ in CtEntry._fields_ if name != "pad"},

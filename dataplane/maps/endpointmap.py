@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from dataplane.maps.bpfmap import BpfMap, MapError
+from dataplane.maps.netorder import ip_of, u32_of
 from probes.bpfloader import Migration
 
 MAP_NAME = "endpoints"
@@ -41,14 +42,6 @@ class EndpointInfo(ct.Structure):
 EndpointKey = ct.c_uint32
 
 
-def _be32(addr: ipaddress.IPv4Address | str) -> int:
-    return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
-
-
-def _ip(be32: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(int(be32).to_bytes(4, "little"))
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """One local endpoint as the datapath knows it."""
@@ -66,13 +59,13 @@ class Endpoint:
         return EndpointInfo(
             endpoint_id=self.ifindex,
             identity=self.identity,
-            ipv4=_be32(self.ipv4),
+            ipv4=u32_of(self.ipv4),
             flags=EP_F_AUDIT if self.audit else 0,
         )
 
     @classmethod
     def from_struct(cls, ifindex: int, v: EndpointInfo) -> Endpoint:
-        return cls(int(ifindex), int(v.identity), _ip(v.ipv4), bool(v.flags & EP_F_AUDIT))
+        return cls(int(ifindex), int(v.identity), ip_of(v.ipv4), bool(v.flags & EP_F_AUDIT))
 
 
 def validate(ep: Endpoint) -> None:

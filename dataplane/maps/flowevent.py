@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dataplane.maps.netorder import ip_of
+
 VERSION = 1
 IS_REPLY_UNKNOWN = 0xFF
 
@@ -135,7 +137,7 @@ def decode(records: Sequence[bytes] | bytes | bytearray | memoryview) -> np.ndar
 
 def ipv4(column: np.ndarray) -> list[ipaddress.IPv4Address]:
     """A column of network-order addresses (saddr, daddr) as addresses."""
-    return [ipaddress.IPv4Address(int(a).to_bytes(4, "little")) for a in column]
+    return [ip_of(a) for a in column]
 
 
 def _enum(kind: type[enum.IntEnum], value: int):
@@ -193,8 +195,8 @@ class FlowEvent:
             endpoint_id=int(row["endpoint_id"]),
             ifindex=int(row["ifindex"]),
             policy_cookie=int(row["policy_cookie"]),
-            saddr=ipaddress.IPv4Address(int(row["saddr"]).to_bytes(4, "little")),
-            daddr=ipaddress.IPv4Address(int(row["daddr"]).to_bytes(4, "little")),
+            saddr=ip_of(row["saddr"]),
+            daddr=ip_of(row["daddr"]),
             sport=int(row["sport"]),
             dport=int(row["dport"]),
             proto=int(row["proto"]),

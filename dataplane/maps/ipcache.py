@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from dataplane.maps.bpfmap import BpfMap, MapError
+from dataplane.maps.netorder import ip_of, u32_of
 from probes.bpfloader import Migration
 
 MAP_NAME = "ipcache"
@@ -44,14 +45,6 @@ class IPCacheInfo(ct.Structure):
     )
 
 
-def _be32(addr: IPv4Address | str) -> int:
-    return int.from_bytes(IPv4Address(addr).packed, "little")
-
-
-def _ip(be32: int) -> IPv4Address:
-    return IPv4Address(int(be32).to_bytes(4, "little"))
-
-
 @dataclass(frozen=True)
 class IPCacheValue:
     identity: int
@@ -63,7 +56,7 @@ class IPCacheValue:
         return IPCacheInfo(
             identity=self.identity,
             cidr_identity=self.cidr_identity,
-            node_ip=_be32(self.node_ip) if self.node_ip is not None else 0,
+            node_ip=u32_of(self.node_ip) if self.node_ip is not None else 0,
             flags=self.flags,
         )
 
@@ -72,7 +65,7 @@ class IPCacheValue:
         return cls(
             identity=int(v.identity),
             cidr_identity=int(v.cidr_identity),
-            node_ip=_ip(v.node_ip) if v.node_ip else None,
+            node_ip=ip_of(v.node_ip) if v.node_ip else None,
             flags=int(v.flags),
         )
 
@@ -98,7 +91,7 @@ def _net(prefix: IPv4Network | str) -> IPv4Network:
 def make_key(prefix: IPv4Network | str) -> IPCacheKey:
     """The trie key of a prefix (host bits cleared)."""
     net = IPv4Network(prefix, strict=False)
-    return IPCacheKey(prefixlen=net.prefixlen, addr=_be32(net.network_address))
+    return IPCacheKey(prefixlen=net.prefixlen, addr=u32_of(net.network_address))
 
 
 def _value(entry: EntryLike) -> IPCacheValue:
@@ -188,7 +181,7 @@ class KernelIPCacheMap(IPCacheMap):
         return self.entries().get(_net(prefix))
 
     def lookup(self, addr: IPv4Address | str) -> IPCacheValue | None:
-        v = self.map.lookup(IPCacheKey(prefixlen=32, addr=_be32(addr)))
+        v = self.map.lookup(IPCacheKey(prefixlen=32, addr=u32_of(addr)))
         return IPCacheValue.from_struct(v) if v is not None else None
 
     def entries(self) -> dict[IPv4Network, IPCacheValue]:
@@ -196,7 +189,7 @@ class KernelIPCacheMap(IPCacheMap):
         for key in self.map.keys():  # noqa: SIM118  (LPM tries have no batch lookup)
             v = self.map.lookup(key)
             if v is not None:
-                net = IPv4Network(f"{_ip(key.addr)}/{key.prefixlen}", strict=False)
+                net = IPv4Network(f"{ip_of(key.addr)}/{key.prefixlen}", strict=False)
                 out[net] = IPCacheValue.from_struct(v)
         return out
 

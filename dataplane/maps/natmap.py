@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.netorder import ip_of, u32_of
 
 NAT_DIR_OUT = 0  # pod -> outside, original tuple; value: node IP and NAT port
 NAT_DIR_IN = 1  # outside -> node IP:NAT port, reply tuple; value: pod IP and port
@@ -59,15 +60,6 @@ class NatEntry(ct.Structure):
 
 KEY_DTYPE = np.dtype(NatKey)
 ENTRY_DTYPE = np.dtype(NatEntry)
-
-
-def _ip(be32: int) -> ipaddress.IPv4Address:
-    # A network-order u32 read as a little-endian integer: its bytes are the address in order.
-    return ipaddress.IPv4Address(int(be32).to_bytes(4, "little"))
-
-
-def _be32(addr: ipaddress.IPv4Address | str) -> int:
-    return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
 
 
 @dataclass(frozen=True)
@@ -112,8 +104,8 @@ def make_key(
 ) -> NatKey:
     """A key from host-order ports, as the C program builds it."""
     return NatKey(
-        saddr=_be32(saddr),
-        daddr=_be32(daddr),
+        saddr=u32_of(saddr),
+        daddr=u32_of(daddr),
         sport=socket.htons(sport),
         dport=socket.htons(dport),
         proto=proto,
@@ -130,7 +122,7 @@ def make_entry(
     flags: int = 0,
 ) -> NatEntry:
     return NatEntry(
-        addr=_be32(addr),
+        addr=u32_of(addr),
         port=socket.htons(port),
         flags=flags,
         created_ns=created_ns,
@@ -143,11 +135,11 @@ def decode(keys: np.ndarray, values: np.ndarray) -> list[NatMapping]:
         NatMapping(
             direction=int(k["dir"]),
             proto=int(k["proto"]),
-            saddr=_ip(k["saddr"]),
-            daddr=_ip(k["daddr"]),
+            saddr=ip_of(k["saddr"]),
+            daddr=ip_of(k["daddr"]),
             sport=socket.ntohs(int(k["sport"])),
             dport=socket.ntohs(int(k["dport"])),
-            to_addr=_ip(v["addr"]),
+            to_addr=ip_of(v["addr"]),
             to_port=socket.ntohs(int(v["port"])),
             created_ns=int(v["created_ns"]),
             expires_ns=int(v["expires_ns"]),
