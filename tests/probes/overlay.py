@@ -33,6 +33,26 @@ OUTSIDE_IP = "10.224.0.100"
 GATEWAY = "169.254.1.1"
 
 
+async def plumb_pod(node_ns: str, pod_ns: str, host_if: str, ip: str) -> None:
+    """A pod as the CNI plugs it, in miniature: a veth from the node, the pod's /32 routed to
+    it, and the pod's default route via the link-local gateway on the host side."""
+    async with AsyncIPRoute(netns=node_ns, flags=0) as ipr:
+        await ipr.link(
+            "add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod_ns}
+        )
+        idx = (await ipr.link_lookup(ifname=host_if))[0]
+        await ipr.addr("add", index=idx, address=GATEWAY, prefixlen=32)
+        await ipr.link("set", index=idx, state="up")
+        await ipr.route("add", dst=f"{ip}/32", oif=idx, scope=253)
+    async with AsyncIPRoute(netns=pod_ns, flags=0) as ipr:
+        await ipr.link("set", ifname="lo", state="up")
+        eth0 = (await ipr.link_lookup(ifname="eth0"))[0]
+        await ipr.addr("add", index=eth0, address=ip, prefixlen=32)
+        await ipr.link("set", index=eth0, state="up")
+        await ipr.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope=253)
+        await ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0)
+
+
 @dataclass(frozen=True)
 class Node:
     ns: str
@@ -115,22 +135,7 @@ class Overlay:
 
     async def _pod(self, name: str, node: Node, ip: str) -> Pod:
         ns = self._ns(name)
-        host_if = f"lxc{name}"
-        async with AsyncIPRoute(netns=node.ns, flags=0) as ipr:
-            await ipr.link(
-                "add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns}
-            )
-            idx = (await ipr.link_lookup(ifname=host_if))[0]
-            await ipr.addr("add", index=idx, address=GATEWAY, prefixlen=32)
-            await ipr.link("set", index=idx, state="up")
-            await ipr.route("add", dst=f"{ip}/32", oif=idx, scope=253)
-        async with AsyncIPRoute(netns=ns, flags=0) as ipr:
-            await ipr.link("set", ifname="lo", state="up")
-            eth0 = (await ipr.link_lookup(ifname="eth0"))[0]
-            await ipr.addr("add", index=eth0, address=ip, prefixlen=32)
-            await ipr.link("set", index=eth0, state="up")
-            await ipr.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope=253)
-            await ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0)
+        await plumb_pod(node.ns, ns, f"lxc{name}", ip)
         pod = Pod(ns, ip, node)
         self.pods[name] = pod
         return pod

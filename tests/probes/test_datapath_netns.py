@@ -32,7 +32,7 @@ from flowscope.setns import enter_netns
 from probes import tcattach
 from probes.datapath import FROM_ENDPOINT, TC_PRIO, TO_ENDPOINT, Datapath
 from tests.conftest import unique
-from tests.probes.overlay import PeerServer, ask_tcp, ping, sock
+from tests.probes.overlay import PeerServer, ask_tcp, ping, plumb_pod, sock
 
 pytestmark = pytest.mark.privileged
 
@@ -80,21 +80,7 @@ class World:
     async def _pod(self, name: str, ip: str, identity: int) -> None:
         ns = self._ns(f"{self.prefix}-{name}")
         host_if = f"lxc{name}"
-        async with AsyncIPRoute(netns=self.node, flags=0) as ipr:
-            await ipr.link(
-                "add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns}
-            )
-            idx = (await ipr.link_lookup(ifname=host_if))[0]
-            await ipr.addr("add", index=idx, address=GATEWAY, prefixlen=32)
-            await ipr.link("set", index=idx, state="up")
-            await ipr.route("add", dst=f"{ip}/32", oif=idx, scope=253)
-        async with AsyncIPRoute(netns=ns, flags=0) as ipr:
-            await ipr.link("set", ifname="lo", state="up")
-            eth0 = (await ipr.link_lookup(ifname="eth0"))[0]
-            await ipr.addr("add", index=eth0, address=ip, prefixlen=32)
-            await ipr.link("set", index=eth0, state="up")
-            await ipr.route("add", dst=f"{GATEWAY}/32", oif=eth0, scope=253)
-            await ipr.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=eth0)
+        await plumb_pod(self.node, ns, host_if, ip)
         self.pods[name] = Pod(ns, ip, host_if, identity)
 
     def close(self) -> None:
