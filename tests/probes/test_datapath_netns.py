@@ -36,7 +36,6 @@ from tests.probes.overlay import PeerServer, ask_tcp, ping, plumb_pod, sock
 
 pytestmark = pytest.mark.privileged
 
-GATEWAY = "169.254.1.1"
 OPEN_PORT, CLOSED_PORT = 8080, 9090
 A_ID, B_ID = 1000, 1001
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
