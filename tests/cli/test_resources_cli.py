@@ -74,13 +74,15 @@ def test_apply_get_delete_round_trip(cli: CLI) -> None:
     assert r.stdout.splitlines() == [
         f"namespace/{ns}-fe created",
         f"namespace/{ns}-be created",
+        "networkpolicy.networking.k8s.io/default-deny-ingress created",
+        "networkpolicy.networking.k8s.io/api-from-web created",
         "pod/web-1 created",
         "pod/web-2 created",
         "pod/api-1 created",
         "service/web created",
     ]
     again = cli("apply", "-f", "-", stdin=text)
-    assert again.returncode == 0 and again.stdout.count("unchanged") == 6
+    assert again.returncode == 0 and again.stdout.count("unchanged") == 8
 
     pods = cli("get", "pods", "-n", f"{ns}-fe")
     lines = pods.stdout.splitlines()
