@@ -241,7 +241,7 @@ class Enforcement:
                 if what in self.problems
             ]
             if failed:  # CNI ADD fails and rolls back: a pod never runs half-programmed
-                self.local.pop(endpoint.key, None)
+                self._forget(endpoint)
                 await self.allocator.release(identity.id)
                 await ipcache_records.withdraw(self.kv, endpoint.ip)
                 raise FlowscopeError(f"endpoint {endpoint.key}: {'; '.join(failed)}")
@@ -249,16 +249,23 @@ class Enforcement:
 
     async def endpoint_removed(self, endpoint: Endpoint) -> None:
         async with self._lock:
-            local = self.local.pop(endpoint.key, None)
-            self.datapath.endpoint_delete(endpoint.host_ifindex)
-            self._endpoint_rows.pop(endpoint.host_ifindex, None)
-            self.datapath.policy_delete(endpoint.host_ifindex)
-            self._policies.pop(endpoint.host_ifindex, None)
+            local = self._forget(endpoint)
         record = self.records.items.get(str(endpoint.ip))
         if record is None or record.node == self.node:
             await ipcache_records.withdraw(self.kv, endpoint.ip)
         if local is not None:
             await self.allocator.release(local.identity.id)
+
+    def _forget(self, endpoint: Endpoint) -> LocalEndpoint | None:
+        """Everything this node holds for an endpoint, gone: a later veth may reuse its ifindex."""
+        local = self.local.pop(endpoint.key, None)
+        self.datapath.endpoint_delete(endpoint.host_ifindex)
+        self._endpoint_rows.pop(endpoint.host_ifindex, None)
+        self.datapath.policy_delete(endpoint.host_ifindex)
+        self._policies.pop(endpoint.host_ifindex, None)
+        for what in (f"policy of {endpoint.key}", f"endpoint {endpoint.key}"):
+            self.problems.pop(what, None)
+        return local
 
     # -- reconciling ----------------------------------------------------------------------------
     async def reconcile(self) -> None:

@@ -296,3 +296,6 @@ async def test_add_fails_cleanly_when_the_endpoints_policy_cannot_be_written(kv,
             await enf.endpoint_added(ep)
         assert ep.key not in enf.local
         assert await kv.get(ipcache_records.PREFIX + "10.244.0.10") is None
+        # nothing is left for a later veth that gets the same ifindex, nor reported any more
+        assert 7 not in dp.endpoints and 7 not in dp.policies
+        assert not enf.problems
