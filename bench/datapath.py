@@ -7,10 +7,14 @@ on node-1 (same-node pair). The policies select all three pods (ingress on the s
 the client) and allow the measured traffic; port 81, which the servers also serve, stays denied,
 which is checked in both modes so that "baseline" provably runs without the programs.
 
-Datapath and baseline alternate round by round (the order flips each round) in the same lab,
-because a shared machine drifts; medians are printed with their ratio. The uplinks' masquerade
-program (not part of this datapath) stays attached in both modes. Connections are closed with
-RST (SO_LINGER 0) so that the client never runs out of ports in TIME_WAIT.
+Datapath and baseline alternate within each round (the order flips each round) in the same lab,
+because a shared machine drifts: the printed ratio is the median of the rounds' ratios, whose
+two runs are seconds apart. The node agents keep running in both modes, with what is not on the
+pods' veths: the uplinks' masquerade program and the node-wide tracepoint probes; their CPU is
+printed too. The measurements run from a driver script inside the client pod (no `lab exec`
+start-up per sample), against an iperf3 server and a bare accept loop in the server pods.
+Connections are closed with RST (SO_LINGER 0) so that the client never runs out of ports held
+in TIME_WAIT.
 """
 
 from __future__ import annotations
