@@ -3,6 +3,8 @@ separate pod subnet handed to nodes in blocks."""
 
 from __future__ import annotations
 
+import json
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -74,3 +76,33 @@ def test_vnet_with_a_separate_pod_subnet() -> None:
     finally:
         lab.run("lab", "down", check=False, timeout=120)
     assert_no_trace(lab.name)
+
+
+def test_cluster_wide_policy_audit_mode() -> None:
+    """`lab up --policy-audit-mode`: a deny-all policy denies nothing, and each connection it
+    would have dropped shows as an AUDIT flow."""
+    lab = Lab(unique("aud"))
+    try:
+        lab.run("lab", "up", "--nodes", "2", "--policy-audit-mode", timeout=180)
+        lab.apply(two_pods())
+        lab.wait_running(2)
+        lab.apply(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+            "metadata: {name: deny-all, namespace: x}\n"
+            "spec: {podSelector: {}, ingress: []}\n"
+        )
+        trace = lab.run(
+            "policy", "trace", "--from", "x/a", "--to", "x/b", "--port", "80", check=False
+        )
+        assert trace.returncode == 1, trace.stdout  # the policy denies it...
+        deadline = time.monotonic() + 15
+        while True:  # ...and audit mode lets it pass, reported
+            assert lab.probe("x/a", "x/b:80")["connected"]
+            out = lab.run("observe", "--last", "500", "--verdict", "AUDIT", "-o", "json").stdout
+            audits = [json.loads(line)["flow"] for line in out.splitlines() if '"flow"' in line]
+            if any(f["destination"].get("pod_name") == "b" for f in audits):
+                break
+            assert time.monotonic() < deadline, "no AUDIT flow for x/a -> x/b"
+            time.sleep(0.2)
+    finally:
+        lab.run("lab", "down", check=False, timeout=120)
