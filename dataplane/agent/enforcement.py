@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from dataplane.agent import ipcache_records
 from dataplane.agent.ipcache_records import IPRecord
@@ -56,6 +56,7 @@ from flowscope.store.kv import KV
 from flowscope.store.mirror import PrefixMirror
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AUDIT_ANNOTATION = "policy.flowscope.io/audit-mode"
 APPLIED_PREFIX = "/flowscope/agents/"
@@ -114,6 +115,23 @@ def _applied(_key: str, value: bytes) -> int | None:
         return None
 
 
+class PerObject(Generic[T]):
+    """What is derived from each object of a mirror, derived again only for objects that
+    changed: a mirror decodes a new object for every change, so identity tells."""
+
+    def __init__(self, derive: Callable[[Any], T]) -> None:
+        self._derive = derive
+        self._cache: dict[str, tuple[Any, T]] = {}
+
+    def values(self, items: Mapping[str, Any]) -> list[T]:
+        cache = {}
+        for key, obj in items.items():
+            hit = self._cache.get(key)
+            cache[key] = hit if hit is not None and hit[0] is obj else (obj, self._derive(obj))
+        self._cache = cache
+        return [derived for _, derived in cache.values()]
+
+
 class Enforcement:
     def __init__(
         self,
@@ -140,6 +158,10 @@ class Enforcement:
         self.local: dict[str, LocalEndpoint] = {}  # Endpoint.key -> ...
         self.cidr_identities: dict[IPv4Network, int] = {}
         self.compiler = Compiler()  # keeps its caches between reconciles
+        self._pod_infos = PerObject(pod_info)
+        self._policy_prefixes = PerObject(lambda obj: required_prefixes([obj]))
+        self._cidr_version = 0
+        self._ipcache_inputs: tuple | None = None
         self.compiled: CompiledPolicy | None = None
         self._ipcache: dict[IPv4Network, IPCacheEntry] = {}
         self._policies: dict[int, EndpointPolicy] = {}
@@ -276,7 +298,7 @@ class Enforcement:
         started = time.perf_counter()
         records_rev = self.records.revision
         ns_labels = namespace_labels(self.namespaces.items.values())
-        pods = {p.key: p for p in map(pod_info, self.pods.items.values())}
+        pods = {p.key: p for p in self._pod_infos.values(self.pods.items)}
         pods.update(extra_pods or {})
         await self._relabel_local(pods, ns_labels)
         await self._sync_cidr_identities()
@@ -321,7 +343,10 @@ class Enforcement:
             )
 
     async def _sync_cidr_identities(self) -> None:
-        wanted = required_prefixes(list(self.policies.items.values()))
+        wanted = set().union(*self._policy_prefixes.values(self.policies.items))
+        if wanted == self.cidr_identities.keys():
+            return
+        self._cidr_version += 1
         limit = asyncio.Semaphore(STORE_CONCURRENCY)
 
         async def allocate(prefix: IPv4Network) -> None:
@@ -339,11 +364,20 @@ class Enforcement:
         await asyncio.gather(*map(release, self.cidr_identities.keys() - wanted))
 
     async def _sync_ipcache(self) -> None:
+        inputs = (
+            self.records.version,
+            self._cidr_version,
+            frozenset((local.endpoint.ip, local.identity.id) for local in self.local.values()),
+        )
+        if inputs == self._ipcache_inputs:
+            return  # a policy change: the ipcache stays what it is
+        complete = True  # every record's identity known: the plan holds until an input changes
         pods: dict[IPv4Address, PodAddress] = {}
         for record in self.records.items.values():
             if record.identity not in self.identities:
                 found = await self.allocator.lookup(record.identity)
                 if found is None:
+                    complete = False
                     continue  # the identity is being deleted: the record will follow
                 self.identities[found.id] = found
             pods[record.ip] = PodAddress(record.ip, record.identity, record.host_ip)
@@ -362,6 +396,7 @@ class Enforcement:
             if deletes:
                 self.datapath.ipcache_delete(deletes)
             self._ipcache = plan  # only once written: a failed write is retried next round
+            self._ipcache_inputs = inputs if complete else None
 
     def _sync_policies(self, pods: Mapping, ns_labels: Mapping) -> None:
         by_labels: dict[Labels, int] = {
