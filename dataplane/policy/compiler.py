@@ -316,18 +316,22 @@ def _describe(
     return f"{policy} {direction.name.lower()} rule {index}: {where} {who} on {ports}"
 
 
+def rule_keys(p: Policy) -> list[tuple[str, str, int, int, int]]:
+    """The cookie keys of one policy: (namespace, policy, direction, rule, peer or -1)."""
+    return [
+        (p.namespace, p.name, int(d), i, j)
+        for d in Direction
+        for i, rule in enumerate(p.rules(d) or ())
+        for j in (range(len(rule.peers)) if rule.peers else (-1,))
+    ]
+
+
 def assign_cookies(policies: Sequence[Policy]) -> dict[tuple[str, str, int, int, int], int]:
     """A u32 cookie for every (namespace, policy, direction, rule, peer or -1).
 
     A hash of the key, so a rule keeps its cookie while other policies come and go (the maps of
     other endpoints need not change); collisions probe on, in key order."""
-    keys = sorted(
-        (p.namespace, p.name, int(d), i, j)
-        for p in policies
-        for d in Direction
-        for i, rule in enumerate(p.rules(d) or ())
-        for j in (range(len(rule.peers)) if rule.peers else (-1,))
-    )
+    keys = sorted(key for p in policies for key in rule_keys(p))
     used: set[int] = set()
     out = {}
     for key in keys:
@@ -505,8 +509,15 @@ class Compiler:
         self._index: IdentityIndex | None = None
         self._rule_cache: dict[tuple, tuple[Policy, frozenset[PolicyEntry]]] = {}
         self._parsed: dict[str, tuple[Any, Policy]] = {}
-        self._refs: dict[tuple, tuple[Policy, RuleRef]] = {}
         self._endpoints: dict[PodKey, tuple[tuple, EndpointPolicy]] = {}
+        # cookies: each policy's keys and refs, kept while its Policy object is the same; the
+        # numbering is redone only when the set of keys changes (a rule or peer added/removed)
+        self._keys: dict[str, tuple[Policy, list[tuple]]] = {}
+        self._all_keys: list[tuple] | None = None
+        self._cookies: dict[tuple, int] = {}
+        self._refs: dict[str, tuple[Policy, list[tuple[int, RuleRef]]]] = {}
+        self._table: dict[int, RuleRef] = {}
+        self._labels: dict[PodKey, tuple[PodInfo, Any, Labels]] = {}  # security labels per pod
 
     def _policies(self, objs: Iterable[Mapping[str, Any] | Policy]) -> list[Policy]:
         out = []
@@ -529,37 +540,53 @@ class Compiler:
         self._parsed = seen
         return out
 
-    def _cookie_table(
-        self, parsed: Sequence[Policy], cookies: Mapping[tuple, int]
-    ) -> dict[int, RuleRef]:
-        table: dict[int, RuleRef] = {}
-        refs: dict[tuple, tuple[Policy, RuleRef]] = {}
+    def _cookie_table(self, parsed: Sequence[Policy]) -> dict[int, RuleRef]:
+        """cookie -> RuleRef for every rule and peer; after one policy changes, only its refs
+        are made again (the numbering of all keys is redone only when the key set changes)."""
+        keys: dict[str, tuple[Policy, list[tuple]]] = {}
+        all_keys: list[tuple] = []
         for policy in parsed:
-            for direction in Direction:
-                for i, rule in enumerate(policy.rules(direction) or ()):
-                    for j in range(len(rule.peers)) if rule.peers else (None,):
-                        key = (
-                            policy.namespace,
-                            policy.name,
-                            int(direction),
-                            i,
-                            -1 if j is None else j,
-                        )
-                        hit = self._refs.get(key)
-                        if hit is not None and (hit[0] is policy or hit[0] == policy):
-                            ref = hit[1]
-                        else:
-                            ref = RuleRef(
-                                policy.namespace,
-                                policy.name,
-                                direction,
-                                i,
-                                j,
-                                _describe(policy, direction, i, rule, j),
-                            )
-                        refs[key] = (policy, ref)
-                        table[cookies[key]] = ref
-        self._refs = refs
+            name = f"{policy.namespace}/{policy.name}"
+            hit = self._keys.get(name)
+            mine = hit[1] if hit is not None and hit[0] is policy else rule_keys(policy)
+            keys[name] = (policy, mine)
+            all_keys.extend(mine)
+        self._keys = keys
+        renumbered = all_keys != self._all_keys
+        if renumbered:
+            self._all_keys = all_keys
+            self._cookies = assign_cookies(parsed)
+            self._refs, self._table = {}, {}
+        table = dict(self._table)
+        refs: dict[str, tuple[Policy, list[tuple[int, RuleRef]]]] = {}
+        for name, (policy, mine) in keys.items():
+            hit = self._refs.get(name)
+            if hit is not None and hit[0] is policy:
+                refs[name] = hit
+                continue
+            for cookie, _ in hit[1] if hit is not None else ():
+                table.pop(cookie, None)
+            made = []
+            for key in mine:
+                _, _, d, i, j = key
+                direction = Direction(d)
+                rule = (policy.rules(direction) or ())[i]
+                peer = None if j < 0 else j
+                ref = RuleRef(
+                    policy.namespace,
+                    policy.name,
+                    direction,
+                    i,
+                    peer,
+                    _describe(policy, direction, i, rule, peer),
+                )
+                made.append((self._cookies[key], ref))
+                table[self._cookies[key]] = ref
+            refs[name] = (policy, made)
+        for name in self._refs.keys() - refs.keys():  # deleted policies
+            for cookie, _ in self._refs[name][1]:
+                table.pop(cookie, None)
+        self._refs, self._table = refs, table
         return table
 
     def compile(
@@ -596,12 +623,21 @@ class Compiler:
         parsed = self._policies(policies)
         pods_by_identity: dict[int, list[PodInfo]] = defaultdict(list)
         unresolved = []
+        labels_of: dict[PodKey, tuple[PodInfo, Any, Labels]] = {}
         for pod in pods:
-            ident = identities.get(security_labels(pod, namespaces))
+            ns_labels = namespaces.get(pod.namespace)
+            hit = self._labels.get(pod.key)
+            if hit is not None and hit[0] is pod and hit[1] == ns_labels:
+                labels = hit[2]
+            else:
+                labels = security_labels(pod, namespaces)
+            labels_of[pod.key] = (pod, ns_labels, labels)
+            ident = identities.get(labels)
             if ident is None:
                 unresolved.append(pod.key)
             else:
                 pods_by_identity[ident].append(pod)
+        self._labels = labels_of
         universe = (
             frozenset(identities.items()),
             frozenset(cidr_identities.items()),
@@ -613,8 +649,8 @@ class Compiler:
             self._rule_cache = {}
         index = self._index
 
-        cookies = assign_cookies(parsed)
-        cookie_table = self._cookie_table(parsed, cookies)
+        cookie_table = self._cookie_table(parsed)
+        cookies = self._cookies
         by_namespace: dict[str, list[Policy]] = defaultdict(list)
         for p in parsed:
             by_namespace[p.namespace].append(p)
