@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
 
 from collector.enrich import Enricher
 from dataplane.maps.kernelevent import KernelEvent, Kind
@@ -57,9 +58,10 @@ def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: 
     ip = l4 = None
     src = dst = None
     if event.saddr is not None and event.daddr is not None:
-        version = IPVersion.IPv4 if event.saddr.version == 4 else IPVersion.IPv6
-        ip = IP(str(event.saddr), str(event.daddr), version)
-        src, dst = enricher.by_ip(str(event.saddr)), enricher.by_ip(str(event.daddr))
+        saddr, daddr = _unmapped(event.saddr), _unmapped(event.daddr)
+        version = IPVersion.IPv4 if saddr.version == 4 else IPVersion.IPv6
+        ip = IP(str(saddr), str(daddr), version)
+        src, dst = enricher.by_ip(str(saddr)), enricher.by_ip(str(daddr))
     if event.protocol == _IPPROTO_TCP:
         l4 = TCP(event.sport, event.dport)
     elif event.protocol == _IPPROTO_UDP:
@@ -89,6 +91,13 @@ def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: 
     else:
         summary = f"TCP retransmit in {_state(event.new_state)}"
     return Flow(verdict=Verdict.TRACED, type=FlowType.SOCK, summary=summary, **common)
+
+
+def _unmapped(addr: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    """A dual-stack socket's IPv4 peer (::ffff:10.244.1.2) as the IPv4 address it is."""
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 def _state(name: str | None) -> str:
