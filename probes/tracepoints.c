@@ -54,7 +54,7 @@ struct kernel_event {
 
 struct tp_config {
     u32 skip_reason;  // drops with this reason are not reported (0: report all)
-    u32 pad;
+    u32 state_mask;   // TCP state changes reported: bit N for new state N (0: report all)
 };
 
 BPF_RINGBUF_OUTPUT(kernel_events, 256);  // 1 MiB (pages)
@@ -167,6 +167,11 @@ int tp_kfree_skb(struct tracepoint__skb__kfree_skb *args) {
 int tp_sock_state(struct tracepoint__sock__inet_sock_set_state *args) {
     u32 netns = sock_netns(args->skaddr);
     if (!watched(netns))
+        return 0;
+    u32 zero = 0;
+    struct tp_config *cfg = tp_config.lookup(&zero);
+    u32 state = args->newstate;
+    if (cfg && cfg->state_mask && (state >= 32 || !(cfg->state_mask & (1u << state))))
         return 0;
     struct kernel_event *ev = reserve();
     if (!ev)

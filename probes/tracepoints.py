@@ -36,6 +36,7 @@ import ctypes as ct
 import functools
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import numpy as np
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.kernelevent import (
     KernelEvent,
+    TcpState,
     TpConfigStruct,
     decode,
     drop_reason_names,
@@ -164,9 +166,12 @@ class TracepointProbes:
         *,
         report_unspecified: bool = False,
         ring_bytes: int | None = None,
+        tcp_states: Iterable[TcpState] | None = None,
     ) -> TracepointProbes:
         """Load a node's instance, adopting its pinned maps (the watched namespaces survive an
-        agent restart). ring_bytes sizes the event ring (a power of two of pages; 1 MiB)."""
+        agent restart). ring_bytes sizes the event ring (a power of two of pages; 1 MiB).
+        tcp_states: the new states whose changes are reported (None: every change); the
+        kernel drops the others before any ring buffer work."""
         sizes = None
         if ring_bytes is not None:
             page = os.sysconf("SC_PAGE_SIZE")
@@ -180,7 +185,7 @@ class TracepointProbes:
         )
         try:
             probes = cls(obj)
-            probes.configure(report_unspecified=report_unspecified)
+            probes.configure(report_unspecified=report_unspecified, tcp_states=tcp_states)
         except BaseException:
             obj.close()
             raise
@@ -194,12 +199,18 @@ class TracepointProbes:
     def attached(self) -> bool:
         return bool(self._perf_fds)
 
-    def configure(self, *, report_unspecified: bool) -> None:
+    def configure(
+        self, *, report_unspecified: bool, tcp_states: Iterable[TcpState] | None = None
+    ) -> None:
         skip = 0
         if not report_unspecified:
             by_name = {name: num for num, name in self.reason_names.items()}
             skip = by_name.get("NOT_SPECIFIED", 0)
-        self._config.update(ct.c_uint32(0), TpConfigStruct(skip_reason=skip))
+        mask = 0  # every state change
+        if tcp_states is not None:
+            # bit 31 is no TCP state: an empty set still makes the mask non-zero (report none)
+            mask = sum(1 << int(s) for s in set(tcp_states)) or 1 << 31
+        self._config.update(ct.c_uint32(0), TpConfigStruct(skip_reason=skip, state_mask=mask))
 
     def attach(self) -> None:
         """Attach the three programs to their tracepoints (no-op when attached)."""

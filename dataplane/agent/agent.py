@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from dataplane.endpoint.endpoint import Endpoint
 from dataplane.identity.allocator import IdentityAllocator
 from dataplane.ipam import IPAM, PREFIXES_KEY_PREFIX, IPAMConfig, all_node_prefixes
 from dataplane.lab.kubelet import Kubelet
+from dataplane.maps.kernelevent import TcpState
 from flowscope.apis.objectstore import ObjectStore
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.store.etcd import EtcdKV
@@ -37,6 +39,9 @@ from probes.tracepoints import TracepointProbes
 log = logging.getLogger(__name__)
 
 CT_GC_INTERVAL = 10.0  # seconds; the kernel already ignores expired entries
+# a connection opened (or accepted) and closed (or failed, or reset); the states between are
+# left in the kernel: they are most of the events a short connection makes
+TCP_STATES_REPORTED = frozenset({TcpState.TCP_ESTABLISHED, TcpState.TCP_CLOSE})
 DATAPATH_REPORT_INTERVAL = 2.0  # seconds between checks of what could not be programmed
 
 
@@ -92,7 +97,11 @@ class Agent:
         entries = self.info.policy_map_entries
         sizes = {"policy_entries": entries} if entries else {}
         datapath = await asyncio.to_thread(Datapath.load, bpf_dir / "datapath", **sizes)
-        tracepoints = await asyncio.to_thread(TracepointProbes.load, bpf_dir / "tracepoints")
+        tracepoints = await asyncio.to_thread(
+            functools.partial(
+                TracepointProbes.load, bpf_dir / "tracepoints", tcp_states=TCP_STATES_REPORTED
+            )
+        )
         node_inode = tracepoints.watch_named_netns(netns)
         tracepoints.attach()
 

@@ -80,7 +80,7 @@ class KernelEventStruct(ct.Structure):
 class TpConfigStruct(ct.Structure):
     """struct tp_config: the probes' settings (one entry, key 0)."""
 
-    _fields_ = (("skip_reason", ct.c_uint32), ("pad", ct.c_uint32))
+    _fields_ = (("skip_reason", ct.c_uint32), ("state_mask", ct.c_uint32))
 
 
 EVENT_DTYPE = np.dtype(KernelEventStruct)

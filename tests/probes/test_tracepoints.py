@@ -22,7 +22,7 @@ import pytest
 from pyroute2 import AsyncIPRoute, netns
 
 from dataplane.endpoint.netns import netns_path, write_sysctls
-from dataplane.maps.kernelevent import AF_INET, EVENT_SIZE, KernelEvent, Kind
+from dataplane.maps.kernelevent import AF_INET, EVENT_SIZE, KernelEvent, Kind, TcpState
 from dataplane.maps.netnsfilter import netns_inode
 from flowscope.errors import NotFound, UsageError
 from probes import tracepoints
@@ -157,6 +157,22 @@ def test_tcp_states_of_a_watched_namespace_only(world: World, probes: Tracepoint
     est = next(e for e in events if e.sport == cport)
     assert (str(est.saddr), str(est.daddr), est.dport, est.protocol) == (A_IP, B_IP, sport, 6)
     assert not any(e.sport in c_ports or e.dport in c_ports for e in events)
+
+
+def test_only_the_chosen_tcp_states_are_reported(world: World, probes: TracepointProbes) -> None:
+    probes.configure(
+        report_unspecified=False, tcp_states={TcpState.TCP_ESTABLISHED, TcpState.TCP_CLOSE}
+    )
+    probes.watch_netns(world.inode(world.a))
+    cport, _ = tcp_exchange(world.a, world.b, B_IP)
+    events = collect(probes, lambda ev: ("TCP_FIN_WAIT2", "TCP_CLOSE") in states(ev, cport))
+    # opened and closed: the kernel dropped FIN_WAIT1/2's arrival and SYN_SENT before the ring
+    assert states(events, cport) == [
+        ("TCP_SYN_SENT", "TCP_ESTABLISHED"),
+        ("TCP_FIN_WAIT2", "TCP_CLOSE"),
+    ]
+    changes = [e for e in events if e.kind is Kind.STATE]
+    assert {e.new_state for e in changes} <= {"TCP_ESTABLISHED", "TCP_CLOSE"}
 
 
 def test_watch_and_unwatch_change_what_is_reported(world: World, probes: TracepointProbes) -> None:
