@@ -4,6 +4,7 @@ records with names: endpoints, identities, labels, and the policy that allowed t
 from __future__ import annotations
 
 import enum
+import functools
 from typing import TypeVar
 
 from collector.enrich import Enricher
@@ -30,6 +31,7 @@ E = TypeVar("E", bound=enum.IntEnum)
 _IPPROTO_ICMP, _IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 1, 6, 17, 132
 
 
+@functools.cache
 def _enum(kind: type[E], value: int) -> E | int:
     """The flow model's member for a kernel number (the kernel uses Hubble's numbering); an
     unknown number passes through as it is."""
@@ -37,6 +39,14 @@ def _enum(kind: type[E], value: int) -> E | int:
         return kind(int(value))
     except ValueError:
         return int(value)
+
+
+_text = functools.lru_cache(maxsize=65536)(str)  # an address's text, once per address
+
+
+@functools.cache
+def _tcp_summary(bits: int) -> str:
+    return summary_of(TCP(flags=TCPFlags.from_bits(bits)))
 
 
 def _l4(ev: FlowEvent):
@@ -57,8 +67,9 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
     from_endpoint = ev.obs_point == ObservationPoint.FROM_ENDPOINT
     src_id = ev.endpoint_id if from_endpoint else 0
     dst_id = 0 if from_endpoint else ev.endpoint_id
-    src = enricher.endpoint(str(ev.saddr), ev.src_identity, src_id)
-    dst = enricher.endpoint(str(ev.daddr), ev.dst_identity, dst_id)
+    saddr, daddr = _text(ev.saddr), _text(ev.daddr)
+    src = enricher.endpoint(saddr, ev.src_identity, src_id)
+    dst = enricher.endpoint(daddr, ev.dst_identity, dst_id)
     l4 = _l4(ev)
     verdict = _enum(Verdict, ev.verdict)
     point = _enum(TraceObservationPoint, ev.obs_point)
@@ -77,7 +88,7 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
         time_ns=ev.ktime_ns + wall_offset,
         verdict=verdict,
         drop_reason=int(ev.drop_reason) if verdict == Verdict.DROPPED else 0,
-        ip=IP(str(ev.saddr), str(ev.daddr)),
+        ip=IP(saddr, daddr),
         l4=l4,
         source=src,
         destination=dst,
@@ -91,5 +102,5 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
         egress_allowed_by=allowed if direction == TrafficDirection.EGRESS else (),
         ingress_allowed_by=allowed if direction == TrafficDirection.INGRESS else (),
         policy_cookie=ev.policy_cookie or None,
-        summary=summary_of(l4),
+        summary=_tcp_summary(ev.tcp_flags) if ev.proto == _IPPROTO_TCP else summary_of(l4),
     )

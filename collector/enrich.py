@@ -15,8 +15,12 @@ from dataplane.policy.compiler import RuleRef
 from dataplane.policy.entry import COOKIE_HOST, COOKIE_NO_POLICY, Direction
 from flowscope.flow.model import Endpoint, Policy
 
+MAX_REMEMBERED = 65536  # endpoints named at once; past that the memory starts over
+
 
 class Directory(Protocol):
+    version: object  # changes whenever what the methods below answer may have changed
+
     def record(self, ip: str) -> IPRecord | None: ...
     def identity(self, identity_id: int) -> Identity | None: ...
     def rule(self, cookie: int) -> RuleRef | None: ...
@@ -26,9 +30,25 @@ class Enricher:
     def __init__(self, directory: Directory, cluster: str) -> None:
         self.directory = directory
         self.cluster = cluster
+        self._version: object = None
+        self._endpoints: dict[tuple[str, int, int], Endpoint] = {}
 
     def endpoint(self, ip: str, identity_id: int, endpoint_id: int = 0) -> Endpoint:
-        """The Hubble endpoint of an address seen with this identity."""
+        """The Hubble endpoint of an address seen with this identity (remembered until the
+        directory changes: the same few endpoints appear in every batch)."""
+        version = self.directory.version
+        if version != self._version:
+            self._endpoints.clear()
+            self._version = version
+        key = (ip, identity_id, endpoint_id)
+        found = self._endpoints.get(key)
+        if found is None:
+            if len(self._endpoints) >= MAX_REMEMBERED:
+                self._endpoints.clear()
+            found = self._endpoints[key] = self._endpoint(ip, identity_id, endpoint_id)
+        return found
+
+    def _endpoint(self, ip: str, identity_id: int, endpoint_id: int) -> Endpoint:
         identity = self.directory.identity(identity_id) or RESERVED_IDENTITIES.get(identity_id)
         labels = tuple(sorted(identity.labels)) if identity else ()
         record = self.directory.record(ip)

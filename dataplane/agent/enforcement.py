@@ -171,6 +171,7 @@ class Enforcement:
         self._applied_rev = 0
         self._identity_rev = 0
         self.reconciles = 0
+        self._local_changes = 0  # endpoints added or forgotten, for the directory's version
         self.last_reconcile_ms = 0.0
 
     def _mirror(self, prefix: str, decode: Callable[[str, bytes], Any]) -> PrefixMirror:
@@ -256,6 +257,7 @@ class Enforcement:
         revision = await ipcache_records.publish(self.kv, self._record(endpoint, identity))
         async with self._lock:
             self.local[endpoint.key] = LocalEndpoint(endpoint, identity)
+            self._local_changes += 1
             await self._apply(extra_pods={pod.key: pod})
             failed = [
                 self.problems[what]
@@ -281,6 +283,7 @@ class Enforcement:
     def _forget(self, endpoint: Endpoint) -> LocalEndpoint | None:
         """Everything this node holds for an endpoint, gone: a later veth may reuse its ifindex."""
         local = self.local.pop(endpoint.key, None)
+        self._local_changes += 1
         self.datapath.endpoint_delete(endpoint.host_ifindex)
         self._endpoint_rows.pop(endpoint.host_ifindex, None)
         self.datapath.policy_delete(endpoint.host_ifindex)
@@ -445,6 +448,11 @@ class Enforcement:
             self.problems.pop(what, None)
 
     # -- the directory the collector reads (collector.enrich.Directory) ------------------------
+    @property
+    def version(self) -> tuple[int, int, int, int]:
+        """Changes whenever a name the directory gives may have changed."""
+        return (self.reconciles, self.records.version, len(self.identities), self._local_changes)
+
     def record(self, ip: str) -> IPRecord | None:
         for local in self.local.values():  # ours first: the record mirror may lag a new pod
             if str(local.endpoint.ip) == ip:

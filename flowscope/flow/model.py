@@ -15,6 +15,7 @@ policy and rule that allowed or denied the flow (dataplane/policy/entry.py), and
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -189,8 +190,9 @@ class TCPFlags:
 
     @classmethod
     def from_bits(cls, bits: int) -> TCPFlags:
-        """From the TCP header's flag bits (FIN 0x01 ... CWR 0x80, NS 0x100)."""
-        return cls(*(bool(bits & (1 << i)) for i in range(9)))
+        """From the TCP header's flag bits (FIN 0x01 ... CWR 0x80, NS 0x100); frozen, so one
+        object per combination serves every flow."""
+        return _tcp_flags(cls, bits)
 
     def summary_names(self) -> list[str]:
         return [n for n in _SUMMARY_FLAG_ORDER if getattr(self, n)]
@@ -205,6 +207,11 @@ class TCPFlags:
         if unknown:
             raise ValueError(f"l4.TCP.flags: unknown flag {sorted(unknown)[0]!r}")
         return cls(**{n: bool(raw.get(n, False)) for n in TCP_FLAG_NAMES})
+
+
+@functools.cache
+def _tcp_flags(cls: type[TCPFlags], bits: int) -> TCPFlags:
+    return cls(*(bool(bits & (1 << i)) for i in range(9)))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ COOKIE = 0x1234
 
 
 class Directory:
+    version = 0
+
     def __init__(self) -> None:
         self.records = {
             str(A): IPRecord(A, ID_A, "node-1", NODE_IP, "x", "a"),
@@ -196,3 +198,13 @@ def test_benign_drops_and_the_datapaths_own_tc_drops_are_left_out() -> None:
     # a tc drop elsewhere (another program, another device) is news
     assert reportable(kernel(drop_reason_name="TC_EGRESS", ifindex=9), datapath_device)
     assert reportable(kernel(kind=Kind.RETRANSMIT, drop_reason_name=None), datapath_device)
+
+
+def test_the_enricher_forgets_names_when_the_directory_changes() -> None:
+    directory = Directory()
+    enricher = Enricher(directory, "lab")
+    assert enricher.endpoint(str(A), ID_A).pod_name == "a"
+    directory.records[str(A)] = IPRecord(A, ID_A, "node-1", NODE_IP, "x", "renamed")
+    assert enricher.endpoint(str(A), ID_A).pod_name == "a"  # remembered: same version
+    directory.version = 1
+    assert enricher.endpoint(str(A), ID_A).pod_name == "renamed"
