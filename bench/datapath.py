@@ -58,6 +58,8 @@ HOOKS = ((tcattach.Hook.EGRESS, TO_ENDPOINT), (tcattach.Hook.INGRESS, FROM_ENDPO
 #   iperf IP PORT SECONDS         iperf3's JSON report (retried while the server is not listening)
 #   connect IP PORT SECONDS   back-to-back connect + close (RST): {"ok", "failed", "seconds"}
 #   probe IP PORT             {"connected": bool} for one connect with a 0.5 s timeout
+SETTLED_CPU = 0.10  # fraction of a core under which the agents count as idle
+
 DRIVER = """
 import json, socket, struct, subprocess, sys, time
 
@@ -428,6 +430,18 @@ class BenchLab:
             total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         return total
 
+    def settle(self, timeout: float = 30.0) -> float:
+        """Wait until the agents are idle again (under SETTLED_CPU of a core over 0.5 s): a
+        burst of connections leaves their collectors draining flow events for a while, which
+        would otherwise be charged to the next measurement. Returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            c0, t0 = self.agents_cpu(), time.monotonic()
+            time.sleep(0.5)
+            if (self.agents_cpu() - c0) / (time.monotonic() - t0) < SETTLED_CPU:
+                break
+        return time.monotonic() - started
+
     def wait_running(self, count: int, timeout: float = 60) -> dict[str, str]:
         """NS/POD -> pod IP, once `count` pods run."""
         deadline = time.monotonic() + timeout
@@ -581,6 +595,7 @@ def main() -> None:
         results: dict[tuple[str, str, str], list[float]] = {}
         usage: dict[tuple[str, str], tuple[float, float]] = {}  # (wall s, agents' CPU s)
         failures: dict[str, int] = {}  # mode -> connects that failed
+        settles: list[float] = []  # seconds the agents needed to go idle before a measurement
         for rnd in range(ROUNDS):
             for on in (True, False) if rnd % 2 == 0 else (False, True):
                 asyncio.run(lab.set_datapath(list(node_of), node_of, on))
@@ -589,6 +604,7 @@ def main() -> None:
                     if driver.connects(ips[target], DENIED_PORT) == on:
                         raise RuntimeError(f"{mode}: port {DENIED_PORT} of {target} is wrong")
                 for pair, server in pairs.items():
+                    settles.append(lab.settle())
                     marks = [(time.monotonic(), lab.agents_cpu())]
                     bps = driver.throughput(ips[server])
                     marks.append((time.monotonic(), lab.agents_cpu()))
@@ -627,6 +643,11 @@ def main() -> None:
                     f"baseline {statistics.median(base) / scale:.{digits}f} {unit}; "
                     f"ratio {paired:.2f}{target}"
                 )
+        print(
+            f"before each measurement the agents went idle in at most {max(settles):.1f} s "
+            f"(median {statistics.median(settles):.1f} s): the flow events of the previous "
+            "connection burst, drained by the collectors"
+        )
         print(
             "failed connects (1 s timeout): "
             + ", ".join(f"{m} {failures.get(m, 0)}" for m in MODES)
