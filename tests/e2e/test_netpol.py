@@ -54,6 +54,13 @@ VNET_CASES = {
     "default-deny-ingress",
     "default-deny-all",
     "allow traffic only from a different namespace, based on NamespaceSelector",
+    "PodSelector and NamespaceSelector",
+    "ingress access from namespace on one named port",
+    "egress access on one named port",
+    "deny egress from pods based on PodSelector",
+    "UDP policy based on Ports",
+    "endPort range on ingress",
+    "ingress access from updated pod (after the label)",
 }
 
 
