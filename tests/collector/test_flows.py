@@ -3,6 +3,7 @@ fake directory (the agent's enforcement is the real one, tested in tests/agent a
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address, IPv6Address
 
 from collector.datapath_flows import datapath_flow
@@ -208,3 +209,65 @@ def test_the_enricher_forgets_names_when_the_directory_changes() -> None:
     assert enricher.endpoint(str(A), ID_A).pod_name == "a"  # remembered: same version
     directory.version = 1
     assert enricher.endpoint(str(A), ID_A).pod_name == "renamed"
+
+
+class FakeRing:
+    """A ring buffer that hands out the given batches, then nothing."""
+
+    def __init__(self, batches: list[list[bytes]]) -> None:
+        self.batches = batches
+
+    def drain(self, max_records: int = 1 << 16) -> list[bytes]:
+        return self.batches.pop(0) if self.batches else []
+
+    async def wait_readable(self, timeout: float | None = None) -> bool:
+        await asyncio.sleep(0.001)
+        return bool(self.batches)
+
+
+async def test_the_collector_publishes_flows_and_turns_kernel_loss_into_lost_events() -> None:
+    from collector.flowstream import FlowStream
+    from collector.node import NodeCollector
+    from dataplane.maps.flowevent import FlowEventStruct
+    from flowscope.flow.model import Flow, LostEvent, LostEventSource
+
+    record = bytes(
+        FlowEventStruct(
+            ktime_ns=1,
+            src_identity=ID_A,
+            dst_identity=ID_B,
+            endpoint_id=7,
+            ifindex=7,
+            saddr=0x0201F40A,
+            daddr=0x0302F40A,
+            sport=40000,
+            dport=80,
+            event_type=5,
+            verdict=1,
+            traffic_direction=1,
+            obs_point=101,
+            ct_state=1,
+            proto=6,
+            tcp_flags=2,
+            version=1,
+        )
+    )
+    lost = iter([0, 0, 5, 5, 12] + [12] * 100)  # the kernel's counter, read once per wake-up
+    stream = FlowStream(100, node_name="node-2")
+    collector = NodeCollector("node-2", ENRICHER, stream)
+    ring = FakeRing([[record] * 3, [record] * 2, [record]])
+    task = asyncio.create_task(collector.run_datapath(ring, lambda: next(lost)))
+    try:
+        for _ in range(200):
+            if len(stream.ring) >= 8:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+    records = [e.record for e in stream.ring.last()]
+    flows = [r for r in records if isinstance(r, Flow)]
+    losses = [r for r in records if isinstance(r, LostEvent)]
+    assert len(flows) == 6 and all(f.destination.pod_name == "b" for f in flows)
+    assert [x.num_events_lost for x in losses] == [5, 7]  # each increase, once
+    assert all(x.source == LostEventSource.PERF_EVENT_RING_BUFFER for x in losses)
+    assert collector.stats.sources["datapath"].records == 6
