@@ -180,19 +180,26 @@ class CompiledObject:
         *,
         max_entries: Mapping[str, int] | None = None,
         migrations: Mapping[str, Migration] | None = None,
+        attach_types: Mapping[str, int] | None = None,
     ) -> LoadedObject:
         """Load one independent copy of the programs with maps pinned under `pin_dir`.
 
         Maps already pinned there with the same type, key/value size, max_entries and flags are
         adopted (their entries survive); a pinned map of another shape is migrated when
         `migrations` has a way for it, else replaced and logged. Programs are loaded fresh and
-        their pins replaced. On failure nothing new is left pinned.
+        their pins replaced. On failure nothing new is left pinned. attach_types: per program,
+        the expected attach type some program types need at load (cgroup sock_addr hooks).
         """
         sizes = dict(max_entries or {})
         moves = dict(migrations or {})
         unknown = (set(sizes) | set(moves)) - set(self.maps)
         if unknown:
             raise LoaderError(f"max_entries/migrations name unknown maps: {sorted(unknown)}")
+        expected = dict(attach_types or {})
+        if set(expected) - set(self.programs):
+            raise LoaderError(
+                f"attach_types name unknown programs: {sorted(set(expected) - set(self.programs))}"
+            )
         try:
             pin_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -220,9 +227,13 @@ class CompiledObject:
                     created.append(m.path)
             fd_map = {s.template_fd: maps[s.name].fd for s in self.maps.values()}
             for prog in self.programs.values():
-                fd = libbpf.prog_load(
-                    prog_type, prog.name, _patch_map_fds(prog, fd_map), prog.license
-                )
+                insns = _patch_map_fds(prog, fd_map)
+                if prog.name in expected:
+                    fd = libbpf.prog_load_attach_type(
+                        prog_type, prog.name, insns, prog.license, expected[prog.name]
+                    )
+                else:
+                    fd = libbpf.prog_load(prog_type, prog.name, insns, prog.license)
                 progs[prog.name] = fd
                 path = pin_dir / prog.name
                 with contextlib.suppress(FileNotFoundError):

@@ -21,6 +21,7 @@ from pathlib import Path
 # enum bpf_prog_type / bpf_map_type values used by flowscope (uapi/linux/bpf.h)
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
@@ -40,6 +41,15 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 
 BPF_OBJ_NAME_LEN = 16
+
+# enum bpf_attach_type values of the cgroup socket hooks flowscope uses
+BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP4_RECVMSG = 19
+BPF_CGROUP_INET4_GETPEERNAME = 29
+# cgroup attach flags
+BPF_F_ALLOW_OVERRIDE = 1 << 0
+BPF_F_ALLOW_MULTI = 1 << 1
 
 
 class _BpfMapInfo(ct.Structure):
@@ -92,6 +102,50 @@ class _BpfTestRunOpts(ct.Structure):
     )
 
 
+class _BpfProgLoadOpts(ct.Structure):
+    # struct bpf_prog_load_opts as libbpf 1.1 knows it (up to log_buf); `sz` says how much
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("attempts", ct.c_int),
+        ("expected_attach_type", ct.c_uint32),
+        ("prog_btf_fd", ct.c_uint32),
+        ("prog_flags", ct.c_uint32),
+        ("prog_ifindex", ct.c_uint32),
+        ("kern_version", ct.c_uint32),
+        ("attach_btf_id", ct.c_uint32),
+        ("attach_prog_fd", ct.c_uint32),
+        ("attach_btf_obj_fd", ct.c_uint32),
+        ("fd_array", ct.c_void_p),
+        ("func_info", ct.c_void_p),
+        ("func_info_cnt", ct.c_uint32),
+        ("func_info_rec_size", ct.c_uint32),
+        ("line_info", ct.c_void_p),
+        ("line_info_cnt", ct.c_uint32),
+        ("line_info_rec_size", ct.c_uint32),
+        ("log_level", ct.c_uint32),
+        ("log_size", ct.c_uint32),
+        ("log_buf", ct.c_char_p),
+    )
+
+
+class _BpfProgInfo(ct.Structure):
+    # struct bpf_prog_info's leading fields, up to the name
+    _fields_ = (
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32),
+        ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64),
+        ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64),
+        ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64),
+        ("name", ct.c_char * BPF_OBJ_NAME_LEN),
+    )
+
+
 @functools.cache
 def _libbpf() -> ct.CDLL:
     lib = ct.CDLL("libbpf.so.1", use_errno=True)
@@ -117,6 +171,31 @@ def _libbpf() -> ct.CDLL:
             ct.c_int,
         ),
         "bpf_map_get_fd_by_id": ([ct.c_uint32], ct.c_int),
+        "bpf_prog_load": (
+            [
+                ct.c_int,
+                ct.c_char_p,
+                ct.c_char_p,
+                ct.c_void_p,
+                ct.c_size_t,
+                ct.POINTER(_BpfProgLoadOpts),
+            ],
+            ct.c_int,
+        ),
+        "bpf_prog_attach": ([ct.c_int, ct.c_int, ct.c_int, ct.c_uint], ct.c_int),
+        "bpf_prog_detach2": ([ct.c_int, ct.c_int, ct.c_int], ct.c_int),
+        "bpf_prog_query": (
+            [
+                ct.c_int,
+                ct.c_int,
+                ct.c_uint32,
+                ct.POINTER(ct.c_uint32),
+                ct.POINTER(ct.c_uint32),
+                ct.POINTER(ct.c_uint32),
+            ],
+            ct.c_int,
+        ),
+        "bpf_prog_get_fd_by_id": ([ct.c_uint32], ct.c_int),
     }
     for name, (argtypes, restype) in sigs.items():
         fn = getattr(lib, name)
@@ -243,6 +322,78 @@ def prog_load(prog_type: int, name: str, insns: bytes, license: str) -> int:
         return fd
     tail = log.value.decode(errors="replace")[-4000:]
     raise OSError(err, f"load program {name}: {os.strerror(err)}\n{tail}")
+
+
+def prog_load_attach_type(
+    prog_type: int, name: str, insns: bytes, license: str, expected_attach_type: int
+) -> int:
+    """Load bytecode for a program type that needs its attach type at load time (cgroup
+    sock_addr programs: the verifier checks ctx accesses and return codes per hook). On
+    failure the OSError message carries the verifier's log."""
+    lib = _libbpf()
+    buf = ct.create_string_buffer(insns, len(insns))
+    count = len(insns) // 8
+    opts = _BpfProgLoadOpts(
+        sz=ct.sizeof(_BpfProgLoadOpts), expected_attach_type=expected_attach_type
+    )
+    fd = lib.bpf_prog_load(prog_type, name.encode(), license.encode(), buf, count, ct.byref(opts))
+    if fd >= 0:
+        return fd
+    err = _errno_of(fd)
+    log = ct.create_string_buffer(1 << 20)
+    opts.log_level, opts.log_size, opts.log_buf = 1, len(log), ct.cast(log, ct.c_char_p)
+    fd = lib.bpf_prog_load(prog_type, name.encode(), license.encode(), buf, count, ct.byref(opts))
+    if fd >= 0:
+        return fd
+    tail = log.value.decode(errors="replace")[-4000:]
+    raise OSError(err, f"load program {name}: {os.strerror(err)}\n{tail}")
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
+    """BPF_PROG_ATTACH (e.g. a cgroup program to a cgroup directory's fd). The attachment
+    lasts until detached or the cgroup is removed, whoever holds the fds."""
+    _check(
+        _libbpf().bpf_prog_attach(prog_fd, target_fd, attach_type, flags),
+        f"attach program (attach type {attach_type})",
+    )
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    """BPF_PROG_DETACH of one program (the one `prog_fd` refers to)."""
+    _check(
+        _libbpf().bpf_prog_detach2(prog_fd, target_fd, attach_type),
+        f"detach program (attach type {attach_type})",
+    )
+
+
+def prog_query(target_fd: int, attach_type: int, capacity: int = 64) -> list[int]:
+    """Ids of the programs attached to `target_fd` itself (not inherited) for `attach_type`."""
+    ids = (ct.c_uint32 * capacity)()
+    count = ct.c_uint32(capacity)
+    flags = ct.c_uint32(0)
+    _check(
+        _libbpf().bpf_prog_query(target_fd, attach_type, 0, ct.byref(flags), ids, ct.byref(count)),
+        f"query programs (attach type {attach_type})",
+    )
+    return list(ids[: count.value])
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(_libbpf().bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    prog_type: int
+    id: int
+    name: str
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = _BpfProgInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(_libbpf().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), "program info")
+    return ProgInfo(info.type, info.id, info.name.decode(errors="replace"))
 
 
 def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
