@@ -398,7 +398,9 @@ class LBMaps:
     def entries(self) -> list[ServiceEntry]:
         return [self._s.frontends[fe] for fe in sorted(self._s.frontends)]
 
-    def lookup(self, vip: IPv4Address | str, port: int, proto: Proto | int | str) -> ServiceEntry:
+    def lookup(
+        self, vip: IPv4Address | str, port: int, proto: Proto | int | str
+    ) -> ServiceEntry | None:
         """The service at a frontend, or None."""
         return self._s.frontends.get(Frontend(IPv4Address(vip), port, _proto(proto)))
 
