@@ -15,6 +15,8 @@ from flowscope.apis.fields import FieldError, child, index
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 NODE_PORT_RANGE = (30000, 32767)
+TRAFFIC_POLICIES = ("Cluster", "Local")
+MAX_AFFINITY_SECONDS = 86400  # a day, as the apiserver's MaxClientIPServiceAffinitySeconds
 POLICY_TYPES = ("Ingress", "Egress")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 
@@ -143,6 +145,7 @@ def service(obj: dict) -> list[FieldError]:
         errs.append(fields.required("spec.ports"))
     port_names: set[str] = set()
     port_keys: set[tuple[int, str]] = set()
+    node_port_keys: set[tuple[int, str]] = set()
     for i, port in enumerate(ports):
         p = index("spec.ports", i)
         pname = port.get("name")
@@ -181,10 +184,56 @@ def service(obj: dict) -> list[FieldError]:
                         f"{NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}",
                     )
                 )
+            elif (node_port, protocol) in node_port_keys:
+                # the same nodePort for 53/TCP and 53/UDP is fine; twice for one protocol is not
+                errs.append(fields.duplicate(child(p, "nodePort"), node_port))
+            node_port_keys.add((node_port, protocol))
     errs += labels.label_map_errors(spec.get("selector"), "spec.selector")
+    errs += _affinity_errors(spec)
+    errs += _traffic_policy_errors(spec, stype)
+    return errs
+
+
+def _affinity_errors(spec: dict) -> list[FieldError]:
     affinity = spec.get("sessionAffinity")
     if affinity is not None and affinity not in ("None", "ClientIP"):
-        errs.append(fields.unsupported("spec.sessionAffinity", affinity, ("ClientIP", "None")))
+        return [fields.unsupported("spec.sessionAffinity", affinity, ("ClientIP", "None"))]
+    config = spec.get("sessionAffinityConfig")
+    if affinity != "ClientIP":
+        if config:
+            return [
+                fields.forbidden(
+                    "spec.sessionAffinityConfig", "must not be set when session affinity is None"
+                )
+            ]
+        return []
+    timeout = _map(_map(spec, "sessionAffinityConfig"), "clientIP").get("timeoutSeconds")
+    if timeout is not None and not 0 < timeout <= MAX_AFFINITY_SECONDS:
+        return [
+            fields.invalid(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                timeout,
+                f"must be greater than 0 and less than {MAX_AFFINITY_SECONDS}",
+            )
+        ]
+    return []
+
+
+def _traffic_policy_errors(spec: dict, stype: str) -> list[FieldError]:
+    errs: list[FieldError] = []
+    for f in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        value = spec.get(f)
+        if value is not None and value not in TRAFFIC_POLICIES:
+            errs.append(fields.unsupported(f"spec.{f}", value, TRAFFIC_POLICIES))
+    external = spec.get("externalTrafficPolicy")
+    if external and stype == "ClusterIP" and not spec.get("externalIPs"):
+        errs.append(
+            fields.invalid(
+                "spec.externalTrafficPolicy",
+                external,
+                "may only be set for externally-accessible services",
+            )
+        )
     return errs
 
 

@@ -26,12 +26,27 @@ def pod(obj: dict[str, Any]) -> None:
     spec.setdefault("restartPolicy", "Always")
 
 
+DEFAULT_AFFINITY_SECONDS = 10800  # three hours, as the apiserver's default
+
+
 def service(obj: dict[str, Any]) -> None:
     spec = obj.setdefault("spec", {})
     if not spec.get("type"):
         spec["type"] = "ClusterIP"
     if not spec.get("sessionAffinity"):
         spec["sessionAffinity"] = "None"
+    if spec["sessionAffinity"] == "ClientIP":
+        client_ip = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+        if client_ip.get("timeoutSeconds") is None:
+            client_ip["timeoutSeconds"] = DEFAULT_AFFINITY_SECONDS
+        spec["sessionAffinityConfig"] = {
+            **(spec.get("sessionAffinityConfig") or {}),
+            "clientIP": client_ip,
+        }
+    if not spec.get("internalTrafficPolicy"):
+        spec["internalTrafficPolicy"] = "Cluster"
+    if spec["type"] in ("NodePort", "LoadBalancer") and not spec.get("externalTrafficPolicy"):
+        spec["externalTrafficPolicy"] = "Cluster"
     for port in spec.get("ports") or ():
         if not port.get("protocol"):
             port["protocol"] = "TCP"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from flowscope.apis import fields, kinds, labels, schema, validation
+from flowscope.apis import checks, fields, kinds, labels, schema, validation
 from flowscope.apis.documents import Document, InvalidManifest, Problem
 from flowscope.apis.kinds import Kind
 from flowscope.apis.labels import Selector
@@ -32,7 +32,14 @@ from flowscope.store.kv import KV, Compare, Delete, KeyValue, Put
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "default"
-_SERVICE_IPS = "/registry/serviceips/"  # one key per allocated ClusterIP: a CAS-safe allocator
+# Allocation markers, CAS-safe: one key per block of 256 items (JSON {item: "ns/name"}), so that an
+# apply of 10,000 services writes ~50 marker keys beside its objects and stays under etcd's
+# --max-txn-ops (20000, counted per list: compares and puts), where one key per item would not.
+_SERVICE_IPS = "/registry/serviceips/"  # blocks keyed by the block's first address
+_NODE_PORTS = "/registry/servicenodeports/"  # blocks keyed by the block's first port number
+_BLOCK = 256
+NODE_PORT_RANGE = checks.NODE_PORT_RANGE
+_NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 _MAX_ATTEMPTS = 50  # a conflict means another writer won; read again and retry this many times
 
 # Pod spec fields an update may change (the apiserver's list); everything else is immutable.
@@ -156,6 +163,156 @@ def first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else path
 
 
+class _Allocations:
+    """One allocator's markers as read (items: an IP or a port number, as text; owner ns/name).
+
+    `take`/`release` change the working copy; `write` adds a compare-and-put (or delete, once
+    empty) of every changed block to the transaction, so allocation is all-or-nothing with the
+    objects and a concurrent allocator's write makes the transaction fail and the apply retry.
+    """
+
+    def __init__(
+        self, prefix: str, current: dict[str, KeyValue], block_of: Callable[[str], str]
+    ) -> None:
+        self.prefix = prefix
+        self.block_of = block_of
+        self.owners: dict[str, str] = {}
+        self.revisions: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self._cursor = 0
+        for key, kv in current.items():
+            if key.startswith(prefix):
+                block = key[len(prefix) :]
+                self.revisions[block] = kv.mod_revision
+                self.owners.update(json.loads(kv.value))
+
+    def owner(self, item: str) -> str | None:
+        return self.owners.get(item)
+
+    def held_by(self, owner: str) -> set[str]:
+        return {item for item, o in self.owners.items() if o == owner}
+
+    def take(self, item: str, owner: str) -> None:
+        if self.owners.get(item) != owner:
+            self.owners[item] = owner
+            self.dirty.add(self.block_of(item))
+
+    def release(self, item: str, owner: str) -> None:
+        if self.owners.get(item) == owner:
+            del self.owners[item]
+            self.dirty.add(self.block_of(item))
+
+    def next_free(
+        self,
+        candidates: Sequence[int],
+        render: Callable[[int], str] = str,
+        also_taken: Iterable[str] = (),
+    ) -> str | None:
+        """The first free candidate at or after the cursor (candidates in order; one scan per
+        plan however many services allocate, where a scan from the start each time was O(n^2)).
+        `also_taken`: items the caller is about to take itself (ports requested by number)."""
+        skip = set(also_taken)
+        while self._cursor < len(candidates):
+            item = render(candidates[self._cursor])
+            self._cursor += 1
+            if item not in self.owners and item not in skip:
+                return item
+        return None
+
+    def write(self, compares: dict[str, int], ops: dict[str, Put | Delete]) -> None:
+        blocks: dict[str, dict[str, str]] = {b: {} for b in self.dirty}
+        for item, owner in self.owners.items():
+            block = self.block_of(item)
+            if block in blocks:
+                blocks[block][item] = owner
+        for block, entries in blocks.items():
+            key = self.prefix + block
+            compares[key] = self.revisions.get(block, 0)
+            ops[key] = (
+                Put(key, json.dumps(entries, sort_keys=True, separators=(",", ":")).encode())
+                if entries
+                else Delete(key)
+            )
+
+
+def _ip_block(ip: str) -> str:
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(ip)) & ~(_BLOCK - 1)))
+
+
+def _port_block(port: str) -> str:
+    return str(int(port) - int(port) % _BLOCK)
+
+
+def _assign_node_ports(
+    ref: ObjectRef, old: dict[str, Any] | None, new: dict[str, Any], allocated: _Allocations
+) -> list[fields.FieldError]:
+    """Give every port of a NodePort/LoadBalancer Service a nodePort, as the apiserver does.
+
+    A requested nodePort is honoured if no other Service holds it (the apiserver allocates port
+    numbers whatever the protocol); a port re-applied without one already got the one it had
+    from _carry_over (matched by port and protocol, as kubectl apply's merge keeps it); ports
+    of one Service with the same port number (53/TCP and 53/UDP) share one nodePort; anything
+    no longer used is released, all of them when the type goes back to ClusterIP.
+    """
+    spec = new["spec"]
+    owner = f"{ref.namespace}/{ref.name}"
+    ports: list[dict[str, Any]] = spec.get("ports") or []
+    held = allocated.held_by(owner)
+    stype = spec.get("type") or "ClusterIP"
+    if stype not in _NODE_PORT_TYPES:
+        for p in ports:
+            p.pop("nodePort", None)
+        for item in held:
+            allocated.release(item, owner)
+        return []
+    auto = not (stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False)
+    errs: list[fields.FieldError] = []
+    requested = [str(p["nodePort"]) for p in ports if p.get("nodePort")]
+    for i, p in enumerate(ports):
+        node_port = p.get("nodePort")
+        if node_port and allocated.owner(str(node_port)) not in (None, owner):
+            errs.append(
+                fields.invalid(
+                    f"spec.ports[{i}].nodePort", node_port, "provided port is already allocated"
+                )
+            )
+    if errs:
+        return errs
+    by_port: dict[int, int] = {p["port"]: p["nodePort"] for p in ports if p.get("nodePort")}
+    for i, p in enumerate(ports):
+        if p.get("nodePort") or not auto:
+            continue
+        if p.get("port") in by_port:
+            p["nodePort"] = by_port[p["port"]]
+        else:
+            lo, hi = NODE_PORT_RANGE
+            found = allocated.next_free(range(lo, hi + 1), also_taken=requested)
+            if found is None:
+                return [
+                    fields.invalid(
+                        f"spec.ports[{i}].nodePort",
+                        0,
+                        f"failed to allocate a nodePort: range {lo}-{hi} is full",
+                    )
+                ]
+            p["nodePort"] = int(found)
+        requested.append(str(p["nodePort"]))
+        by_port.setdefault(p["port"], p["nodePort"])
+    wanted = {str(p["nodePort"]) for p in ports if p.get("nodePort")}
+    for item in held - wanted:
+        allocated.release(item, owner)
+    for item in wanted:
+        allocated.take(item, owner)
+    return []
+
+
+def _allocations(current: dict[str, KeyValue]) -> tuple[_Allocations, _Allocations]:
+    return (
+        _Allocations(_SERVICE_IPS, current, _ip_block),
+        _Allocations(_NODE_PORTS, current, _port_block),
+    )
+
+
 @dataclass
 class _Plan:
     compares: dict[str, int]
@@ -260,15 +417,11 @@ class ObjectStore:
         ns_kind = kinds.get("Namespace")
         prefixes = {c.kind.prefix() for c in checked} | {ns_kind.prefix()}
         if any(c.kind.kind == "Service" for c in checked):
-            prefixes.add(_SERVICE_IPS)
+            prefixes |= {_SERVICE_IPS, _NODE_PORTS}
         current = await self._read(prefixes)
         plan = _Plan({}, {}, [], [])
         created_namespaces: set[str] = set()
-        allocated_ips = {
-            k[len(_SERVICE_IPS) :]: kv.value.decode()
-            for k, kv in current.items()
-            if k.startswith(_SERVICE_IPS)
-        }
+        cluster_ips, node_ports = _allocations(current)
         stamp = now()
 
         for c in checked:
@@ -318,8 +471,10 @@ class ObjectStore:
                     new["status"] = status
             else:
                 new = self._carry_over(kind, old, new, errs)
-            if kind.kind == "Service":
-                errs += self._assign_cluster_ip(ref, old, new, allocated_ips, plan)
+            if kind.kind == "Service" and not errs:
+                errs += self._assign_cluster_ip(ref, old, new, cluster_ips)
+                if not errs:
+                    errs += _assign_node_ports(ref, old, new, node_ports)
             if errs:
                 plan.problems += [Problem(where, str(e)) for e in errs]
                 continue
@@ -329,6 +484,9 @@ class ObjectStore:
             plan.compares[key] = old_kv.mod_revision if old_kv else 0
             plan.ops[key] = Put(key, encode(new))
             plan.results.append(ApplyResult(ref, "configured" if old else "created"))
+        if not plan.problems:
+            cluster_ips.write(plan.compares, plan.ops)
+            node_ports.write(plan.compares, plan.ops)
         return plan
 
     @staticmethod
@@ -363,6 +521,16 @@ class ObjectStore:
             for f in ("clusterIP", "clusterIPs"):  # allocated at creation
                 if old_spec.get(f):
                     spec[f] = old_spec[f]
+        if kind.kind == "Service" and spec is not None and spec.get("type") in _NODE_PORT_TYPES:
+            had = {
+                (p.get("port"), p.get("protocol")): p["nodePort"]
+                for p in old_spec.get("ports") or ()
+                if p.get("nodePort")
+            }
+            for p in spec.get("ports") or ():  # allocated at creation, as kubectl apply keeps them
+                kept = had.get((p.get("port"), p.get("protocol")))
+                if kept and not p.get("nodePort"):
+                    p["nodePort"] = kept
         if spec is not None and spec != old_spec:
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         return new
@@ -372,8 +540,7 @@ class ObjectStore:
         ref: ObjectRef,
         old: dict[str, Any] | None,
         new: dict[str, Any],
-        allocated: dict[str, str],
-        plan: _Plan,
+        allocated: _Allocations,
     ) -> list[fields.FieldError]:
         spec = new["spec"]
         owner = f"{ref.namespace}/{ref.name}"
@@ -404,15 +571,16 @@ class ObjectStore:
                         f"{self.service_cidr}",
                     )
                 ]
-            if allocated.get(wanted, owner) != owner:
+            if allocated.owner(wanted) not in (None, owner):
                 return [
                     fields.invalid("spec.clusterIP", wanted, "provided IP is already allocated")
                 ]
         else:
-            hosts = self.service_cidr.hosts()
-            next(hosts, None)  # .1 is the `kubernetes` Service's by convention
-            wanted = next((str(h) for h in hosts if str(h) not in allocated), None)
-            if wanted is None:
+            first = int(self.service_cidr.network_address)
+            # .1 is the `kubernetes` Service's by convention; the broadcast address is no host
+            candidates = range(first + 2, first + self.service_cidr.num_addresses - 1)
+            found = allocated.next_free(candidates, lambda n: str(ipaddress.IPv4Address(n)))
+            if found is None:
                 return [
                     fields.invalid(
                         "spec.clusterIP",
@@ -420,10 +588,8 @@ class ObjectStore:
                         f"failed to allocate a serviceIP: range {self.service_cidr} is full",
                     )
                 ]
-        allocated[wanted] = owner
-        marker = _SERVICE_IPS + wanted
-        plan.compares[marker] = 0
-        plan.ops[marker] = Put(marker, owner.encode())
+            wanted = found
+        allocated.take(wanted, owner)
         spec["clusterIP"] = wanted
         spec["clusterIPs"] = [wanted]
         return []
@@ -439,7 +605,7 @@ class ObjectStore:
         """
         for _ in range(_MAX_ATTEMPTS):
             compares: dict[str, int] = {}
-            ops: dict[str, Delete] = {}
+            ops: dict[str, Put | Delete] = {}
             results: list[DeleteResult] = []
             missing: list[str] = []
             for ref in dict.fromkeys(refs):
@@ -460,6 +626,16 @@ class ObjectStore:
                 for extra in await self._dependents(kind, ref, kv):
                     compares[extra.key] = extra.mod_revision
                     ops[extra.key] = Delete(extra.key)
+            svc_prefix = kinds.get("Service").prefix()
+            # keys are /registry/services/NS/NAME: the owner names the markers carry
+            deleted_services = {k[len(svc_prefix) :] for k in ops if k.startswith(svc_prefix)}
+            if deleted_services:
+                current = await self._read((_SERVICE_IPS, _NODE_PORTS))
+                for allocations in _allocations(current):
+                    for item, owner in list(allocations.owners.items()):
+                        if owner in deleted_services:
+                            allocations.release(item, owner)
+                    allocations.write(compares, ops)
             if missing and not ignore_not_found:
                 raise NotFound(
                     "\nerror: ".join(missing),
@@ -472,23 +648,15 @@ class ObjectStore:
         raise Conflict("the objects kept changing while deleting them", hint="try again")
 
     async def _dependents(self, kind: Kind, ref: ObjectRef, kv: KeyValue) -> list[KeyValue]:
-        """What goes with an object: a namespace's contents, a Service's ClusterIP marker."""
+        """What goes with an object: a namespace's contents. (A Service's ClusterIP and nodePorts
+        are released by `delete` itself, block by block, for every Service deleted.)"""
         if kind.kind == "Namespace":
             out = []
             for k in kinds.KINDS:
                 if k.namespaced:
                     items, _ = await self.kv.range(k.prefix(ref.name))
                     out += items
-                    if k.kind == "Service":
-                        for item in items:
-                            out += await self._dependents(k, ObjectRef.of(decode(item)), item)
             return out
-        if kind.kind == "Service":
-            ip = (json.loads(kv.value).get("spec") or {}).get("clusterIP")
-            if ip and ip != "None":
-                marker = await self.kv.get(_SERVICE_IPS + ip)
-                if marker is not None and marker.value.decode() == f"{ref.namespace}/{ref.name}":
-                    return [marker]
         return []
 
     # --- updates by controllers and agents ---
