@@ -197,6 +197,7 @@ def _pod_row(p: dict, wide: bool) -> list[str]:
 
 
 def _ports(svc: dict) -> str:
+    """kubectl's PORT(S): 80/TCP, or 80:30080/TCP with a nodePort."""
     out = []
     for port in (svc.get("spec") or {}).get("ports") or ():
         node = f":{port['nodePort']}" if port.get("nodePort") else ""
@@ -204,14 +205,24 @@ def _ports(svc: dict) -> str:
     return ",".join(out) or "<none>"
 
 
+def _external_ips(svc: dict, wide: bool) -> str:
+    """kubectl's EXTERNAL-IP: spec.externalIPs, plus a LoadBalancer's ingress (<pending> until
+    it has one; cut to 16 characters unless -o wide)."""
+    spec = svc.get("spec") or {}
+    given = list(spec.get("externalIPs") or ())
+    if (spec.get("type") or "ClusterIP") != "LoadBalancer":
+        return ",".join(given) or "<none>"
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
+    lb = ",".join(i.get("ip") or i.get("hostname", "") for i in ingress)
+    if lb and not wide and len(lb) > 16:
+        lb = lb[:13] + "..."
+    return ",".join([*([lb] if lb else []), *given]) or "<pending>"
+
+
 def _service_row(s: dict, wide: bool) -> list[str]:
     spec = s.get("spec") or {}
     stype = spec.get("type") or "ClusterIP"
-    ingress = ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
-    external = ",".join(i.get("ip") or i.get("hostname", "") for i in ingress)
-    if not external:
-        external = "<pending>" if stype == "LoadBalancer" else "<none>"
-    row = [stype, spec.get("clusterIP") or "<none>", external, _ports(s)]
+    row = [stype, spec.get("clusterIP") or "<none>", _external_ips(s, wide), _ports(s)]
     row.append(age(s["metadata"].get("creationTimestamp")))
     if wide:
         row.append(
@@ -254,11 +265,21 @@ def _netpol_row(np: dict, wide: bool) -> list[str]:
     return [str(sel), age(np["metadata"].get("creationTimestamp"))]
 
 
+def _at_most_three(items: list[str]) -> str:
+    """kubectl's listWithMoreString: the first three, then " + N more..."; "<unset>" if none."""
+    shown = ",".join(items[:3])
+    if len(items) > 3:
+        shown += f" + {len(items) - 3} more..."
+    return shown or "<unset>"
+
+
 def _slice_row(s: dict, wide: bool) -> list[str]:
-    ports = ",".join(str(p.get("port")) for p in s.get("ports") or ()) or "<unset>"
+    ports = [
+        str(p["port"]) if p.get("port") is not None else (p.get("name") or "*")
+        for p in s.get("ports") or ()
+    ]
     addrs = [a for e in s.get("endpoints") or () for a in e.get("addresses") or ()]
-    shown = ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
-    row = [s.get("addressType") or "", ports, shown or "<unset>"]
+    row = [s.get("addressType") or "", _at_most_three(ports), _at_most_three(addrs)]
     return [*row, age(s["metadata"].get("creationTimestamp"))]
 
 
