@@ -4,6 +4,7 @@ on a type change, all or nothing; 10,000 services in one apply."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -212,3 +213,10 @@ async def test_ten_thousand_services_in_one_apply(store: ObjectStore, kv: KV) ->
     s9999 = await store.get("Service", "default", "s9999")
     assert s9999 is not None and ips[s9999["spec"]["clusterIP"]] == "default/s9999"
     print(f"10,000 services applied in {elapsed:.1f} s")
+
+
+async def test_concurrent_applies_never_share_a_node_port(store: ObjectStore, kv: KV) -> None:
+    await asyncio.gather(*(store.apply([svc(f"c{i}", port(80))]) for i in range(8)))
+    got = [(await node_ports(store, f"c{i}"))[0] for i in range(8)]
+    assert len(set(got)) == 8
+    assert await markers(kv, NODE_PORTS) == {str(n): f"default/c{i}" for i, n in enumerate(got)}
