@@ -13,7 +13,7 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def condition_status(obj: dict[str, Any], type_: str) -> str | None:
-    """"True", "False", "Unknown", or None when the object has no such condition."""
+    """ "True", "False", "Unknown", or None when the object has no such condition."""
     c = condition(obj, type_)
     return c.get("status") if c is not None else None
 
