@@ -22,6 +22,7 @@ from collector.node import NodeCollector
 from dataplane.agent import routing
 from dataplane.agent.enforcement import Enforcement
 from dataplane.agent.nodedatapath import NodeDatapath
+from dataplane.agent.services import ServiceSync
 from dataplane.cni.conf import write_conflist
 from dataplane.cni.server import serve_cni
 from dataplane.cni.service import CNIService
@@ -34,6 +35,7 @@ from flowscope.apis.objectstore import ObjectStore
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.store.etcd import EtcdKV
 from probes.datapath import Datapath
+from probes.socklb import SocketLB
 from probes.tracepoints import TracepointProbes
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,14 @@ class Agent:
             lambda inode, ifindex: inode == node_inode and enforcement.has_ifindex(ifindex),
         )
 
+        # services: translated at the socket, for every pod of this node (its cgroup)
+        socklb = await asyncio.to_thread(SocketLB.load, bpf_dir / "socklb")
+        node_cgroup = self.paths.node_cgroup(self.node)
+        node_cgroup.mkdir(parents=True, exist_ok=True)
+        socklb.attach(node_cgroup)
+        services = ServiceSync(kv, self.node, socklb.maps)
+        await services.start()
+
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
         server = await serve_cni(service, socket_path)
@@ -131,6 +141,7 @@ class Agent:
             asyncio.create_task(self._route_loop(kv), name="routes"),
             asyncio.create_task(kubelet.run(), name="kubelet"),
             asyncio.create_task(enforcement.run(), name="enforcement"),
+            asyncio.create_task(services.run(), name="services"),
             asyncio.create_task(
                 collector.run_datapath(datapath.ring(), datapath.lost_events), name="flows"
             ),
@@ -142,7 +153,9 @@ class Agent:
         await self._set_node_ready(objects, ipam)
         # after Ready: that status write replaces the conditions this task then adds to
         tasks.append(
-            asyncio.create_task(self._report_datapath(objects, enforcement), name="report")
+            asyncio.create_task(
+                self._report_datapath(objects, enforcement, services), name="report"
+            )
         )
         log.info("agent for %s ready (%s, ipam %s)", self.node, self.node_ip, self.info.ipam)
         stopped = asyncio.create_task(stop.wait())
@@ -154,6 +167,7 @@ class Agent:
         await service.close()
         await kv.close()
         tracepoints.close()  # tracepoint attachments end with this process's fds
+        socklb.close()  # the cgroup keeps its programs, the pins keep the maps
         datapath.close()  # tc programs and maps stay pinned and attached
         for task in done:
             if task is stopped:
@@ -177,12 +191,16 @@ class Agent:
         )
         return masq
 
-    async def _report_datapath(self, objects: ObjectStore, enforcement: Enforcement) -> None:
+    async def _report_datapath(
+        self, objects: ObjectStore, enforcement: Enforcement, services: ServiceSync
+    ) -> None:
         """The node's DatapathReady condition: False, with what failed, while anything could
         not be programmed (a full map, above all), so `flowscope get nodes` shows it."""
         reported: dict[str, str] | None = None
         while True:
             problems = dict(enforcement.problems)
+            if services.problem:
+                problems["services"] = services.problem
             if problems != reported:
                 message = "; ".join(f"{what}: {why}" for what, why in sorted(problems.items()))
                 cond = {

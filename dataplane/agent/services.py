@@ -1,0 +1,109 @@
+"""Keep one node's socket load-balancer maps equal to the cluster's Services and EndpointSlices.
+
+Inputs are mirrors of the store (Services, EndpointSlices); the plan is pure
+(dataplane.services.plan: frontends and their ready backends for this node, traffic policies,
+affinity); the maps module (dataplane.maps.lbmap) writes only what changed, in an order a
+concurrent connect() can never catch half-done. Changes are coalesced like enforcement's.
+
+The socket programs translate ClusterIPs (and LoadBalancer addresses) for pod sockets; NodePort
+frontends are for traffic that arrives at a node (tc on the node's uplink), not for sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from dataplane.maps.lbmap import Backend, LBMaps, Service
+from dataplane.services.plan import Frontend, plan
+from flowscope.apis import kinds
+from flowscope.errors import FlowscopeError
+from flowscope.store.kv import KV
+from flowscope.store.mirror import PrefixMirror
+
+log = logging.getLogger(__name__)
+
+SOCKET_KINDS = frozenset({"ClusterIP", "LoadBalancer"})  # what a pod's socket may connect to
+SOCKET_PROTOCOLS = frozenset({"TCP", "UDP"})  # what the socket programs translate
+
+
+def _json(key: str, value: bytes) -> dict[str, Any] | None:
+    try:
+        return json.loads(value)
+    except ValueError:
+        log.warning("ignoring an unreadable object under %s", key)
+        return None
+
+
+def socket_services(frontends: tuple[Frontend, ...]) -> list[Service]:
+    """The plan's frontends a pod socket can reach, as the socket LB maps hold them."""
+    return [
+        Service(
+            vip=f.key.address,
+            port=f.key.port,
+            proto=f.key.protocol,
+            backends=tuple(Backend(b.ip, b.port) for b in f.backends),
+            affinity_timeout=f.affinity_timeout or None,
+        )
+        for f in frontends
+        if f.key.kind in SOCKET_KINDS and f.key.protocol in SOCKET_PROTOCOLS
+    ]
+
+
+class ServiceSync:
+    def __init__(self, kv: KV, node: str, maps: LBMaps) -> None:
+        self.node = node
+        self.maps = maps
+        self._changed = asyncio.Event()
+        self.services = PrefixMirror(kv, kinds.get("Service").prefix(), _json, self._changed.set)
+        self.slices = PrefixMirror(
+            kv, kinds.get("EndpointSlice").prefix(), _json, self._changed.set
+        )
+        self.problem: str | None = None  # why the maps could not be written, while it lasts
+        self.syncs = 0
+
+    async def start(self) -> None:
+        for mirror in (self.services, self.slices):
+            await mirror.load()
+        await self.sync()
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self.services.run(), name="mirror services"),
+            asyncio.create_task(self.slices.run(), name="mirror endpointslices"),
+            asyncio.create_task(self._loop(), name="service sync"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise RuntimeError("service sync input ended unexpectedly")
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.sync()
+
+    async def sync(self) -> None:
+        wanted = socket_services(
+            plan(
+                list(self.services.items.values()), list(self.slices.items.values()), self.node
+            ).frontends
+        )
+        try:
+            upserted, deleted = await asyncio.to_thread(self.maps.sync, wanted)
+        except FlowscopeError as e:  # a full map, above all: reported, retried on the next change
+            if str(e) != self.problem:
+                log.error("cannot program services: %s", e)
+            self.problem = str(e)
+            return
+        self.problem = None
+        self.syncs += 1
+        if upserted or deleted:
+            log.info("services: %d frontends written, %d deleted", upserted, deleted)
