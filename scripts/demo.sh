@@ -37,6 +37,12 @@ done
 step "reachability matrix of the two namespaces, TCP 8080 (rows: from, columns: to)"
 "${FS[@]}" lab matrix --namespaces frontend,backend --port 8080
 
+step "a service with two backends, load-balanced at the socket (no kube-proxy, no iptables)"
+"${FS[@]}" get services,endpointslices -n frontend -o wide
+for _ in 1 2 3 4 5 6; do
+  "${FS[@]}" lab probe "${be[0]}" web.frontend:80 || true
+done
+
 step "why: policy trace of an allowed and a denied connection"
 "${FS[@]}" policy trace --from "${fe[0]}" --to "${be[0]}" --port 8080 || true
 "${FS[@]}" policy trace --from "${fe[0]}" --to "${be[0]}" --port 5353 --protocol UDP || true
