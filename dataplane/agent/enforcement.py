@@ -53,7 +53,7 @@ from flowscope.apis import kinds
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
-from flowscope.store.mirror import PrefixMirror
+from flowscope.store.mirror import PrefixMirror, json_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,14 +100,6 @@ class LocalEndpoint:
         return self.endpoint.host_ifindex
 
 
-def _json(_key: str, value: bytes) -> dict[str, Any] | None:
-    try:
-        return json.loads(value)
-    except ValueError:
-        log.warning("ignoring an unreadable object under %s", _key)
-        return None
-
-
 def _applied(_key: str, value: bytes) -> int | None:
     try:
         return int(json.loads(value)["revision"])
@@ -148,9 +140,9 @@ class Enforcement:
         self.allocator = allocator
         self._changed = asyncio.Event()
         mirror = self._mirror
-        self.namespaces = mirror(kinds.get("Namespace").prefix(), _json)
-        self.pods = mirror(kinds.get("Pod").prefix(), _json)
-        self.policies = mirror(kinds.get("NetworkPolicy").prefix(), _json)
+        self.namespaces = mirror(kinds.get("Namespace").prefix(), json_value)
+        self.pods = mirror(kinds.get("Pod").prefix(), json_value)
+        self.policies = mirror(kinds.get("NetworkPolicy").prefix(), json_value)
         self.records = mirror(ipcache_records.PREFIX, ipcache_records.decode)
         self._mark_waiters: set[asyncio.Event] = set()
         self.applied_marks = PrefixMirror(kv, APPLIED_PREFIX, _applied, self._marks_changed)

@@ -12,29 +12,19 @@ frontends are for traffic that arrives at a node (tc on the node's uplink), not 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
 
 from dataplane.maps.lbmap import Backend, LBMaps, Service
 from dataplane.services.plan import Frontend, plan
 from flowscope.apis import kinds
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
-from flowscope.store.mirror import PrefixMirror
+from flowscope.store.mirror import PrefixMirror, json_value
 
 log = logging.getLogger(__name__)
 
 SOCKET_KINDS = frozenset({"ClusterIP", "LoadBalancer"})  # what a pod's socket may connect to
 SOCKET_PROTOCOLS = frozenset({"TCP", "UDP"})  # what the socket programs translate
-
-
-def _json(key: str, value: bytes) -> dict[str, Any] | None:
-    try:
-        return json.loads(value)
-    except ValueError:
-        log.warning("ignoring an unreadable object under %s", key)
-        return None
 
 
 def socket_services(frontends: tuple[Frontend, ...]) -> list[Service]:
@@ -57,9 +47,11 @@ class ServiceSync:
         self.node = node
         self.maps = maps
         self._changed = asyncio.Event()
-        self.services = PrefixMirror(kv, kinds.get("Service").prefix(), _json, self._changed.set)
+        self.services = PrefixMirror(
+            kv, kinds.get("Service").prefix(), json_value, self._changed.set
+        )
         self.slices = PrefixMirror(
-            kv, kinds.get("EndpointSlice").prefix(), _json, self._changed.set
+            kv, kinds.get("EndpointSlice").prefix(), json_value, self._changed.set
         )
         self.problem: str | None = None  # why the maps could not be written, while it lasts
         self.syncs = 0

@@ -9,9 +9,10 @@ replay events). Values are decoded once, when they arrive.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
@@ -20,6 +21,15 @@ log = logging.getLogger(__name__)
 RETRY = 0.5  # seconds before reading a prefix again after its watch failed
 
 T = TypeVar("T")
+
+
+def json_value(key: str, value: bytes) -> Any | None:
+    """A PrefixMirror decoder for JSON values; an unreadable one is logged and left out."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        log.warning("ignoring an unreadable value at %s", key)
+        return None
 
 
 class PrefixMirror(Generic[T]):
