@@ -339,16 +339,23 @@ class Enforcement:
 
     async def _sync_cidr_identities(self) -> None:
         wanted = set().union(*self._policy_prefixes.values(self.policies.items))
+        for what in [w for w in self.problems if w.startswith("CIDR identity of ")]:
+            if IPv4Network(what.removeprefix("CIDR identity of ")) not in wanted:
+                self.problems.pop(what)  # no policy needs it any more
         if wanted == self.cidr_identities.keys():
             return
         self._cidr_version += 1
         limit = asyncio.Semaphore(STORE_CONCURRENCY)
 
         async def allocate(prefix: IPv4Network) -> None:
-            async with limit:
-                identity = await self.allocator.allocate_cidr(prefix)
-            self.identities[identity.id] = identity
-            self.cidr_identities[prefix] = identity.id
+            # a prefix left without an identity (the CIDR range is full) is reported and tried
+            # again on the next reconcile; meanwhile an ipBlock cidr lacking one selects nothing,
+            # and an except lacking one carves no hole out of its cidr
+            with self._reporting(f"CIDR identity of {prefix}"):
+                async with limit:
+                    identity = await self.allocator.allocate_cidr(prefix)
+                self.identities[identity.id] = identity
+                self.cidr_identities[prefix] = identity.id
 
         async def release(prefix: IPv4Network) -> None:
             async with limit:
