@@ -54,6 +54,7 @@ from flowscope.clusterinfo import ClusterInfo
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
 from flowscope.store.mirror import PrefixMirror, json_value
+from flowscope.supervise import on_change, run_together
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,20 +209,15 @@ class Enforcement:
 
     async def run(self) -> None:
         """Follow every input and reconcile on change, until cancelled."""
-        tasks = [
-            asyncio.create_task(m.run(), name=f"mirror {m.prefix}")
-            for m in (self.namespaces, self.pods, self.policies, self.records, self.applied_marks)
-        ]
-        tasks.append(asyncio.create_task(self._follow_identities(), name="identities"))
-        tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a mirror that ends or fails takes the agent down, visibly
-            raise RuntimeError("enforcement input ended unexpectedly")
-        finally:
-            for task in tasks:
-                task.cancel()
+        mirrors = (self.namespaces, self.pods, self.policies, self.records, self.applied_marks)
+        await run_together(
+            {
+                **{f"mirror {m.prefix}": m.run() for m in mirrors},
+                "identities": self._follow_identities(),
+                "reconcile": on_change(self._changed, self.reconcile),
+            },
+            "enforcement",
+        )
 
     async def _follow_identities(self) -> None:
         async for event in self.allocator.watch(self._identity_rev + 1):
@@ -230,12 +226,6 @@ class Enforcement:
             else:
                 self.identities.pop(event.identity.id, None)
             self._changed.set()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            await self.reconcile()
 
     # -- CNI hooks ------------------------------------------------------------------------------
     async def host_link_created(self, host_ifname: str) -> None:

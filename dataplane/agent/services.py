@@ -20,6 +20,7 @@ from flowscope.apis import kinds
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
 from flowscope.store.mirror import PrefixMirror, json_value
+from flowscope.supervise import on_change, run_together
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +63,14 @@ class ServiceSync:
         await self.sync()
 
     async def run(self) -> None:
-        tasks = [
-            asyncio.create_task(self.services.run(), name="mirror services"),
-            asyncio.create_task(self.slices.run(), name="mirror endpointslices"),
-            asyncio.create_task(self._loop(), name="service sync"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise RuntimeError("service sync input ended unexpectedly")
-        finally:
-            for task in tasks:
-                task.cancel()
-
-    async def _loop(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            await self.sync()
+        await run_together(
+            {
+                "mirror services": self.services.run(),
+                "mirror endpointslices": self.slices.run(),
+                "service sync": on_change(self._changed, self.sync),
+            },
+            "service sync",
+        )
 
     async def sync(self) -> None:
         wanted = socket_services(
