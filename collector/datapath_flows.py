@@ -3,12 +3,10 @@ records with names: endpoints, identities, labels, and the policy that allowed t
 
 from __future__ import annotations
 
-import enum
 import functools
-from typing import TypeVar
 
 from collector.enrich import Enricher
-from dataplane.maps.flowevent import CtState, FlowEvent, ObservationPoint
+from dataplane.maps.flowevent import CtState, FlowEvent, ObservationPoint, member_of
 from dataplane.policy.entry import Direction
 from flowscope.flow.model import (
     IP,
@@ -27,18 +25,7 @@ from flowscope.flow.model import (
 )
 from flowscope.flow.summary import summary_of
 
-E = TypeVar("E", bound=enum.IntEnum)
 _IPPROTO_ICMP, _IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_SCTP = 1, 6, 17, 132
-
-
-@functools.cache
-def _enum(kind: type[E], value: int) -> E | int:
-    """The flow model's member for a kernel number (the kernel uses Hubble's numbering); an
-    unknown number passes through as it is."""
-    try:
-        return kind(int(value))
-    except ValueError:
-        return int(value)
 
 
 _text = functools.lru_cache(maxsize=65536)(str)  # an address's text, once per address
@@ -71,15 +58,15 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
     src = enricher.endpoint(saddr, ev.src_identity, src_id)
     dst = enricher.endpoint(daddr, ev.dst_identity, dst_id)
     l4 = _l4(ev)
-    verdict = _enum(Verdict, ev.verdict)
-    point = _enum(TraceObservationPoint, ev.obs_point)
+    verdict = member_of(Verdict, ev.verdict)
+    point = member_of(TraceObservationPoint, ev.obs_point)
     if verdict == Verdict.DROPPED:
         event_type = EventType.drop(int(ev.drop_reason))
     elif int(ev.event_type) == EventType.policy_verdict().type:
         event_type = EventType.policy_verdict()
     else:
         event_type = EventType.trace(point)
-    direction = _enum(TrafficDirection, ev.traffic_direction)
+    direction = member_of(TrafficDirection, ev.traffic_direction)
     allowed = ()
     if verdict == Verdict.FORWARDED and ev.ct_state == CtState.NEW:  # its allow rule
         policy_dir = Direction.EGRESS if direction == TrafficDirection.EGRESS else Direction.INGRESS

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -141,14 +142,18 @@ def ipv4(column: np.ndarray) -> list[ipaddress.IPv4Address]:
     return [ip_of(a) for a in column]
 
 
+E = TypeVar("E", bound=enum.IntEnum)
+
+
 @functools.cache
-def _enum(kind: type[enum.IntEnum], value: int):
-    """The member for a number, or the number when it names none (cached: a handful of values
-    recur in every batch)."""
+def member_of(kind: type[E], value: int) -> E | int:
+    """The member of `kind` for a number, or the number when it names none (cached: a handful
+    of values recur in every batch). The kernel uses Hubble's numbering, so the flow model's
+    enums take the kernel's numbers too."""
     try:
-        return kind(value)
+        return kind(int(value))
     except ValueError:
-        return value
+        return int(value)
 
 
 _ip = functools.lru_cache(maxsize=65536)(ip_of)  # the same few addresses, event after event
@@ -194,13 +199,13 @@ class FlowEvent:
         reply = r["is_reply"]
         return cls(
             ktime_ns=r["ktime_ns"],
-            event_type=_enum(EventType, r["event_type"]),
-            verdict=_enum(Verdict, r["verdict"]),
-            drop_reason=_enum(DropReason, r["drop_reason"]),
-            traffic_direction=_enum(TrafficDirection, r["traffic_direction"]),
-            obs_point=_enum(ObservationPoint, r["obs_point"]),
+            event_type=member_of(EventType, r["event_type"]),
+            verdict=member_of(Verdict, r["verdict"]),
+            drop_reason=member_of(DropReason, r["drop_reason"]),
+            traffic_direction=member_of(TrafficDirection, r["traffic_direction"]),
+            obs_point=member_of(ObservationPoint, r["obs_point"]),
             is_reply=None if reply == IS_REPLY_UNKNOWN else bool(reply),
-            ct_state=_enum(CtState, r["ct_state"]),
+            ct_state=member_of(CtState, r["ct_state"]),
             src_identity=r["src_identity"],
             dst_identity=r["dst_identity"],
             cidr_identity=r["cidr_identity"],
