@@ -11,6 +11,7 @@ from dataplane.agent.services import ServiceSync
 from dataplane.maps.lbmap import Backend, FakeLBMaps
 from flowscope.apis.objectstore import ObjectStore
 from flowscope.apis.refs import ObjectRef
+from tests.agent.test_enforcement import until
 
 
 def service(ports: list[dict], affinity: bool = False, local: bool = False) -> dict:
@@ -43,13 +44,6 @@ def endpoint_slice(endpoints: list[tuple[str, str, bool]], ports: list[dict]) ->
         ],
         "ports": ports,
     }
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
