@@ -64,7 +64,7 @@
 #define HOOK_CONNECT 1
 #define HOOK_SENDMSG 2
 
-#define LB_EVENT_VERSION 1
+#define LB_EVENT_VERSION 2
 
 /* bcc 0.26's helper list predates bpf_set_retval (kernel 5.18); it is helper 187. */
 static long (*lb_set_retval)(int retval) = (void *)187;
@@ -142,6 +142,7 @@ struct lb_event {
 	__u8 version;
 	__u8 flags; /* 0x1: the backend came from an affinity entry */
 	__u8 pad[2];
+	__u64 cgroup_id; /* v2: the connecting task's cgroup (a pod's cgroup names the pod) */
 };
 
 enum lb_stat {
@@ -192,6 +193,7 @@ static __always_inline void emit(struct bpf_sock_addr *ctx, const struct lb_svc_
 	ev.hook = hook;
 	ev.version = LB_EVENT_VERSION;
 	ev.flags = flags;
+	ev.cgroup_id = bpf_get_current_cgroup_id();
 	if (lb_events.ringbuf_output(&ev, sizeof(ev), 0) != 0) {
 		__u64 *lost = lb_lost.lookup(&zero);
 		if (lost)

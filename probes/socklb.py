@@ -109,6 +109,7 @@ class LBEvent(ct.Structure):
         ("version", ct.c_uint8),
         ("flags", ct.c_uint8),
         ("pad", ct.c_uint8 * 2),
+        ("cgroup_id", ct.c_uint64),
     )
 
 
@@ -131,13 +132,16 @@ class Translation:
     proto: Proto
     hook: int  # HOOK_CONNECT or HOOK_SENDMSG
     affinity: bool  # the backend came from the client's affinity entry
+    cgroup_id: int = 0  # the connecting task's cgroup (0 from a version 1 program)
 
 
 def decode_events(records: list[bytes]) -> list[Translation]:
     """Decode ring buffer records (as RingBuffer.drain returns them)."""
     if not records:
         return []
-    arr = np.frombuffer(b"".join(r[: EVENT_DTYPE.itemsize] for r in records), dtype=EVENT_DTYPE)
+    size = EVENT_DTYPE.itemsize
+    # a shorter (version 1) record reads with cgroup_id 0
+    arr = np.frombuffer(b"".join(r[:size].ljust(size, b"\0") for r in records), dtype=EVENT_DTYPE)
     return [
         Translation(
             ktime_ns=int(e["ktime_ns"]),
@@ -152,6 +156,7 @@ def decode_events(records: list[bytes]) -> list[Translation]:
             proto=Proto(int(e["proto"])),
             hook=int(e["hook"]),
             affinity=bool(int(e["flags"]) & EVENT_F_AFFINITY),
+            cgroup_id=int(e["cgroup_id"]),
         )
         for e in arr
     ]
@@ -189,7 +194,7 @@ class SocketLB:
         """Load an instance, adopting the maps (services, ids, affinity) pinned in pin_dir.
 
         service_slots: entries of lb_services, one per service port plus one per backend of it.
-        events_bytes: the TRANSLATED ring buffer (a power of two of pages; 48 bytes an event)."""
+        events_bytes: the TRANSLATED ring buffer (a power of two of pages; 56 bytes an event)."""
         if events_bytes < _PAGE or events_bytes & (events_bytes - 1):
             raise UsageError(
                 f"events_bytes: {events_bytes} is not a power of two of at least {_PAGE} bytes"

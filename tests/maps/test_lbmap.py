@@ -51,7 +51,7 @@ def test_mirrors_match_the_compiled_program() -> None:
     for name, (key, value) in LAYOUTS.items():
         spec = obj.maps[name]
         layout.assert_map_layout(name, key, value, spec.key_type, spec.value_type)
-    assert ct.sizeof(socklb.LBEvent) == 48
+    assert ct.sizeof(socklb.LBEvent) == 56
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import select
 import shutil
 import socket
@@ -410,6 +411,8 @@ def test_translated_events_name_service_and_backend(world: World) -> None:
     udp = events[1]
     assert udp.revnat_id == entry.revnat_id and udp.backend_id == entry.backend_ids[0]
     assert udp.sock_cookie != events[0].sock_cookie and udp.netns_cookie == events[0].netns_cookie
+    # the pod's cgroup names the client: its id is the cgroup directory's inode
+    assert {e.cgroup_id for e in events} == {os.stat(world.cgroup).st_ino}
     assert world.lb.stats()["events"] == 2 and world.lb.lost_events() == 0
 
 
