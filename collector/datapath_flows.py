@@ -1,11 +1,13 @@
 """The datapath's flow events (probes/datapath.c, decoded by dataplane.maps.flowevent) as flow
-records with names: endpoints, identities, labels, and the policy that allowed the flow."""
+records with names: endpoints, identities, labels, the policy that allowed the flow, and the
+service a translated connection was made to (collector.translations)."""
 
 from __future__ import annotations
 
 import functools
 
 from collector.enrich import Enricher
+from collector.translations import RecentTranslations
 from dataplane.maps.flowevent import CtState, FlowEvent, ObservationPoint, member_of
 from dataplane.policy.entry import Direction
 from flowscope.flow.model import (
@@ -48,9 +50,17 @@ def _l4(ev: FlowEvent):
     return None
 
 
-def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int) -> Flow:
+def datapath_flow(
+    ev: FlowEvent,
+    enricher: Enricher,
+    node: str,
+    wall_offset: int,
+    links: RecentTranslations | None = None,
+) -> Flow:
     """One event as a flow. The local endpoint is the source at from-endpoint (the pod sends)
-    and the destination at to-endpoint; the endpoint id belongs to that side only."""
+    and the destination at to-endpoint; the endpoint id belongs to that side only. A packet of
+    a connection the socket LB translated (found in `links`) names the service: as
+    destination_service on the client's packets, as source_service on the backend's replies."""
     from_endpoint = ev.obs_point == ObservationPoint.FROM_ENDPOINT
     src_id = ev.endpoint_id if from_endpoint else 0
     dst_id = 0 if from_endpoint else ev.endpoint_id
@@ -71,8 +81,15 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
     if verdict == Verdict.FORWARDED and ev.ct_state == CtState.NEW:  # its allow rule
         policy_dir = Direction.EGRESS if direction == TrafficDirection.EGRESS else Direction.INGRESS
         allowed = enricher.allowed_by(ev.policy_cookie, policy_dir)
+    time_ns = ev.ktime_ns + wall_offset
+    link = None
+    if links is not None and (ev.proto == _IPPROTO_TCP or ev.proto == _IPPROTO_UDP):
+        if ev.is_reply:  # backend -> client
+            link = links.lookup((daddr, saddr, int(ev.sport), int(ev.proto)), time_ns)
+        else:
+            link = links.lookup((saddr, daddr, int(ev.dport), int(ev.proto)), time_ns)
     return Flow(
-        time_ns=ev.ktime_ns + wall_offset,
+        time_ns=time_ns,
         verdict=verdict,
         drop_reason=int(ev.drop_reason) if verdict == Verdict.DROPPED else 0,
         ip=IP(saddr, daddr),
@@ -89,5 +106,8 @@ def datapath_flow(ev: FlowEvent, enricher: Enricher, node: str, wall_offset: int
         egress_allowed_by=allowed if direction == TrafficDirection.EGRESS else (),
         ingress_allowed_by=allowed if direction == TrafficDirection.INGRESS else (),
         policy_cookie=ev.policy_cookie or None,
+        destination_service=link.service if link and not ev.is_reply else None,
+        source_service=link.service if link and ev.is_reply else None,
+        service_translation=link.translation if link else None,
         summary=_tcp_summary(ev.tcp_flags) if ev.proto == _IPPROTO_TCP else summary_of(l4),
     )

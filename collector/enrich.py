@@ -1,5 +1,7 @@
 """Give the datapath's numbers names: IPs and identities become pods, namespaces and labels;
-policy cookies become the policies that allowed a flow (Hubble's *_allowed_by).
+policy cookies become the policies that allowed a flow (Hubble's *_allowed_by); service
+frontends become the Services they belong to (destination_service); cgroup ids become the
+pods that own them (the socket LB's client).
 
 The directory behind it is the node agent's view of the cluster (dataplane.agent.enforcement),
 read, never written: data flows from the dataplane to the collector only.
@@ -7,13 +9,17 @@ read, never written: data flows from the dataplane to the collector only.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dataplane.agent.ipcache_records import IPRecord
 from dataplane.identity.model import RESERVED_IDENTITIES, Identity, namespace_of
 from dataplane.policy.compiler import RuleRef
 from dataplane.policy.entry import COOKIE_HOST, COOKIE_NO_POLICY, Direction
-from flowscope.flow.model import Endpoint, Policy
+from flowscope.flow.model import Endpoint, Policy, Service
+
+if TYPE_CHECKING:
+    from collector.podcgroups import PodCgroups
+    from collector.services import ServiceIndex
 
 MAX_REMEMBERED = 65536  # endpoints named at once; past that the memory starts over
 
@@ -27,9 +33,18 @@ class Directory(Protocol):
 
 
 class Enricher:
-    def __init__(self, directory: Directory, cluster: str) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        cluster: str,
+        *,
+        services: ServiceIndex | None = None,
+        pods: PodCgroups | None = None,
+    ) -> None:
         self.directory = directory
         self.cluster = cluster
+        self.services = services
+        self.pods = pods
         self._version: object = None
         self._endpoints: dict[tuple[str, int, int], Endpoint] = {}
 
@@ -83,3 +98,11 @@ class Enricher:
         if rule is None or rule.direction != direction:
             return ()
         return (Policy(name=rule.policy, namespace=rule.namespace),)
+
+    def service_at(self, ip: str, port: int, proto: int) -> Service | None:
+        """The Service whose frontend is ip:port/proto (proto: the IP protocol number)."""
+        return self.services.service_at(ip, port, proto) if self.services else None
+
+    def pod_ip(self, cgroup_id: int) -> str | None:
+        """The IP of the local pod whose cgroup this is (None: no pod's, or not known)."""
+        return self.pods.ip_of(cgroup_id) if self.pods else None

@@ -44,7 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--verdict",
         action="append",
         default=[],
-        help="FORWARDED, DROPPED, AUDIT, ... (repeat for several)",
+        help="FORWARDED, DROPPED, AUDIT, TRANSLATED, ... (repeat for several)",
+    )
+    p.add_argument(
+        "-t",
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE[:SUB]",
+        help="event type: trace, drop, policy-verdict, trace-sock (socket LB translations), ...;"
+        " e.g. trace:to-endpoint (repeat for several)",
+    )
+    p.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="[NS/]NAME",
+        help="flows to or from this service (repeat for several)",
     )
     p.add_argument("-o", "--output", choices=("compact", "json"), default="compact")
     p.add_argument("--print-node-name", action="store_true", help="compact: show each node")
@@ -85,7 +101,7 @@ def last_in_time(records: Iterable, n: int) -> list:
 
 
 def build_filter(args: argparse.Namespace):
-    from flowscope.flow.filter import FlowFilter, parse_verdict
+    from flowscope.flow.filter import FlowFilter, parse_event_type, parse_verdict
 
     verdicts = []
     for text in args.verdict:
@@ -93,11 +109,24 @@ def build_filter(args: argparse.Namespace):
             verdicts.append(parse_verdict(text))
         except ValueError as exc:
             raise UsageError(f"--verdict: {exc}") from None
-    for pod in args.pod:
-        ns, sep, name = pod.rpartition("/")
-        if not name or (sep and not ns):
-            raise UsageError(f"--pod {pod!r}: write NAMESPACE/POD or POD")
-    return FlowFilter(tuple(args.namespace), tuple(args.pod), tuple(verdicts))
+    types = []
+    for text in args.type:
+        try:
+            types.append(parse_event_type(text))
+        except ValueError as exc:
+            raise UsageError(f"--type: {exc}") from None
+    for flag, values in (("--pod", args.pod), ("--service", args.service)):
+        for value in values:
+            ns, sep, name = value.rpartition("/")
+            if not name or (sep and not ns):
+                raise UsageError(f"{flag} {value!r}: write NAMESPACE/NAME or NAME")
+    return FlowFilter(
+        tuple(args.namespace),
+        tuple(args.pod),
+        tuple(verdicts),
+        tuple(types),
+        tuple(args.service),
+    )
 
 
 async def cmd_observe(args: argparse.Namespace) -> int:

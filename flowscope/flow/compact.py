@@ -6,6 +6,16 @@
 time (UTC), source, its identity, arrow (-> request, <- reply with the ends swapped, <> unknown),
 destination, its identity, the event's type (trace point, drop reason, policy verdict), verdict,
 and the summary in parentheses.
+
+A flow through a service (one with `service_translation`: the socket LB's TRANSLATED event, and the
+packets of the connection it translated) names three ends, client -> service -> backend (times cut):
+
+  x/a (ID:300) -> y/web:8000 -> y/web-b:80 (ID:301) post-xlate-fwd TRANSLATED (TCP)
+  x/a:43210 (ID:300) -> y/web:8000 -> y/web-b:80 (ID:301) to-endpoint FORWARDED (TCP Flags: SYN)
+  x/a:43210 (ID:300) <- y/web:8000 <- y/web-b:80 (ID:301) to-endpoint FORWARDED (TCP Flags: ...)
+
+The service is written with its own port (the one the client asked for), the backend with the
+port the packets carry; hubble prints only one of the two.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from flowscope.flow.model import (
     MessageType,
     PolicyMatchType,
     Record,
+    SocketTranslationPoint,
     TraceObservationPoint,
     TrafficDirection,
     Verdict,
@@ -80,6 +91,11 @@ def flow_type(flow: Flow) -> str:
     """The type column: trace point ('to-endpoint'), drop reason, 'policy-verdict:L3-L4 INGRESS'."""
     if flow.kernel_drop_reason:
         return f"kernel-drop:{flow.kernel_drop_reason}"
+    if flow.event_type is not None and flow.event_type.type == MessageType.TRACE_SOCK:
+        try:
+            return SocketTranslationPoint(flow.sock_xlate_point).label
+        except ValueError:
+            return str(flow.sock_xlate_point)
     if flow.type == FlowType.SOCK:
         return "sock-trace"
     if flow.event_type is None:
@@ -117,6 +133,21 @@ def verdict_text(flow: Flow) -> str:
     return verdict.name
 
 
+def _service_and_backend(flow: Flow, arrow: str) -> str | None:
+    """'y/web:8000 -> y/web-b:80' for a flow through a service: the service, then the backend
+    (the flow's destination, or its source for a reply)."""
+    xlate = flow.service_translation
+    if xlate is None:
+        return None
+    reply = bool(flow.is_reply)
+    svc = flow.source_service if reply else flow.destination_service
+    backend = flow.source if reply else flow.destination
+    service = _host(xlate.service_ip, str(xlate.service_port), None, svc, ())
+    return (
+        f"{service} {arrow} {_host(xlate.backend_ip, str(xlate.backend_port), backend, None, ())}"
+    )
+
+
 def format_flow(flow: Flow, *, node_name: bool = False) -> str:
     src_port, dst_port = _ports(flow)
     if flow.ip is not None:
@@ -136,6 +167,9 @@ def format_flow(flow: Flow, *, node_name: bool = False) -> str:
         arrow = "<>"
     elif flow.is_reply:
         src, dst, src_id, dst_id, arrow = dst, src, dst_id, src_id, "<-"
+    through = _service_and_backend(flow, arrow)
+    if through is not None:
+        dst = through  # the far end (after the flip of a reply): service, then backend
     node = f" [{flow.node_name}]" if node_name else ""
     summary = flow.summary or summary_of(flow.l4)
     return (

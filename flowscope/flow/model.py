@@ -8,8 +8,11 @@ So tools that read Hubble's output read ours, and `from_json` reads Hubble's bac
 model, such as ethernet or l7, are skipped).
 
 Our extensions: `policy_cookie`, the u32 the datapath's policy entry carries, naming the
-policy and rule that allowed or denied the flow (dataplane/policy/entry.py), and
-`kernel_drop_reason`, the kernel's own reason for a drop seen by the tracepoint probes.
+policy and rule that allowed or denied the flow (dataplane/policy/entry.py),
+`kernel_drop_reason`, the kernel's own reason for a drop seen by the tracepoint probes, and
+`service_translation`, the service address and the backend the socket LB chose, on the TRANSLATED
+event of a translation and on the packets of the connection it translated (Hubble's
+destination_service names the service but not which address and backend were involved).
 """
 
 from __future__ import annotations
@@ -98,8 +101,25 @@ class MessageType(enum.IntEnum):
     CAPTURE = 3
     TRACE = 4
     POLICY_VERDICT = 5
+    TRACE_SOCK = 7  # a socket-level service translation (Cilium's MessageTypeTraceSock)
     ACCESS_LOG = 129
     AGENT = 130
+
+
+class SocketTranslationPoint(enum.IntEnum):
+    """Where a socket-level translation was observed (Hubble's sock_xlate_point)."""
+
+    SOCK_XLATE_POINT_UNKNOWN = 0
+    SOCK_XLATE_POINT_PRE_DIRECTION_FWD = 1  # before service address -> backend
+    SOCK_XLATE_POINT_POST_DIRECTION_FWD = 2  # after it
+    SOCK_XLATE_POINT_PRE_DIRECTION_REV = 3  # before backend -> service address (replies)
+    SOCK_XLATE_POINT_POST_DIRECTION_REV = 4
+
+    @property
+    def label(self) -> str:
+        """'post-xlate-fwd', as Hubble's printer names the type of such a flow."""
+        when, _, way = self.name.removeprefix("SOCK_XLATE_POINT_").partition("_DIRECTION_")
+        return f"{when.lower()}-xlate-{way.lower()}" if way else "unknown"
 
 
 class PolicyMatchType(enum.IntEnum):
@@ -417,6 +437,36 @@ class Service:
 
 
 @dataclass(frozen=True)
+class ServiceTranslation:
+    """Our extension: the service address a socket asked for and the backend it was given."""
+
+    service_ip: str
+    service_port: int
+    backend_ip: str
+    backend_port: int
+
+    def to_dict(self) -> dict:
+        return _prune(
+            {
+                "service_ip": self.service_ip,
+                "service_port": self.service_port,
+                "backend_ip": self.backend_ip,
+                "backend_port": self.backend_port,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ServiceTranslation:
+        raw = _obj(raw, "flow.service_translation")
+        return cls(
+            raw.get("service_ip", ""),
+            _uint(raw.get("service_port"), "flow.service_translation.service_port"),
+            raw.get("backend_ip", ""),
+            _uint(raw.get("backend_port"), "flow.service_translation.backend_port"),
+        )
+
+
+@dataclass(frozen=True)
 class EventType:
     """CiliumEventType: the monitor message type and its sub-type (trace point, drop reason)."""
 
@@ -434,6 +484,10 @@ class EventType:
     @classmethod
     def policy_verdict(cls) -> EventType:
         return cls(MessageType.POLICY_VERDICT, 0)
+
+    @classmethod
+    def trace_sock(cls, point: SocketTranslationPoint) -> EventType:
+        return cls(MessageType.TRACE_SOCK, point.value)  # Hubble: sub_type = the xlate point
 
     def to_dict(self) -> dict:
         return _prune({"type": int(self.type), "sub_type": int(self.sub_type)})
@@ -536,12 +590,16 @@ class Flow:
     trace_observation_point: TraceObservationPoint | int = TraceObservationPoint.UNKNOWN_POINT
     is_reply: bool | None = None  # None: not known whether it is a reply
     interface: NetworkInterface | None = None
+    sock_xlate_point: SocketTranslationPoint | int = SocketTranslationPoint.SOCK_XLATE_POINT_UNKNOWN
+    socket_cookie: int = 0
+    cgroup_id: int = 0
     egress_allowed_by: tuple[Policy, ...] = ()
     ingress_allowed_by: tuple[Policy, ...] = ()
     egress_denied_by: tuple[Policy, ...] = ()
     ingress_denied_by: tuple[Policy, ...] = ()
     policy_cookie: int | None = None  # our extension: the policy entry's cookie
     kernel_drop_reason: str = ""  # our extension: the kernel's skb drop reason ("NO_SOCKET")
+    service_translation: ServiceTranslation | None = None  # our extension (see the top)
     summary: str = ""  # Hubble: "Summary"
     uuid: str = ""
 
@@ -581,6 +639,11 @@ class Flow:
             ),
             "drop_reason_desc": _enum_out(self.drop_reason_desc) if self.drop_reason else None,
             "interface": self.interface.to_dict() if self.interface else None,
+            "sock_xlate_point": (
+                _enum_out(self.sock_xlate_point) if self.sock_xlate_point else None
+            ),
+            "socket_cookie": str(self.socket_cookie) if self.socket_cookie else None,  # uint64
+            "cgroup_id": str(self.cgroup_id) if self.cgroup_id else None,
         }
         d = _prune(d)
         if self.verdict == Verdict.VERDICT_UNKNOWN:
@@ -595,6 +658,8 @@ class Flow:
             d["policy_cookie"] = self.policy_cookie
         if self.kernel_drop_reason:
             d["kernel_drop_reason"] = self.kernel_drop_reason
+        if self.service_translation is not None:
+            d["service_translation"] = self.service_translation.to_dict()
         if self.summary:
             d["Summary"] = self.summary
         return d
@@ -653,6 +718,11 @@ class Flow:
             interface=NetworkInterface.from_dict(raw["interface"])
             if raw.get("interface")
             else None,
+            sock_xlate_point=_enum_in(
+                SocketTranslationPoint, raw.get("sock_xlate_point"), "flow.sock_xlate_point"
+            ),
+            socket_cookie=_uint(raw.get("socket_cookie"), "flow.socket_cookie"),
+            cgroup_id=_uint(raw.get("cgroup_id"), "flow.cgroup_id"),
             **{
                 name: tuple(
                     Policy.from_dict(p, f"flow.{name}[{i}]")
@@ -662,6 +732,11 @@ class Flow:
             },
             policy_cookie=_uint(cookie, "flow.policy_cookie") if cookie is not None else None,
             kernel_drop_reason=str(raw.get("kernel_drop_reason") or ""),
+            service_translation=(
+                ServiceTranslation.from_dict(raw["service_translation"])
+                if raw.get("service_translation")
+                else None
+            ),
             summary=raw.get("Summary", ""),
             uuid=raw.get("uuid", ""),
         )

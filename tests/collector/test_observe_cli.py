@@ -198,3 +198,42 @@ async def test_follow_prints_history_then_new_flows_and_lost_events_then_quits_q
     assert b"Traceback" not in err, err.decode()
     assert proc.returncode in (0, 130)
     assert b"older" not in out
+
+
+async def test_type_and_service_filters_pick_translations(cluster: FakeCluster) -> None:
+    from flowscope.flow import Service, ServiceTranslation, SocketTranslationPoint
+
+    point = SocketTranslationPoint.SOCK_XLATE_POINT_POST_DIRECTION_FWD
+    translated = Flow(
+        T0,
+        Verdict.TRANSLATED,
+        ip=IP("10.244.1.5", "10.0.0.10"),
+        l4=TCP(0, 8000),
+        source=Endpoint(identity=300, namespace="x", pod_name="a"),
+        destination=Endpoint(identity=301, namespace="y", pod_name="web-1"),
+        node_name="node-1",
+        event_type=EventType.trace_sock(point),
+        destination_service=Service("web", "y"),
+        is_reply=False,
+        sock_xlate_point=point,
+        socket_cookie=42,
+        service_translation=ServiceTranslation("10.0.0.10", 8000, "10.244.2.7", 80),
+        summary="TCP",
+    )
+    cluster.streams["node-1"].publish([translated, flow(T0 + 10**6, "node-1", "x/a")])
+    code, out, err = await cluster.observe("--type", "trace-sock", "--node", "node-1")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "Nov 28 21:52:51.000: x/a (ID:300) -> y/web:8000 -> y/web-1:80 (ID:301)"
+        " post-xlate-fwd TRANSLATED (TCP)"
+    ]
+    code, out, _ = await cluster.observe(
+        "--service", "y/web", "--verdict", "translated", "-o", "json"
+    )
+    assert code == 0 and [record_from_json(line) for line in out.splitlines()] == [translated]
+    code, out, _ = await cluster.observe("--service", "z/web", "--node", "node-1")
+    assert code == 0 and out == ""
+    code, _, err = await cluster.observe("--type", "trace-socket")
+    assert code == 2 and "--type" in err and "trace-sock" in err
+    code, _, err = await cluster.observe("--service", "y/")
+    assert code == 2 and "--service" in err
