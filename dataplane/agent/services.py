@@ -5,8 +5,11 @@ Inputs are mirrors of the store (Services, EndpointSlices); the plan is pure
 affinity); the maps module (dataplane.maps.lbmap) writes only what changed, in an order a
 concurrent connect() can never catch half-done. Changes are coalesced like enforcement's.
 
-The socket programs translate ClusterIPs (and LoadBalancer addresses) for pod sockets; NodePort
-frontends are for traffic that arrives at a node (tc on the node's uplink), not for sockets.
+The socket programs translate ClusterIPs (and LoadBalancer addresses) for pod sockets. NodePort
+frontends go two ways: into the NodePort maps (dataplane.maps.nodeportmap) for traffic that
+arrives at the node's uplink (probes/nodeport.c), and, at this node's own IP, into the socket maps
+too: a pod connecting to its node's IP never crosses the uplink (the hairpin case), so its socket
+is translated like Cilium's socket LB does for NodePorts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 
 from dataplane.maps.lbmap import Backend, LBMaps, Service
+from dataplane.maps.nodeportmap import NodePortBackend, NodePortMaps, NodePortService
 from dataplane.services.plan import Frontend, plan
 from flowscope.apis import kinds
 from flowscope.errors import FlowscopeError
@@ -43,10 +47,52 @@ def socket_services(frontends: tuple[Frontend, ...]) -> list[Service]:
     ]
 
 
+def nodeport_services(frontends: tuple[Frontend, ...], node: str) -> list[NodePortService]:
+    """The plan's NodePort frontends as the uplink's NodePort maps hold them: backends on other
+    nodes are marked remote (reached with SNAT to this node's IP)."""
+    return [
+        NodePortService(
+            port=f.key.port,
+            proto=f.key.protocol,
+            backends=tuple(NodePortBackend(b.ip, b.port, b.node != node) for b in f.backends),
+            local=f.local_only,
+            maglev=f.algorithm == "maglev",
+            affinity_timeout=f.affinity_timeout or None,
+        )
+        for f in frontends
+        if f.key.kind == "NodePort" and f.key.protocol in SOCKET_PROTOCOLS
+    ]
+
+
+def nodeport_socket_services(frontends: tuple[Frontend, ...], node_ip: str) -> list[Service]:
+    """The NodePort frontends at this node's own IP, for pod sockets (hairpin through the node)."""
+    return [
+        Service(
+            vip=node_ip,
+            port=f.key.port,
+            proto=f.key.protocol,
+            backends=tuple(Backend(b.ip, b.port) for b in f.backends),
+            affinity_timeout=f.affinity_timeout or None,
+        )
+        for f in frontends
+        if f.key.kind == "NodePort" and f.key.protocol in SOCKET_PROTOCOLS
+    ]
+
+
 class ServiceSync:
-    def __init__(self, kv: KV, node: str, maps: LBMaps) -> None:
+    def __init__(
+        self,
+        kv: KV,
+        node: str,
+        maps: LBMaps,
+        *,
+        nodeport: NodePortMaps | None = None,
+        node_ip: str | None = None,
+    ) -> None:
         self.node = node
         self.maps = maps
+        self.nodeport = nodeport  # None: NodePort is not programmed (unit tests of sockets)
+        self.node_ip = node_ip
         self._changed = asyncio.Event()
         self.services = PrefixMirror(
             kv, kinds.get("Service").prefix(), json_value, self._changed.set
@@ -73,13 +119,18 @@ class ServiceSync:
         )
 
     async def sync(self) -> None:
-        wanted = socket_services(
-            plan(
-                list(self.services.items.values()), list(self.slices.items.values()), self.node
-            ).frontends
-        )
+        frontends = plan(
+            list(self.services.items.values()), list(self.slices.items.values()), self.node
+        ).frontends
+        wanted = socket_services(frontends)
+        if self.node_ip is not None:
+            wanted += nodeport_socket_services(frontends, self.node_ip)
+        nodeports = nodeport_services(frontends, self.node)
         try:
             upserted, deleted = await asyncio.to_thread(self.maps.sync, wanted)
+            if self.nodeport is not None:
+                np_up, np_del = await asyncio.to_thread(self.nodeport.sync, nodeports)
+                upserted, deleted = upserted + np_up, deleted + np_del
         except FlowscopeError as e:  # a full map, above all: reported, retried on the next change
             if str(e) != self.problem:
                 log.error("cannot program services: %s", e)

@@ -1,0 +1,165 @@
+"""The NodePort connection table (probes/nodeport.c `np_ct`), seen from Python.
+
+Two entries per connection, like the masquerade's nat_v4:
+    FWD   {client, node_ip, client_port, nodePort}      -> backend (+ SNAT node_ip:port)
+    REPLY {backend, reply dst, backend_port, reply dport} -> client and node_ip:nodePort
+The reply's destination is the client itself (local backend) or node_ip:snat_port (remote
+backend, flag CT_F_SNAT). The kernel refreshes both halves on every packet and ignores expired
+ones; `gc()` deletes entries past `expires_ns` (user space, every few seconds).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.netorder import ip_of, u32_of
+
+CT_MAP = "np_ct"
+DIR_FWD = 0
+DIR_REPLY = 1
+CT_F_SNAT = 0x1
+CT_F_CLOSING = 0x2
+
+
+class NpCtKey(ct.Structure):
+    """struct np_ct_key."""
+
+    _fields_ = (
+        ("saddr", ct.c_uint32),
+        ("daddr", ct.c_uint32),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("dir", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    )
+
+
+class NpCtEntry(ct.Structure):
+    """struct np_ct_entry."""
+
+    _fields_ = (
+        ("to_addr", ct.c_uint32),
+        ("nat_addr", ct.c_uint32),
+        ("to_port", ct.c_uint16),
+        ("nat_port", ct.c_uint16),
+        ("flags", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+        ("svc_id", ct.c_uint32),
+        ("created_ns", ct.c_uint64),
+        ("expires_ns", ct.c_uint64),
+    )
+
+
+LAYOUT: tuple[type, type] = (NpCtKey, NpCtEntry)
+KEY_DTYPE = np.dtype(NpCtKey)
+ENTRY_DTYPE = np.dtype(NpCtEntry)
+
+
+@dataclass(frozen=True)
+class NpConnection:
+    """One entry, decoded. FWD: to = backend, nat = SNAT source (0.0.0.0:0: none);
+    REPLY: to = the client, nat = node_ip:nodePort."""
+
+    direction: int
+    proto: int
+    saddr: ipaddress.IPv4Address
+    daddr: ipaddress.IPv4Address
+    sport: int
+    dport: int
+    to_addr: ipaddress.IPv4Address
+    to_port: int
+    nat_addr: ipaddress.IPv4Address
+    nat_port: int
+    flags: int
+    svc_id: int
+    expires_ns: int
+
+    @property
+    def snat(self) -> bool:
+        return bool(self.flags & CT_F_SNAT)
+
+
+def make_key(direction: int, proto: int, saddr: str, daddr: str, sport: int, dport: int) -> NpCtKey:
+    return NpCtKey(
+        saddr=u32_of(saddr),
+        daddr=u32_of(daddr),
+        sport=socket.htons(sport),
+        dport=socket.htons(dport),
+        proto=proto,
+        dir=direction,
+    )
+
+
+def decode(keys: np.ndarray, values: np.ndarray) -> list[NpConnection]:
+    return [
+        NpConnection(
+            direction=int(k["dir"]),
+            proto=int(k["proto"]),
+            saddr=ip_of(k["saddr"]),
+            daddr=ip_of(k["daddr"]),
+            sport=socket.ntohs(int(k["sport"])),
+            dport=socket.ntohs(int(k["dport"])),
+            to_addr=ip_of(v["to_addr"]),
+            to_port=socket.ntohs(int(v["to_port"])),
+            nat_addr=ip_of(v["nat_addr"]),
+            nat_port=socket.ntohs(int(v["nat_port"])),
+            flags=int(v["flags"]),
+            svc_id=int(v["svc_id"]),
+            expires_ns=int(v["expires_ns"]),
+        )
+        for k, v in zip(keys, values, strict=True)
+    ]
+
+
+class NpCtMap(ABC):
+    @abstractmethod
+    def dump(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def delete_keys(self, keys: np.ndarray) -> int: ...
+
+    def entries(self) -> list[NpConnection]:
+        return decode(*self.dump())
+
+    def gc(self, now_ns: int | None = None) -> int:
+        """Delete every entry past its lifetime; returns how many."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        keys, values = self.dump()
+        dead = keys[values["expires_ns"] < np.uint64(now)]
+        return self.delete_keys(dead) if len(dead) else 0
+
+
+class KernelNpCtMap(NpCtMap):
+    def __init__(self, bpfmap: BpfMap) -> None:
+        self.map = bpfmap
+
+    def dump(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.map.dump()
+
+    def delete_keys(self, keys: np.ndarray) -> int:
+        return self.map.delete_many(keys)
+
+
+class FakeNpCtMap(NpCtMap):
+    def __init__(self) -> None:
+        self._entries: dict[bytes, bytes] = {}
+
+    def put(self, key: NpCtKey, entry: NpCtEntry) -> None:
+        self._entries[bytes(key)] = bytes(entry)
+
+    def dump(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.frombuffer(b"".join(self._entries), dtype=KEY_DTYPE).copy()
+        values = np.frombuffer(b"".join(self._entries.values()), dtype=ENTRY_DTYPE).copy()
+        return keys, values
+
+    def delete_keys(self, keys: np.ndarray) -> int:
+        return sum(self._entries.pop(k.tobytes(), None) is not None for k in keys)
