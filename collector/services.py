@@ -18,14 +18,21 @@ from flowscope.flow.model import Service
 _PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP"}
 
 
-def frontend_owners(services: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int, str], Service]:
-    """(address, port, "TCP"|"UDP"|"SCTP") -> the Service; NodePorts under address NODE_ANY."""
-    owners: dict[tuple[str, int, str], Service] = {}
+FrontendKey = tuple[str, int, str]  # address, port, "TCP"|"UDP"|"SCTP"
+
+
+def frontend_owners(
+    services: Iterable[Mapping[str, Any]],
+) -> dict[FrontendKey, tuple[Service, str]]:
+    """Frontend -> (its Service, the frontend's kind: ClusterIP, NodePort, LoadBalancer);
+    NodePorts under address NODE_ANY."""
+    owners: dict[FrontendKey, tuple[Service, str]] = {}
     for svc in services:
         # no slices: only the frontends' keys are wanted, not their backends
         for fe in service_frontends(svc, (), None):
             ns, _, name = fe.service.partition("/")
-            owners.setdefault((fe.key.address, fe.key.port, fe.key.protocol), Service(name, ns))
+            key = (fe.key.address, fe.key.port, fe.key.protocol)
+            owners.setdefault(key, (Service(name, ns), fe.key.kind))
     return owners
 
 
@@ -44,7 +51,7 @@ class ServiceIndex:
         self._services = services
         self._version_of = version
         self._version: object = object()  # matches no version: the first lookup builds
-        self._owners: dict[tuple[str, int, str], Service] = {}
+        self._owners: dict[FrontendKey, Service] = {}
 
     @classmethod
     def of(cls, services: Iterable[Mapping[str, Any]]) -> ServiceIndex:
@@ -52,10 +59,10 @@ class ServiceIndex:
         fixed = list(services)
         return cls(lambda: fixed)
 
-    def owners(self) -> dict[tuple[str, int, str], Service]:
+    def owners(self) -> dict[FrontendKey, Service]:
         version = self._version_of()
         if version != self._version:
-            self._owners = frontend_owners(self._services())
+            self._owners = {k: svc for k, (svc, _) in frontend_owners(self._services()).items()}
             self._version = version
         return self._owners
 

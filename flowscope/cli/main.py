@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "flowscope.cli.agent",  # agent: one per node (run by the lab)
     "flowscope.cli.observe",  # observe: the nodes' flows
     "flowscope.cli.policy",  # policy trace
+    "flowscope.cli.service",  # service list: the datapath's load balancer
 )
 
 

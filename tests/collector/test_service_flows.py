@@ -83,8 +83,9 @@ def translation(cgroup: int, **kw) -> Translation:
 
 def test_frontends_name_their_service_by_address_port_and_protocol() -> None:
     owners = frontend_owners([WEB])
-    assert owners[(VIP, 8000, "TCP")] == Service("web", "y")
-    assert owners[(VIP, 53, "UDP")] == Service("web", "y")
+    assert owners[(VIP, 8000, "TCP")] == (Service("web", "y"), "ClusterIP")
+    assert owners[(VIP, 53, "UDP")] == (Service("web", "y"), "ClusterIP")
+    assert owners[("0.0.0.0", 30080, "TCP")] == (Service("web", "y"), "NodePort")
     assert (VIP, 53, "TCP") not in owners
     index = ServiceIndex.of([WEB])
     assert index.service_at(VIP, 8000, 6) == Service("web", "y")
