@@ -1,7 +1,8 @@
 """`lab up`, `lab down`, `lab status`: the lab cluster's life cycle.
 
-up: plan -> fabric, nodes, outside host -> etcd -> cluster.json -> seed objects -> controller and
-one agent per node -> wait until every node is Ready. Each step is idempotent, so `up` on a cluster
+up: plan -> fabric, nodes, outside host -> etcd -> cluster.json -> seed objects (namespaces,
+nodes, the kube-dns Service and its DNS pods) -> controller and one agent per node -> wait until
+every node is Ready and the cluster DNS answers. Each step is idempotent, so `up` on a cluster
 that is up with the same shape repairs what is missing (a dead agent, say) and changes nothing else.
 down: stops what the pid files name, kills every process left in the cluster's cgroups, removes
 namespaces, pinned objects, cgroups, CNI config and state; it also cleans up after a crash.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from dataplane.dns.resolvconf import DNS_SERVICE, dns_service_ip
 from dataplane.lab import daemons, fabric, netns, topology
 from dataplane.lab.sandbox import Sandbox, remove_cgroup_tree
 from flowscope import clusterinfo
@@ -30,6 +32,9 @@ from flowscope.paths import ClusterPaths, valid_cluster_name
 WORLD_TCP_PORTS = (80, 8080)
 WORLD_UDP_PORTS = (8081,)
 Progress = Callable[[str], None]
+DNS_IMAGE = "flowscope/coredns:lab"  # the pod runtime runs pods of a coredns image as the DNS
+DNS_LABELS = {"k8s-app": "kube-dns"}
+DNS_REPLICAS = 2  # on the first nodes, as CoreDNS's two replicas
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
             progress(f"agent: starting for {node.name}")
             daemons.start(daemon)
     asyncio.run(_wait_nodes_ready(info, opts.timeout, progress))
+    asyncio.run(_wait_dns(info, opts.timeout, progress))
     progress(f"cluster {opts.name!r} is up ({time.monotonic() - started:.1f}s)")
     return info, existing is not None
 
@@ -202,8 +208,113 @@ async def _seed(info: ClusterInfo) -> None:
                         "spec": {},
                     }
                 )
+        objects += [o for o in dns_objects(info) if await _absent(store, o)]
         if objects:
             await store.apply(objects, internal=True)
+
+
+async def _absent(store, obj: dict) -> bool:
+    meta = obj["metadata"]
+    return await store.get(obj["kind"], meta.get("namespace"), meta["name"]) is None
+
+
+def dns_objects(info: ClusterInfo) -> list[dict]:
+    """The kube-dns Service at the service CIDR's 10th address, and its DNS pods."""
+    ns, name = DNS_SERVICE
+    ports = [
+        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {**DNS_LABELS, "kubernetes.io/name": "CoreDNS"},
+        },
+        "spec": {
+            "selector": dict(DNS_LABELS),
+            "clusterIP": str(dns_service_ip(info.service_cidr)),
+            "ports": [
+                {"name": p["name"], "port": 53, "protocol": p["protocol"], "targetPort": 53}
+                for p in ports
+            ],
+        },
+    }
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"coredns-{node.name}", "namespace": ns, "labels": DNS_LABELS},
+            "spec": {
+                "nodeName": node.name,
+                "dnsPolicy": "Default",  # the DNS itself uses the node's resolver, as CoreDNS
+                "containers": [{"name": "coredns", "image": DNS_IMAGE, "ports": ports}],
+            },
+        }
+        for node in info.nodes[:DNS_REPLICAS]
+    ]
+    return [service, *pods]
+
+
+async def _wait_dns(info: ClusterInfo, timeout: float, progress: Progress) -> None:
+    """Until every DNS pod answers for kube-dns and the Service has them as ready endpoints."""
+    from flowscope.connect import cluster_store
+
+    ns, name = DNS_SERVICE
+    want = str(dns_service_ip(info.service_cidr))
+    deadline = time.monotonic() + timeout
+    async with cluster_store(info) as store:
+        while True:
+            pods = [
+                p
+                for p in await store.list("Pod", ns)
+                if (p.get("metadata", {}).get("labels") or {}).get("k8s-app") == "kube-dns"
+            ]
+            ready_ips = {
+                a
+                for s in await store.list("EndpointSlice", ns)
+                if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name
+                for e in s.get("endpoints") or ()
+                if (e.get("conditions") or {}).get("ready") is not False
+                for a in e.get("addresses") or ()
+            }
+            answering = [
+                p
+                for p in pods
+                if p.get("status", {}).get("podIP") in ready_ips
+                and await asyncio.to_thread(_dns_answers, info, p, f"{name}.{ns}", want)
+            ]
+            if pods and len(answering) == len(pods):
+                progress(f"cluster DNS answers at {want} ({len(pods)} pods)")
+                return
+            if time.monotonic() > deadline:
+                raise FlowscopeError(
+                    f"the cluster DNS did not answer within {timeout:.0f}s "
+                    f"({len(answering)}/{len(pods)} DNS pods answering)",
+                    hint=f"read the pod logs under {info.paths.run_dir}/nodes/*/logs",
+                )
+            await asyncio.sleep(0.1)
+
+
+def _dns_answers(info: ClusterInfo, pod: dict, service: str, want: str) -> bool:
+    """Whether the DNS server of `pod` answers A for `service` with `want` (asked from inside
+    the pod's own namespace, at its pod IP: the lab's addresses stay out of the host's)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    from flowscope.netns_sockets import socket_in_netns
+
+    sandbox = pod_sandbox(info, pod)
+    query = dns.message.make_query(f"{service}.svc.cluster.local.", "A")
+    try:
+        with socket_in_netns(sandbox.netns_path, socket.AF_INET, socket.SOCK_DGRAM, 0) as sock:
+            reply = dns.query.udp(query, pod["status"]["podIP"], timeout=0.5, sock=sock)
+    except (OSError, dns.exception.DNSException):
+        return False
+    return any(rd.to_text() == want for rrset in reply.answer for rd in rrset)
 
 
 async def _wait_nodes_ready(info: ClusterInfo, timeout: float, progress: Progress) -> None:

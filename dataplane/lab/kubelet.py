@@ -1,8 +1,10 @@
 """The lab's pod runtime, what kubelet and containerd are on a real node.
 
-It watches the pods bound to its node and makes each one real: a sandbox (network namespace and
-cgroup), CNI ADD through the node's conflist exactly as containerd runs a plugin, the pod's
-responder on every containerPort, and the pod's status (IP, Ready) written back. A deleted pod is
+It watches the pods bound to its node and makes each one real: a sandbox (network namespace,
+cgroup, and the resolv.conf kubelet would write for the pod's dnsPolicy), CNI ADD through the
+node's conflist exactly as containerd runs a plugin, the pod's server, and the pod's status (IP,
+Ready) written back. The server is the responder on every containerPort, or, for a pod whose image
+is CoreDNS's, the cluster DNS server (dataplane.dns.server). A deleted pod is
 torn down in reverse. What it started is recorded under the node's run dir, so that a restarted
 agent adopts running pods instead of re-plumbing them, and removes those deleted meanwhile.
 """
@@ -10,14 +12,17 @@ agent adopts running pods instead of re-plumbing them, and removes those deleted
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dataplane.cni.runtime import CNIError, invoke_plugin
+from dataplane.dns.resolvconf import dns_service_ip, resolv_conf
 from dataplane.lab.sandbox import Sandbox
 from flowscope.apis.conditions import is_ready
 from flowscope.clusterinfo import ClusterInfo
@@ -26,6 +31,20 @@ log = logging.getLogger(__name__)
 IFNAME = "eth0"
 RETRY_SECONDS = 2.0
 RESYNC_EVERY = 5  # retry rounds
+DNS_IMAGES = frozenset({"coredns"})  # image names (any registry, any tag) run as the cluster DNS
+
+
+def image_name(image: str) -> str:
+    """`mcr.microsoft.com/oss/kubernetes/coredns:v1.9.4` -> `coredns`."""
+    last = image.rsplit("/", 1)[-1]
+    return last.split("@", 1)[0].split(":", 1)[0]
+
+
+def runs_cluster_dns(pod: dict) -> bool:
+    return any(
+        image_name(c.get("image") or "") in DNS_IMAGES
+        for c in pod.get("spec", {}).get("containers", [])
+    )
 
 
 def container_id(pod_uid: str) -> str:
@@ -164,9 +183,16 @@ class Kubelet:
             if record is None or not sandbox.exists():
                 record = await self._create(pod, sandbox)
             if not sandbox.running():
-                tcp, udp = container_ports(pod)
                 log_file = self.logs_dir / f"{ns}_{name}_{uid}.log"
-                proc = await asyncio.to_thread(sandbox.start_responder, name, tcp, udp, log_file)
+                if runs_cluster_dns(pod):
+                    argv = self._dns_argv(sandbox)
+                    start = functools.partial(sandbox.start, argv, f"pod {name}'s DNS server")
+                    proc = await asyncio.to_thread(start, log_file)
+                else:
+                    tcp, udp = container_ports(pod)
+                    proc = await asyncio.to_thread(
+                        sandbox.start_responder, name, tcp, udp, log_file
+                    )
                 self._procs.append(proc)
             self._pending.pop(uid, None)
             if pod.get("status", {}).get("podIP") != record.ip or not is_ready(pod):
@@ -176,10 +202,20 @@ class Kubelet:
             self._pending[uid] = pod
             await self._set_failed(pod, exc)
 
+    def _dns_argv(self, sandbox: Sandbox) -> list[str]:
+        """The cluster DNS server of a DNS pod: the store from the host, sockets in the pod."""
+        argv = [sys.executable, "-m", "dataplane.dns.server", "--etcd", self.info.etcd_url]
+        argv += ["--netns", sandbox.netns_path, "--cgroup", str(sandbox.cgroup)]
+        argv += ["--dns-ip", str(dns_service_ip(self.info.service_cidr))]
+        for upstream in self.info.extra.get("dns_upstreams") or ():
+            argv += ["--upstream", str(upstream)]
+        return argv
+
     async def _create(self, pod: dict, sandbox: Sandbox) -> PodRecord:
         meta = pod["metadata"]
         cid = container_id(meta["uid"])
-        await asyncio.to_thread(sandbox.create)
+        text = resolv_conf(pod, dns_service_ip(self.info.service_cidr))
+        await asyncio.to_thread(sandbox.create, text)
         result = await self._cni("ADD", meta["uid"], meta["namespace"], meta["name"], cid, sandbox)
         ip = result["ips"][0]["address"].split("/")[0]
         record = PodRecord(meta["uid"], meta["namespace"], meta["name"], cid, ip, result)

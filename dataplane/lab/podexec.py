@@ -15,9 +15,11 @@ from dataplane.lab.sandbox import Sandbox
 
 def exec_in_pod(sandbox: Sandbox, argv: Sequence[str]) -> int:
     """Run `argv` inside the pod, with the caller's terminal; returns its exit code."""
+    resolv_conf = sandbox.resolv_conf
     try:
         return subprocess.call(
-            list(argv), preexec_fn=lambda: enter(sandbox.netns_path, str(sandbox.cgroup))
+            list(argv),
+            preexec_fn=lambda: enter(sandbox.netns_path, str(sandbox.cgroup), resolv_conf),
         )
     except FileNotFoundError:
         return 127
@@ -25,13 +27,14 @@ def exec_in_pod(sandbox: Sandbox, argv: Sequence[str]) -> int:
 
 def fork_in_pod(sandbox: Sandbox, fn: Callable[[], Any]) -> tuple[int, int]:
     """Start `fn` in a child that has joined the pod; returns (pid, fd to read its JSON result)."""
+    resolv_conf = sandbox.resolv_conf
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
         code = 0
         try:
             os.close(read_fd)
-            enter(sandbox.netns_path, str(sandbox.cgroup))
+            enter(sandbox.netns_path, str(sandbox.cgroup), resolv_conf)
             payload = json.dumps({"ok": fn()}).encode()
         except BaseException as exc:
             payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()

@@ -2,6 +2,8 @@
 
 A probe connected when a server answered: TCP through a completed handshake and an HTTP answer,
 UDP through a reply datagram. What answered (the responder's pod name) and the latency are kept.
+A target given by name is resolved first, inside the pod, by the pod's resolver (the cluster DNS
+through the pod's resolv.conf), as a workload would; a name that does not resolve is a result.
 """
 
 from __future__ import annotations
@@ -63,3 +65,17 @@ def probe(source: str, target: str, ip: str, port: int, protocol: str, timeout: 
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         result = ProbeResult(source, target, ip, port, protocol, False, error=reason)
     return result.to_dict()
+
+
+def probe_name(
+    source: str, target: str, name: str, port: int, protocol: str, timeout: float
+) -> dict:
+    """Resolve `name` with the resolver of the current process (inside the pod), then probe."""
+    kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+    try:
+        infos = socket.getaddrinfo(name, port, socket.AF_INET, kind)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        error = f"cannot resolve {name!r}: {reason}"
+        return ProbeResult(source, target, "", port, protocol, False, error=error).to_dict()
+    return probe(source, target, infos[0][4][0], port, protocol, timeout)

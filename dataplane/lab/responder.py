@@ -106,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--netns")
     parser.add_argument("--cgroup")
+    parser.add_argument("--resolv-conf", help="the pod's file, shown as /etc/resolv.conf")
     parser.add_argument("--tcp", type=int, action="append", default=[])
     parser.add_argument("--udp", type=int, action="append", default=[])
     args = parser.parse_args(argv)
-    enter(args.netns, args.cgroup)
+    enter(args.netns, args.cgroup, args.resolv_conf)
     asyncio.run(serve(args.name, args.tcp, args.udp))
     return 0
 

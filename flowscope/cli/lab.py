@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from ipaddress import IPv4Address, IPv4Network
@@ -56,7 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = lab_sub.add_parser("probe", help="connect from a pod to a target; exit 0 if answered")
     p.add_argument("pod", metavar="NS/POD")
-    p.add_argument("target", metavar="TARGET:PORT", help="NS/POD, NAME.NS (a service) or an IP")
+    p.add_argument(
+        "target",
+        metavar="TARGET:PORT",
+        help="NS/POD, an IP, or a name the pod resolves (NAME, NAME.NS, NAME.NS.svc.cluster.local)",
+    )
     p.add_argument("--protocol", choices=("TCP", "UDP"), default="TCP", type=str.upper)
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -191,8 +196,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return exec_in_pod(sandbox, argv)
 
 
-async def resolve_target(store, target: str) -> str:
-    """NS/POD -> its pod IP; NAME.NS -> the service's ClusterIP; an IP as it is."""
+async def resolve_target(store, target: str) -> str | None:
+    """NS/POD -> its pod IP; an IP as it is; None for a name (the pod resolves it by DNS)."""
     try:
         return str(IPv4Address(target))
     except ValueError:
@@ -203,18 +208,7 @@ async def resolve_target(store, target: str) -> str:
         if not ip:
             raise FlowscopeError(f"pod {target} has no IP yet", hint="wait until it is Running")
         return ip
-    name, _, rest = target.partition(".")
-    ns = rest.split(".")[0] if rest else "default"
-    svc = await store.get("Service", ns, name)
-    if svc is None:
-        raise NotFound(
-            f"{target!r} is neither an IP, a NS/POD, nor a service NAME.NS",
-            hint=f"`flowscope get services -n {ns}` lists services",
-        )
-    cluster_ip = svc.get("spec", {}).get("clusterIP")
-    if not cluster_ip or cluster_ip == "None":
-        raise FlowscopeError(f"service {ns}/{name} has no ClusterIP")
-    return cluster_ip
+    return None
 
 
 def split_target(text: str) -> tuple[str, int]:
@@ -235,7 +229,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from dataplane.lab.cluster import pod_sandbox
     from dataplane.lab.podexec import collect, fork_in_pod
-    from dataplane.lab.probe import probe
+    from dataplane.lab.probe import probe, probe_name
 
     target, port = split_target(args.target)
 
@@ -248,19 +242,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     sandbox, ip = asyncio.run(lookup())
     source = "/".join(_split_pod(args.pod))
-    pid, fd = fork_in_pod(
-        sandbox, lambda: probe(source, target, ip, port, args.protocol, args.timeout)
-    )
+    if ip is None:
+        run = functools.partial(probe_name, source, target, target)
+    else:
+        run = functools.partial(probe, source, target, ip)
+    pid, fd = fork_in_pod(sandbox, lambda: run(port, args.protocol, args.timeout))
     result = collect(pid, fd)
+    where = f"{result['ip'] or '?'}:{port}/{args.protocol}"
     if args.output == "json":
         print(json.dumps(result))
     elif result["connected"]:
         print(
-            f"{source} -> {target} ({ip}:{port}/{args.protocol}): answered by "
+            f"{source} -> {target} ({where}): answered by "
             f"{result['answer']!r} in {result['latency_ms']:.2f} ms"
         )
     else:
-        print(f"{source} -> {target} ({ip}:{port}/{args.protocol}): no answer ({result['error']})")
+        print(f"{source} -> {target} ({where}): no answer ({result['error']})")
     return 0 if result["connected"] else 1
 
 
