@@ -19,6 +19,8 @@ from pathlib import Path
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream, flow_socket, serve_flows
 from collector.node import NodeCollector
+from collector.podcgroups import PodCgroups
+from collector.services import ServiceIndex
 from dataplane.agent import routing
 from dataplane.agent.enforcement import Enforcement
 from dataplane.agent.nodedatapath import NodeDatapath
@@ -115,9 +117,10 @@ class Agent:
             hooks.watch(local.endpoint)
         stream = FlowStream(node_name=self.node)
         flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
+        enricher = Enricher(enforcement, self.info.name)
         collector = NodeCollector(
             self.node,
-            Enricher(enforcement, self.info.name),
+            enricher,
             stream,
             lambda inode, ifindex: inode == node_inode and enforcement.has_ifindex(ifindex),
         )
@@ -129,6 +132,15 @@ class Agent:
         socklb.attach(node_cgroup)
         services = ServiceSync(kv, self.node, socklb.maps)
         await services.start()
+        # flows name services by frontend, and the socket LB's clients by their pod's cgroup
+        mirror = services.services
+        enricher.services = ServiceIndex(lambda: mirror.items.values(), lambda: mirror.version)
+        enricher.pods = PodCgroups(
+            lambda: [
+                (self.paths.pod_cgroup(self.node, local.endpoint.pod_uid), str(local.endpoint.ip))
+                for local in enforcement.local.values()
+            ]
+        )
 
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
@@ -143,7 +155,10 @@ class Agent:
             asyncio.create_task(enforcement.run(), name="enforcement"),
             asyncio.create_task(services.run(), name="services"),
             asyncio.create_task(
-                collector.run_datapath(datapath.ring(), datapath.lost_events), name="flows"
+                collector.run_datapath(
+                    datapath.ring(), datapath.lost_events, (socklb.ring(), socklb.lost_events)
+                ),
+                name="flows",
             ),
             asyncio.create_task(collector.run_tracepoints(tracepoints), name="kernel-events"),
             asyncio.create_task(_every(CT_GC_INTERVAL, datapath.ct.gc), name="ct-gc"),
