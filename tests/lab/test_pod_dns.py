@@ -1,0 +1,85 @@
+"""The pod runtime's DNS pieces: which pods run the cluster DNS, and the pod's resolv.conf as
+its processes see it (a private mount namespace that leaves the host's file alone)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from dataplane.lab import netns
+from dataplane.lab.kubelet import image_name, runs_cluster_dns
+from dataplane.lab.podexec import collect, exec_in_pod, fork_in_pod
+from dataplane.lab.sandbox import Sandbox
+from flowscope.paths import CGROUP_ROOT
+from tests.conftest import unique
+
+
+def test_image_names() -> None:
+    assert image_name("mcr.microsoft.com/oss/kubernetes/coredns:v1.9.4") == "coredns"
+    assert image_name("coredns/coredns@sha256:abc") == "coredns"
+    assert image_name("registry:5000/coredns") == "coredns"
+    assert image_name("agnhost") == "agnhost"
+    dns_pod = {"spec": {"containers": [{"image": "flowscope/coredns:lab"}]}}
+    assert runs_cluster_dns(dns_pod)
+    assert not runs_cluster_dns({"spec": {"containers": [{"image": "corednsx"}]}})
+    assert not runs_cluster_dns({"spec": {}})
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.fail("needs root (run via `make test`)")
+    box = Sandbox(
+        f"fs.{unique('h2rc')}.pod", CGROUP_ROOT / "tests" / unique("cg"), tmp_path / "sandbox"
+    )
+    box.create("nameserver 10.0.0.10\nsearch x.svc.cluster.local\noptions ndots:5\n")
+    try:
+        yield box
+    finally:
+        box.destroy()
+        netns.remove(box.netns)
+        for parent in (box.cgroup.parent, CGROUP_ROOT):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def read_resolv_conf() -> str:
+    return Path("/etc/resolv.conf").read_text()
+
+
+@pytest.mark.privileged
+def test_pod_processes_see_the_pods_resolv_conf_and_nothing_leaks(sandbox: Sandbox) -> None:
+    host = read_resolv_conf()
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+    assert sandbox.resolv_conf and Path(sandbox.resolv_conf).read_text().startswith("nameserver")
+    seen = collect(*fork_in_pod(sandbox, read_resolv_conf))
+    assert seen == Path(sandbox.resolv_conf).read_text()
+    # a command too (lab exec), and its exit status comes back
+    assert exec_in_pod(sandbox, ["grep", "-q", "10.0.0.10", "/etc/resolv.conf"]) == 0
+    # the host: same file, same mounts
+    assert read_resolv_conf() == host
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
+
+
+@pytest.mark.privileged
+def test_a_pod_without_a_resolv_conf_sees_the_hosts(sandbox: Sandbox, tmp_path: Path) -> None:
+    plain = Sandbox(sandbox.netns, sandbox.cgroup, tmp_path / "other")
+    plain.run_dir.mkdir()
+    assert plain.resolv_conf is None
+    assert collect(*fork_in_pod(plain, read_resolv_conf)) == read_resolv_conf()
+
+
+@pytest.mark.privileged
+def test_destroy_removes_the_run_dir(tmp_path: Path) -> None:
+    box = Sandbox(f"fs.{unique('h2rc')}.pod", CGROUP_ROOT / "tests" / unique("cg"), tmp_path / "b")
+    box.create("nameserver 10.0.0.10\n")
+    try:
+        assert box.resolv_conf
+    finally:
+        box.destroy()
+        with contextlib.suppress(OSError):
+            box.cgroup.parent.rmdir()
+    assert not box.run_dir.exists() and not box.exists()
