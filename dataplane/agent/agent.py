@@ -37,6 +37,7 @@ from flowscope.apis.objectstore import ObjectStore
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.store.etcd import EtcdKV
 from probes.datapath import Datapath
+from probes.nodeport import NodePort
 from probes.socklb import SocketLB
 from probes.tracepoints import TracepointProbes
 
@@ -130,7 +131,11 @@ class Agent:
         node_cgroup = self.paths.node_cgroup(self.node)
         node_cgroup.mkdir(parents=True, exist_ok=True)
         socklb.attach(node_cgroup)
-        services = ServiceSync(kv, self.node, socklb.maps)
+        # NodePort: tc on the uplink (both IPAM modes), before masquerade; adopts pinned maps
+        nodeport = await self._start_nodeport()
+        services = ServiceSync(
+            kv, self.node, socklb.maps, nodeport=nodeport.maps, node_ip=str(self.node_ip)
+        )
         await services.start()
         # flows name services by frontend, and the socket LB's clients by their pod's cgroup
         mirror = services.services
@@ -162,6 +167,7 @@ class Agent:
             ),
             asyncio.create_task(collector.run_tracepoints(tracepoints), name="kernel-events"),
             asyncio.create_task(_every(CT_GC_INTERVAL, datapath.ct.gc), name="ct-gc"),
+            asyncio.create_task(_every(CT_GC_INTERVAL, nodeport.gc), name="nodeport-gc"),
         ]
         if masquerade is not None:
             tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
@@ -183,6 +189,7 @@ class Agent:
         await kv.close()
         tracepoints.close()  # tracepoint attachments end with this process's fds
         socklb.close()  # the cgroup keeps its programs, the pins keep the maps
+        nodeport.close()  # tc programs stay attached, maps pinned
         datapath.close()  # tc programs and maps stay pinned and attached
         for task in done:
             if task is stopped:
@@ -205,6 +212,20 @@ class Agent:
             self.paths.node_netns(self.node), "eth0", self.node_ip, self.info.pod_cidr
         )
         return masq
+
+    async def _start_nodeport(self) -> NodePort:
+        nodeport = await asyncio.to_thread(
+            NodePort.load, self.paths.node_bpf_dir(self.node) / "nodeport"
+        )
+        overlay = self.info.ipam == "overlay"
+        await nodeport.attach(
+            self.paths.node_netns(self.node),
+            "eth0",
+            self.node_ip,
+            native_cidr=self.info.pod_cidr if overlay else None,
+            node_ips=[str(n.ip) for n in self.info.nodes],
+        )
+        return nodeport
 
     async def _report_datapath(
         self, objects: ObjectStore, enforcement: Enforcement, services: ServiceSync

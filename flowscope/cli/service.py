@@ -7,8 +7,8 @@ service), address:port/protocol, type, backends with their slot index and state,
 that owns the frontend when the store knows it.
 
 Rows come from sources, one function per kind of map set (`ROW_SOURCES`): the socket LB's maps
-(ClusterIP and LoadBalancer frontends, translated at the socket). Another source (NodePort maps
-on the uplink) plugs in by adding `name -> function(paths, node) -> list[FrontendRow]` there;
+(ClusterIP and LoadBalancer frontends, translated at the socket) and the NodePort maps on the
+uplink (probes/nodeport.c). A source is `name -> function(paths, node) -> list[FrontendRow]`;
 it raises MapsMissing when that node has no such maps. Owner names are filled in afterwards for
 every source's rows alike.
 """
@@ -153,7 +153,97 @@ def socket_lb_rows(paths: ClusterPaths, node: str) -> list[FrontendRow]:
             t.map.close()
 
 
-ROW_SOURCES: dict[str, RowSource] = {"socket-lb": socket_lb_rows}
+# -- the NodePort maps on the uplink (probes/nodeport.c) --
+
+NODEPORT_DIR = "nodeport"
+
+
+def nodeport_rows_from(node: str, services: Iterable[tuple]) -> list[FrontendRow]:
+    """Rows from np_services entries ((key, value) ctypes pairs). Backends sit in the slots
+    themselves (no backend ids: the id column is the slot's); a remote backend is reached with
+    SNAT to the node's IP; the frontend is every address of the node (0.0.0.0, as Cilium)."""
+    from dataplane.maps.netorder import ip_of
+    from dataplane.maps.nodeportmap import (
+        BE_F_REMOTE,
+        SVC_F_AFFINITY,
+        SVC_F_LOCAL,
+        SVC_F_MAGLEV,
+    )
+    from dataplane.services.plan import NODE_ANY
+
+    heads: dict = {}
+    slots: dict = {}
+    for k, v in services:
+        fe = (socket.ntohs(k.port), int(k.proto))
+        if k.slot == 0:
+            heads[fe] = v
+        else:
+            slots.setdefault(fe, {})[int(k.slot)] = v
+    rows = []
+    for (port, proto_number), head in sorted(heads.items()):
+        proto = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP"}.get(
+            proto_number, str(proto_number)
+        )
+        got = slots.get((port, proto_number), {})
+        backend_rows = []
+        for index in range(1, int(head.count) + 1):
+            be = got.get(index)
+            if be is None:
+                backend_rows.append(BackendRow(index, index, "", 0, proto, "missing"))
+                continue
+            state = "active, remote (SNAT)" if be.flags & BE_F_REMOTE else "active"
+            ip, be_port = str(ip_of(be.ip)), socket.ntohs(be.port)
+            backend_rows.append(BackendRow(index, index, ip, be_port, proto, state))
+        flags = tuple(
+            text
+            for bit, text in (
+                (SVC_F_LOCAL, "eTP=Local"),
+                (SVC_F_MAGLEV, "maglev"),
+                (SVC_F_AFFINITY, f"affinity={head.affinity_timeout}s"),
+            )
+            if head.flags & bit
+        )
+        rows.append(
+            FrontendRow(
+                node,
+                "nodeport",
+                int(head.id),
+                NODE_ANY,
+                port,
+                proto,
+                "NodePort",
+                tuple(backend_rows),
+                flags=flags,
+            )
+        )
+    return rows
+
+
+def nodeport_rows(paths: ClusterPaths, node: str) -> list[FrontendRow]:
+    """The NodePort maps pinned for `node`, read only."""
+    from dataplane.maps.bpfmap import BpfMap
+    from dataplane.maps.nodeportmap import LAYOUT, SERVICES_MAP
+
+    path = paths.node_bpf_dir(node) / NODEPORT_DIR / SERVICES_MAP
+    if not path.exists():
+        raise MapsMissing(
+            f"node {node}: no NodePort maps at {path.parent}",
+            hint="the node's agent pins them when it starts: is it running "
+            "(`flowscope lab status`)?",
+        )
+    bpfmap = BpfMap.open_pinned(path, *LAYOUT)
+    try:
+        keys, values = bpfmap.dump()
+        pairs = [
+            (LAYOUT[0].from_buffer_copy(k.tobytes()), LAYOUT[1].from_buffer_copy(v.tobytes()))
+            for k, v in zip(keys, values, strict=True)
+        ]
+    finally:
+        bpfmap.close()
+    return nodeport_rows_from(node, pairs)
+
+
+ROW_SOURCES: dict[str, RowSource] = {"socket-lb": socket_lb_rows, "nodeport": nodeport_rows}
 
 
 # -- owners --
