@@ -7,6 +7,7 @@ hairpin through the node's IP, and not one iptables or nftables rule in any node
 from __future__ import annotations
 
 import collections
+import json
 import socket
 import subprocess
 import time
@@ -170,11 +171,37 @@ def test_udp_nodeport_answers_as_the_node(np_lab: NodePortLab) -> None:
 
 
 def test_a_backend_reaches_its_own_nodeport_through_its_node_ip(np_lab: NodePortLab) -> None:
-    target = f"{np_lab.node_ips['node-1']}:{CLUSTER}"
-    answers = collections.Counter(np_lab.lab.probe("np/web-a", target)["answer"] for _ in range(8))
-    assert None not in answers and set(answers) <= {"web-a", "web-b"}, answers
-    local = np_lab.lab.probe("np/web-a", f"{np_lab.node_ips['node-1']}:{LOCAL}")
-    assert local["answer"] == "web-a", local  # Local: this node's own backend, itself
+    ip = np_lab.node_ips["node-1"]
+    # one process in the pod (its cgroup: the socket LB translates node_ip:nodePort, which never
+    # crosses the uplink), 16 connections to the Cluster NodePort and 3 to the Local one
+    script = (
+        "import json, urllib.request as u;"
+        f"get = lambda p: u.urlopen(f'http://{ip}:{{p}}/hostname', timeout=2).read().decode();"
+        f"print(json.dumps([[get({CLUSTER}) for _ in range(16)], [get({LOCAL}) for _ in range(3)]]))"
+    )
+    out = np_lab.lab.run("lab", "exec", "np/web-a", "--", "python3", "-c", script).stdout
+    cluster, local = json.loads(out)
+    assert set(cluster) <= {"web-a", "web-b"} and "web-a" in cluster, cluster  # itself too
+    assert local == ["web-a"] * 3  # Local: this node's own backend, itself
+
+
+def test_service_list_shows_each_nodes_nodeport_maps(np_lab: NodePortLab) -> None:
+    rows = json.loads(np_lab.lab.run("service", "list", "-o", "json").stdout)
+    nodeport = {
+        (r["node"], r["port"]): r for r in rows if r["source"] == "nodeport" and r["port"] >= 30080
+    }
+    assert set(nodeport) == {
+        (n, p) for n in np_lab.node_ips for p in (CLUSTER, LOCAL, STICKY, MAGLEV, UDP)
+    }
+    cluster = nodeport[("node-1", CLUSTER)]
+    assert (cluster["type"], cluster["service"], cluster["ip"]) == (
+        "NodePort",
+        "np/cluster",
+        "0.0.0.0",
+    )
+    assert sorted(b["state"] for b in cluster["backends"]) == ["active", "active, remote (SNAT)"]
+    assert nodeport[("node-3", LOCAL)]["backends"] == []  # eTP Local without a local backend
+    assert "maglev" in nodeport[("node-2", MAGLEV)]["flags"]
 
 
 def test_no_iptables_or_nftables_rules_in_any_node(np_lab: NodePortLab) -> None:
