@@ -177,7 +177,8 @@ def test_a_backend_reaches_its_own_nodeport_through_its_node_ip(np_lab: NodePort
     script = (
         "import json, urllib.request as u;"
         f"get = lambda p: u.urlopen(f'http://{ip}:{{p}}/hostname', timeout=2).read().decode();"
-        f"print(json.dumps([[get({CLUSTER}) for _ in range(16)], [get({LOCAL}) for _ in range(3)]]))"
+        f"print(json.dumps([[get({CLUSTER}) for _ in range(16)],"
+        f" [get({LOCAL}) for _ in range(3)]]))"
     )
     out = np_lab.lab.run("lab", "exec", "np/web-a", "--", "python3", "-c", script).stdout
     cluster, local = json.loads(out)
