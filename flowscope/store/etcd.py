@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 _REQUEST_TIMEOUT = 10
 # Pause between attempts to resubscribe a watch whose connection dropped.
 _RESUBSCRIBE_DELAY = 0.2
+# gRPC refuses messages over 4 MiB by default; one range or one watch response can be bigger
+# (10,000 services applied in one transaction arrive as one ~5 MB watch response), and a refused
+# response broke every watcher for good. etcd itself caps what it sends (math.MaxInt32).
+_CHANNEL_OPTIONS = {"grpc.max_receive_message_length": -1}
 
 
 class StoreUnreachable(FlowscopeError):
@@ -40,7 +44,12 @@ class EtcdKV:
             raise FlowscopeError(f"bad cluster store URL {url!r}", hint="expected http://HOST:PORT")
         self.url = url
         self._prefix = prefix
-        self._client = aetcd.Client(host=parts.hostname, port=parts.port, timeout=_REQUEST_TIMEOUT)
+        self._client = aetcd.Client(
+            host=parts.hostname,
+            port=parts.port,
+            timeout=_REQUEST_TIMEOUT,
+            options=_CHANNEL_OPTIONS,
+        )
 
     def _k(self, key: str) -> bytes:
         return (self._prefix + key).encode()
