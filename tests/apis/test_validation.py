@@ -246,6 +246,57 @@ def test_pod_needs_containers_with_name_and_image() -> None:
             "",
             'spec.ports[1]: Duplicate value: {"port":80,"protocol":"TCP"}',
         ),
+        (
+            "[{port: 65536}]",
+            "",
+            "spec.ports[0].port: Invalid value: 65536: must be between 1 and 65535, inclusive",
+        ),
+        (
+            "[{port: 80, targetPort: 70000}]",
+            "",
+            "spec.ports[0].targetPort: Invalid value: 70000: must be between 1 and 65535, "
+            "inclusive",
+        ),
+        (
+            "[{port: 80, targetPort: Http}]",
+            "",
+            'spec.ports[0].targetPort: Invalid value: "Http": must contain only alpha-numeric '
+            "characters (a-z, 0-9), and hyphens (-)",
+        ),
+        (
+            "[{port: 80, targetPort: web-server-https}]",
+            "",
+            'spec.ports[0].targetPort: Invalid value: "web-server-https": must be no more than '
+            "15 characters",
+        ),
+        (
+            "[{port: 80, targetPort: h--p}]",
+            "",
+            'spec.ports[0].targetPort: Invalid value: "h--p": must not contain consecutive hyphens',
+        ),
+        (
+            "[{port: 80, targetPort: '8080'}]",
+            "",
+            'spec.ports[0].targetPort: Invalid value: "8080": must be a number or a port name, '
+            "not a numeric string",
+        ),
+        (
+            "[{port: 80, protocol: ICMP}]",
+            "",
+            'spec.ports[0].protocol: Unsupported value: "ICMP": supported values: "TCP", "UDP", '
+            '"SCTP"',
+        ),
+        (
+            "[{port: 80, nodePort: 32768}]",
+            "  type: NodePort",
+            "spec.ports[0].nodePort: Invalid value: 32768: provided port is not in the valid "
+            "range. The range of valid ports is 30000-32767",
+        ),
+        (
+            "[{name: a, port: 80, nodePort: 30080}, {name: b, port: 81, nodePort: 30080}]",
+            "  type: NodePort",
+            "spec.ports[1].nodePort: Duplicate value: 30080",
+        ),
     ],
 )
 def test_service_checks(ports: str, extra: str, expected: str) -> None:
