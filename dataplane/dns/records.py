@@ -14,7 +14,8 @@ What CoreDNS's kubernetes plugin serves (with `pods insecure`, TTL 5), for zone 
 
 from __future__ import annotations
 
-import ipaddress
+import functools
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,9 +94,10 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _ipv4(text: Any) -> str | None:
+    """The dotted quad, or None (inet_pton is strict: four decimal parts, no leading zeros)."""
     try:
-        return str(ipaddress.IPv4Address(text))
-    except (ValueError, TypeError):
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except (OSError, TypeError, ValueError):
         return None
 
 
@@ -126,7 +128,7 @@ def _published(slices: Iterable[Mapping[str, Any]], not_ready_too: bool) -> tupl
                 old = by_ip.get(ip)
                 merged = tuple(dict.fromkeys((*(old.ports if old else ()), *ports)))
                 by_ip[ip] = Endpoint(ip, hostname or (old.hostname if old else None), merged)
-    return tuple(by_ip[ip] for ip in sorted(by_ip, key=ipaddress.IPv4Address))
+    return tuple(by_ip[ip] for ip in sorted(by_ip, key=socket.inet_aton))
 
 
 def cluster_records(
@@ -206,12 +208,22 @@ def _soa(records: ClusterRecords, zone: dns.name.Name) -> dns.rrset.RRset:
     return _rrset(zone, [soa])
 
 
+@functools.lru_cache(maxsize=8)
+def _zone(domain: str) -> dns.name.Name:
+    return dns.name.from_text(domain)
+
+
+def _service_name(svc: ServiceRecord, zone: dns.name.Name) -> dns.name.Name:
+    """NAME.NS.svc.DOMAIN, built from labels (parsing text costs more than the whole answer)."""
+    return dns.name.Name((svc.name.encode(), svc.namespace.encode(), b"svc", *zone.labels))
+
+
 class _Lookup:
     """One question against the records; each method returns the Answer for its name shape."""
 
     def __init__(self, records: ClusterRecords, qname: dns.name.Name, qtype: int) -> None:
         self.records = records
-        self.zone = dns.name.from_text(records.domain)
+        self.zone = _zone(records.domain)
         self.qname = qname
         self.qtype = qtype
 
@@ -239,13 +251,10 @@ class _Lookup:
         extra = additional if _T.SRV in wanted else ()
         return Answer(dns.rcode.NOERROR, answer, additional=extra)
 
-    def fqdn(self, text: str) -> dns.name.Name:
-        return dns.name.from_text(text)
-
     def service(self, svc: ServiceRecord) -> Answer:
         by_type: dict[int, list[dns.rdata.Rdata]] = {}
         additional: list[dns.rrset.RRset] = []
-        own = self.fqdn(f"{svc.name}.{svc.namespace}.svc.{self.records.domain}.")
+        own = _service_name(svc, self.zone)
         if svc.external_name:
             target = dns.name.from_text(svc.external_name.rstrip(".") + ".")
             by_type[_T.CNAME] = [CNAME(IN, _T.CNAME, target)]
@@ -265,7 +274,7 @@ class _Lookup:
         return self.data(by_type, _unique(additional))
 
     def named_port(self, svc: ServiceRecord, port: str, proto: str) -> Answer:
-        own = self.fqdn(f"{svc.name}.{svc.namespace}.svc.{self.records.domain}.")
+        own = _service_name(svc, self.zone)
         srv: list[dns.rdata.Rdata] = []
         additional: list[dns.rrset.RRset] = []
 
