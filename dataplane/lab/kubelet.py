@@ -146,16 +146,25 @@ class Kubelet:
 
     async def _resync(self) -> None:
         """Tear down pods recorded here that the store no longer has (deleted while we were
-        down, or between a list and a watch)."""
-        alive = {
-            p["metadata"]["uid"]
+        down, or between a list and a watch); restart the server of a pod whose process died
+        (restartPolicy Always: a DNS server that lost the store for too long exits)."""
+        mine = {
+            p["metadata"]["uid"]: p
             for p in await self.objects.list("Pod")
             if p.get("spec", {}).get("nodeName") == self.node
         }
-        for uid in self.known_uids() - alive:
+        known = self.known_uids()
+        for uid in known - mine.keys():
             record = self._load_record(uid)
             if record:
                 await self._serialized(uid, self._teardown(record))
+        for uid in known & mine.keys():
+            if uid not in self._pending and not self._sandbox(uid).running():
+                log.warning("pod %s: its process exited; restarting it", uid)
+                await self._serialized(uid, self._ensure(mine[uid]))
+
+    def _sandbox(self, uid: str) -> Sandbox:
+        return Sandbox.for_pod(self.info.paths, self.node, uid)
 
     async def _serialized(self, uid: str, work) -> None:
         lock = self._locks.setdefault(uid, asyncio.Lock())

@@ -254,3 +254,18 @@ def test_default_deny_egress_blocks_dns_until_allowed(lab: Lab) -> None:
         )
     finally:
         lab.run("delete", "networkpolicy", "deny-egress", "allow-dns", "-n", "locked", check=False)
+
+
+def test_a_dns_server_that_dies_is_restarted(lab: Lab) -> None:
+    import os
+    import signal
+
+    from flowscope.paths import ClusterPaths
+
+    (pod,) = [p for p in lab.pods("kube-system") if p["metadata"]["name"] == "coredns-node-1"]
+    procs = ClusterPaths(lab.name).pod_cgroup("node-1", pod["metadata"]["uid"]) / "cgroup.procs"
+    (old,) = procs.read_text().split()
+    os.kill(int(old), signal.SIGKILL)  # the lab's own process, found by its pod's cgroup
+    until(lambda: procs.read_text().split() not in ([], [old]), "a new DNS server", timeout=30)
+    ask = in_pod(lab, "app/client", ASK, "web.app.svc.cluster.local.", "A", pod["status"]["podIP"])
+    assert ask["udp"][:2] == ["NOERROR", [cluster_ip(lab, "app", "web")]]
