@@ -443,14 +443,16 @@ class BenchLab:
         return time.monotonic() - started
 
     def wait_running(self, count: int, timeout: float = 60) -> dict[str, str]:
-        """NS/POD -> pod IP, once `count` pods run."""
+        """NS/POD -> pod IP, once `count` pods run (the lab's own, in kube-system: not counted)."""
         deadline = time.monotonic() + timeout
         while True:
             pods = json.loads(self.run("get", "pods", "-A", "-o", "json"))["items"]
             ips = {
                 f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["status"]["podIP"]
                 for p in pods
-                if p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")
+                if p.get("status", {}).get("phase") == "Running"
+                and p["status"].get("podIP")
+                and p["metadata"]["namespace"] != "kube-system"
             }
             if len(ips) >= count:
                 return ips
