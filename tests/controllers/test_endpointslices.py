@@ -139,3 +139,47 @@ def test_reconcile_leaves_foreign_slices_alone() -> None:
         },
     }
     assert es.reconcile([], [], [foreign]).delete == []
+
+
+def test_readiness_is_followed_both_ways() -> None:
+    svc = service()
+    current = es.reconcile([svc], [pod("a", "10.0.0.1")], []).apply
+    flipped = es.reconcile([svc], [pod("a", "10.0.0.1", ready=False)], current)
+    (s,) = flipped.apply
+    assert s["endpoints"][0]["conditions"] == {
+        "ready": False,
+        "serving": False,
+        "terminating": False,
+    }
+    back = es.reconcile([svc], [pod("a", "10.0.0.1")], flipped.apply).apply
+    assert back[0]["endpoints"][0]["conditions"]["ready"] is True
+
+
+def test_terminating_pod_serves_but_is_not_ready_and_finished_pods_are_left_out() -> None:
+    terminating = pod("a", "10.0.0.1")
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    finished = [pod("b", "10.0.0.2"), pod("c", "10.0.0.3")]
+    finished[0]["status"]["phase"] = "Succeeded"
+    finished[1]["status"]["phase"] = "Failed"
+    (s,) = es.desired_slices(service(), [terminating, *finished])
+    assert [e["addresses"] for e in s["endpoints"]] == [["10.0.0.1"]]
+    assert s["endpoints"][0]["conditions"] == {
+        "ready": False,
+        "serving": True,
+        "terminating": True,
+    }
+
+
+def test_selector_matching_nothing_keeps_one_empty_slice() -> None:
+    """The service exists with no endpoints: one slice without endpoints or ports, which the
+    datapath reads as "refuse"."""
+    (s,) = es.desired_slices(service(selector={"app": "none"}), [pod("a", "10.0.0.1")])
+    assert s["endpoints"] == [] and s["ports"] == []
+    # the pod that starts matching replaces it (one slice, its ports resolved)
+    matching = service(selector={"app": "web"})
+    current = es.reconcile([service(selector={"app": "none"})], [pod("a", "10.0.0.1")], [])
+    changes = es.reconcile([matching], [pod("a", "10.0.0.1")], current.apply)
+    assert [len(x["endpoints"]) for x in changes.apply] == [1]
+    assert changes.delete == [
+        ObjectRef("EndpointSlice", "app", current.apply[0]["metadata"]["name"])
+    ]
