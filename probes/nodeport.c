@@ -46,6 +46,8 @@
  * Malformed input (short headers, bad IHL/tot_len, fragments, other protocols) is passed untouched:
  * nothing here matches it, and the node's own stack owns what is addressed to it.
  * Loops are bounded by constants; slot and table indices are range-checked before use.
+ * Not handled: ICMP errors about a translated connection (e.g. fragmentation needed) are not
+ * reverse-translated, and IPv6.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>

@@ -9,6 +9,7 @@ scratch (the incremental checksum arithmetic is what is tested)."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,6 +181,20 @@ def test_client_ip_affinity_keeps_one_backend_across_client_ports(np_: NodePort)
         for i in range(15)
     }
     assert len(spread) > 1
+
+
+@pytest.mark.privileged
+def test_affinity_ends_after_its_timeout(np_: NodePort) -> None:
+    backends = tuple(NodePortBackend(f"10.244.1.{i}", 80) for i in range(10, 14))
+    np_.maps.sync([service(*backends, affinity_timeout=1)])
+    run(np_, INGRESS_PROG, tcp(CLIENT, 40000, NODE, NODEPORT))
+    run(np_, INGRESS_PROG, tcp(CLIENT, 40001, NODE, NODEPORT))
+    assert np_.stats()["affinity_hit"] == 1
+    time.sleep(1.2)
+    run(np_, INGRESS_PROG, tcp(CLIENT, 40002, NODE, NODEPORT))  # chosen afresh
+    assert np_.stats()["affinity_hit"] == 1
+    run(np_, INGRESS_PROG, tcp(CLIENT, 40003, NODE, NODEPORT))  # bound again
+    assert np_.stats()["affinity_hit"] == 2
 
 
 @pytest.mark.privileged
