@@ -8,6 +8,8 @@ through the pod's resolv.conf), as a workload would; a name that does not resolv
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -70,8 +72,13 @@ def probe(source: str, target: str, ip: str, port: int, protocol: str, timeout: 
 def probe_name(
     source: str, target: str, name: str, port: int, protocol: str, timeout: float
 ) -> dict:
-    """Resolve `name` with the resolver of the current process (inside the pod), then probe."""
+    """Resolve `name` with the resolver of the current process (inside the pod), then probe.
+
+    Each DNS query waits at most the probe's timeout, once (glibc's default, 5 s twice per
+    search domain, would hold a probe of an unreachable DNS for 40 s); run it in a child.
+    """
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+    os.environ.setdefault("RES_OPTIONS", f"timeout:{max(1, math.ceil(timeout))} attempts:1")
     try:
         infos = socket.getaddrinfo(name, port, socket.AF_INET, kind)
     except (socket.gaierror, UnicodeError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,56 @@ def test_destroy_removes_the_run_dir(tmp_path: Path) -> None:
         with contextlib.suppress(OSError):
             box.cgroup.parent.rmdir()
     assert not box.run_dir.exists() and not box.exists()
+
+
+SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web", "namespace": "default"},
+    "spec": {"clusterIP": "10.0.0.20", "selector": {"app": "web"}, "ports": [{"port": 80}]},
+}
+
+
+@pytest.mark.privileged
+async def test_a_pod_resolves_through_the_dns_server_in_its_namespace(tmp_path: Path) -> None:
+    """No lab: the DNS server's sockets made inside a namespace, a pod there whose resolv.conf
+    names it, and glibc's resolver (getaddrinfo) in a forked child, as `lab probe` runs it."""
+    import asyncio
+
+    from dataplane.dns.server import ClusterDNS, listen, netns_socket_factory
+    from dataplane.lab.probe import probe_name
+    from flowscope.apis.objectstore import ObjectStore
+    from flowscope.store import MemoryKV
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (run via `make test`)")
+    box = Sandbox(f"fs.{unique('h2rs')}.pod", CGROUP_ROOT / "tests" / unique("cg"), tmp_path / "b")
+    resolv = "nameserver 127.0.0.1\nsearch default.svc.cluster.local\noptions ndots:5\n"
+    await asyncio.to_thread(box.create, resolv)  # pyroute2 runs its own loop: not on this one
+    kv = MemoryKV()
+    await ObjectStore(kv, service_cidr="10.0.0.0/16").apply([SERVICE])
+    server = ClusterDNS(kv)
+    await server.load()
+    transport, tcp = await listen(server, netns_socket_factory(box.netns_path), "127.0.0.1", 53)
+    try:
+
+        def resolve(name: str):
+            return collect(*fork_in_pod(box, lambda: socket.gethostbyname(name)))
+
+        for name in ("web", "web.default.svc.cluster.local"):
+            assert await asyncio.to_thread(resolve, name) == "10.0.0.20"
+        with pytest.raises(RuntimeError, match="gaierror"):
+            await asyncio.to_thread(resolve, "nope.default.svc.cluster.local")
+        # lab probe's path: a name that does not resolve is a result, not an exception
+        result = await asyncio.to_thread(
+            lambda: collect(*fork_in_pod(box, lambda: probe_name("s", "t", "nope", 80, "TCP", 1)))
+        )
+        assert not result["connected"] and "cannot resolve 'nope'" in result["error"]
+        # the host's view is untouched (the pod's file was only ever seen inside the children)
+        assert "127.0.0.1" not in read_resolv_conf().split("nameserver", 1)[-1].split()[:1]
+    finally:
+        transport.close()
+        tcp.close()
+        await asyncio.to_thread(box.destroy)
+        with contextlib.suppress(OSError):
+            box.cgroup.parent.rmdir()
