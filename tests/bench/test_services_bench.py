@@ -26,6 +26,7 @@ def test_services_bench_machinery_at_tiny_counts() -> None:
         for count in (10, 50):
             assert results.rate(mode, count) > 0, (mode, count, lines)
     assert results.program_s > 0 and results.apply_s > 0 and 10 in results.shrink_s
+    assert 0 <= results.slices_s <= results.program_s + 1  # whole seconds
     # 50 services of 2 backends: a service entry and 2 slots each, one reverse-NAT id each
     held = {m.name: m for m in results.memory}
     assert held[lbmap.SERVICES_MAP].entries >= 50 * 3
