@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.e2e.lab import Lab
+from tests.lab.test_pod_dns import resolv_conf_mounts
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
@@ -208,6 +209,7 @@ def test_lab_probe_by_service_name(lab: Lab) -> None:
 
 def test_resolv_conf_is_the_pods_and_the_hosts_is_untouched(lab: Lab) -> None:
     host_before = Path("/etc/resolv.conf").read_text()
+    before = resolv_conf_mounts()
     out = lab.run("lab", "exec", "app/client", "--", "cat", "/etc/resolv.conf").stdout
     assert out.splitlines() == [
         "nameserver 10.0.0.10",
@@ -221,7 +223,7 @@ def test_resolv_conf_is_the_pods_and_the_hosts_is_untouched(lab: Lab) -> None:
     assert out.stdout == host_before
     # nothing leaked: no bind mount in the host's namespace, the file as it was
     assert Path("/etc/resolv.conf").read_text() == host_before
-    assert "/etc/resolv.conf" not in Path("/proc/self/mountinfo").read_text()
+    assert resolv_conf_mounts() == before
 
 
 def test_new_services_resolve_without_restart(lab: Lab) -> None:
