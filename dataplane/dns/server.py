@@ -32,6 +32,7 @@ from flowscope.supervise import on_change, run_together
 
 log = logging.getLogger(__name__)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent, as CoreDNS's read timeout
+MAX_FORWARDS = 256  # UDP queries being forwarded at once; more get SERVFAIL at once
 
 
 class ClusterDNS:
@@ -123,6 +124,9 @@ class ClusterDNS:
             transport.sendto(query, addr)
             return
         else:
+            return
+        if len(self._tasks) >= MAX_FORWARDS:  # overloaded: fail fast rather than pile up
+            transport.sendto(message.servfail(query), addr)
             return
         task = asyncio.create_task(self._forward_datagram(transport, data, addr))
         self._tasks.add(task)

@@ -154,3 +154,16 @@ def test_upstream_parsing() -> None:
     for bad in ("nope", "10.1.2.3:0", "10.1.2.3:x", "::1"):
         with pytest.raises(Exception, match="--upstream"):
             Upstream.parse(bad)
+
+
+async def test_too_many_forwards_at_once_fail_fast(monkeypatch) -> None:
+    import dataplane.dns.server as server_module
+
+    async with running(MemoryKV(), domain="outside.test") as (_up, up_port):
+        upstream = Upstream("127.0.0.1", up_port)
+        async with running(MemoryKV(), upstreams=[upstream]) as (_server, port):
+            assert (await ask(port, "outside.test.", "SOA")).rcode() == dns.rcode.NOERROR
+            monkeypatch.setattr(server_module, "MAX_FORWARDS", 0)
+            assert (await ask(port, "outside.test.", "SOA")).rcode() == dns.rcode.SERVFAIL
+            # names of the cluster are answered whatever the forwarding load
+            assert (await ask(port, "cluster.local.", "SOA")).rcode() == dns.rcode.NOERROR
