@@ -82,7 +82,11 @@ class _Reader:
     docs: list[Document] = field(default_factory=list)
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: ~10x faster (10,000 Services in one apply)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """YAML as the apiserver reads it: duplicate keys are errors, timestamps stay strings."""
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]

@@ -58,7 +58,7 @@ def test_malformed_yaml_names_document_line_and_column() -> None:
     assert len(problems) == 1
     msg = str(problems[0])
     assert msg.startswith("pods.yaml document 2: invalid YAML: line 13, column")
-    assert "mapping values are not allowed here" in msg
+    assert "mapping values are not allowed" in msg
 
 
 def test_duplicate_keys_are_an_error_not_silently_overwritten() -> None:
