@@ -71,8 +71,8 @@ from flowscope.store.etcd import EtcdKV
 from probes import libbpf, socklb
 
 COUNTS = (10, 1000, 10_000)
-ROUNDS = 3
-SECONDS = 3.0  # per measurement
+ROUNDS = 5
+SECONDS = 2.5  # per measurement
 NAMESPACE = "back"
 SERVICE_PORT = 80
 TARGET_PORT = 8080
@@ -116,7 +116,9 @@ def workload() -> list[dict[str, Any]]:
     ]
 
 
-def middle_order(ports: Sequence[kubeproxy.ServicePort], measured: str) -> list:
+def middle_order(
+    ports: Sequence[kubeproxy.ServicePort], measured: str
+) -> list[kubeproxy.ServicePort]:
     """The service ports with the measured one moved to the middle."""
     others = [p for p in ports if p.name != measured]
     mine = [p for p in ports if p.name == measured]
@@ -134,7 +136,7 @@ class NodeMaps:
         self.dir = paths.node_bpf_dir(node) / "socklb"
 
     def frontends(self, port: int, backends: int) -> int:
-        """Services at `port` whose entry holds exactly `backends` backends."""
+        """Service addresses at `port` whose entry holds exactly `backends` backends."""
         m = BpfMap.open_pinned(self.dir / lbmap.SERVICES_MAP, lbmap.SvcKey, lbmap.SvcValue)
         try:
             keys, values = m.dump()
@@ -147,7 +149,7 @@ class NodeMaps:
             & (keys["dport"] == int.from_bytes(port.to_bytes(2, "big"), "little"))
             & (values["count"] == backends)
         )
-        return int(np.count_nonzero(hit))
+        return len(np.unique(keys["vip"][hit]))  # one per address, whatever the key's scope
 
     def translated(self) -> int:
         """The programs' translated-connect counter, summed over CPUs."""
@@ -267,6 +269,8 @@ class Results:
     counts: tuple[int, ...]
     rates: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
+    # per mode: (connections, CPU seconds the node agents used meanwhile)
+    agents_cpu: dict[str, tuple[int, float]] = field(default_factory=dict)
     program_s: float = 0.0  # apply of max(counts) services -> all in node-1's maps
     apply_s: float = 0.0  # of which the store's apply call
     slices_s: float = 0.0  # apply start -> the last EndpointSlice written (1 s resolution)
@@ -448,10 +452,11 @@ def measure(
                         if not driver.connects(ip, port):
                             raise RuntimeError(f"{mode}: {ip}:{port} does not connect")
                         lab.settle()
-                        translated = maps.translated()
+                        translated, cpu = maps.translated(), lab.agents_cpu()
                         dnat = rule_packets(node_netns, chain) if mode == "iptables" else 0
                         result = driver.request("connect", ip, port, seconds)
                         ok, failed = int(result["ok"]), int(result["failed"])
+                        cpu = lab.agents_cpu() - cpu
                         translated = maps.translated() - translated
                         if mode == "iptables":
                             dnat = rule_packets(node_netns, chain) - dnat
@@ -464,6 +469,8 @@ def measure(
                     rate = ok / result["seconds"]
                     results.rates.setdefault((mode, count), []).append(rate)
                     results.failed[mode] = results.failed.get(mode, 0) + failed
+                    n, c = results.agents_cpu.get(mode, (0, 0.0))
+                    results.agents_cpu[mode] = (n + ok, c + cpu)
                     log(
                         f"  {count:6} services, round {rnd + 1}, {mode:9}: {rate:7.0f} conn/s"
                         + (f" ({failed} failed)" if failed else "")
@@ -513,6 +520,11 @@ def report(r: Results, seconds: float, rounds: int) -> list[str]:
             f"iptables {r.added_us('iptables', c):.0f} us"
             for c in sorted(r.counts)
         )
+    )
+    out.append(
+        "node agents' CPU per connection (flow events of the connection, plus the socket LB's "
+        "TRANSLATED event where it translates): "
+        + ", ".join(f"{m} {c / n * 1e6:.0f} us" for m, (n, c) in r.agents_cpu.items() if n)
     )
     out.append(
         "failed connects (1 s timeout): " + ", ".join(f"{m} {r.failed.get(m, 0)}" for m in MODES)

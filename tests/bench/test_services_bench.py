@@ -37,6 +37,7 @@ def test_services_bench_machinery_at_tiny_counts() -> None:
     assert results.iptables_rules[50] - results.iptables_rules[10] == 40 * 8
     assert len(report := services.report(results, 0.3, 1)) > 5
     assert any(line.startswith("flowscope(50)/iptables(50) = ") for line in report)
+    assert all(n > 0 and cpu > 0 for n, cpu in results.agents_cpu.values())
 
     # the lab is gone, and with it the namespace that held the ruleset
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
