@@ -119,13 +119,15 @@ async def test_a_pod_resolves_through_the_dns_server_in_its_namespace(tmp_path: 
         pytest.fail("needs root (run via `make test`)")
     box = Sandbox(f"fs.{unique('h2rs')}.pod", CGROUP_ROOT / "tests" / unique("cg"), tmp_path / "b")
     resolv = "nameserver 127.0.0.1\nsearch default.svc.cluster.local\noptions ndots:5\n"
-    await asyncio.to_thread(box.create, resolv)  # pyroute2 runs its own loop: not on this one
     kv = MemoryKV()
     await ObjectStore(kv, service_cidr="10.0.0.0/16").apply([SERVICE])
     server = ClusterDNS(kv)
     await server.load()
-    transport, tcp = await listen(server, netns_socket_factory(box.netns_path), "127.0.0.1", 53)
+    transport = tcp = None
     try:
+        await asyncio.to_thread(box.create, resolv)  # pyroute2 runs its own loop: not this one
+        new_socket = netns_socket_factory(box.netns_path)
+        transport, tcp = await listen(server, new_socket, "127.0.0.1", 53)
 
         def resolve(name: str):
             return collect(*fork_in_pod(box, lambda: socket.gethostbyname(name)))
@@ -142,8 +144,9 @@ async def test_a_pod_resolves_through_the_dns_server_in_its_namespace(tmp_path: 
         # the host's view is untouched (the pod's file was only ever seen inside the children)
         assert "127.0.0.1" not in read_resolv_conf().split("nameserver", 1)[-1].split()[:1]
     finally:
-        transport.close()
-        tcp.close()
+        if transport is not None and tcp is not None:
+            transport.close()
+            tcp.close()
         await asyncio.to_thread(box.destroy)
         with contextlib.suppress(OSError):
             box.cgroup.parent.rmdir()
