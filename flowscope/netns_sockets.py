@@ -20,7 +20,8 @@ import threading
 
 import pyroute2.netns as _pyroute2_netns
 
-from flowscope.setns import CLONE_NEWNET, enter_netns
+from flowscope import setns
+from flowscope.setns import CLONE_NEWNET
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -30,21 +31,8 @@ def _netns_path(netns: str) -> str:
 
 
 def socket_in_netns(netns: str, family: int, socket_type: int, proto: int) -> socket.socket:
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            enter_netns(_netns_path(netns))
-            box["sock"] = socket.socket(family, socket_type, proto)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"netns-socket:{netns}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["sock"]  # type: ignore[return-value]
+    """`netns` is a name under /run/netns or a path."""
+    return setns.socket_in_netns(_netns_path(netns), family, socket_type, proto)
 
 
 def _create_socket(

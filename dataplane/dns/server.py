@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 from collections.abc import Sequence
 
 from dataplane.dns import message
@@ -25,7 +24,7 @@ from dataplane.dns.forward import SocketFactory, Upstream, forward, plain_socket
 from dataplane.dns.records import DOMAIN, ClusterRecords, cluster_records, resolve
 from flowscope.apis import kinds
 from flowscope.errors import UsageError
-from flowscope.setns import enter_netns
+from flowscope.setns import socket_in_netns
 from flowscope.store.kv import KV
 from flowscope.store.mirror import PrefixMirror, json_value
 from flowscope.supervise import on_change, run_together
@@ -169,28 +168,12 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 def netns_socket_factory(netns: str | None) -> SocketFactory:
-    """Sockets made inside `netns` (a path) by a short-lived thread: setns(2) moves only that
-    thread, and a socket stays in the namespace it was made in. Stdlib only, as
-    flowscope.netns_sockets does it, without importing pyroute2 (a DNS pod starts faster)."""
+    """Sockets made inside `netns` (a path), the pod's, while the process stays in the host's."""
     if netns is None:
         return plain_socket
 
     def new_socket(family: int, kind: int) -> socket.socket:
-        box: dict[str, object] = {}
-
-        def target() -> None:
-            try:
-                enter_netns(netns)
-                box["sock"] = socket.socket(family, kind)
-            except BaseException as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=target, name="dns-netns-socket")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["sock"]  # type: ignore[return-value]
+        return socket_in_netns(netns, family, kind)
 
     return new_socket
 
