@@ -9,7 +9,8 @@ direction, TCP flags seen per direction, flags (reply seen, closing, audit), the
 policy entry that allowed it and the peer's identity.
 
 The kernel treats entries past expires_ns as missing (the next packet is decided again); gc()
-deletes them. Like natmap.py: KernelCtMap over the pinned map and FakeCtMap for pure tests.
+deletes them. Like natmap.py (both on dataplane.maps.expiring): KernelCtMap over the pinned map
+and FakeCtMap for pure tests.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
-import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
-from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked
 from dataplane.maps.netorder import ip_of, u32_of
 from dataplane.policy.entry import Direction
 from probes.bpfloader import Migration
@@ -163,66 +162,18 @@ def expired(values: np.ndarray, now_ns: int) -> np.ndarray:
     return values["expires_ns"] <= np.uint64(now_ns)
 
 
-class CtMap(ABC):
-    @abstractmethod
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (keys, values) as structured arrays of KEY_DTYPE and ENTRY_DTYPE."""
+class CtMap(ExpiringMap[Connection]):
+    key_dtype = KEY_DTYPE
+    entry_dtype = ENTRY_DTYPE
+    decode = staticmethod(decode)
 
-    @abstractmethod
-    def delete_keys(self, keys: np.ndarray) -> int: ...
-
-    @abstractmethod
-    def put(self, key: CtKey, entry: CtEntry) -> None:
-        """Write one entry (tests, migrations)."""
-
-    def entries(self) -> list[Connection]:
-        return decode(*self.dump())
-
-    def count(self) -> int:
-        return len(self.dump()[0])
-
-    def gc(self, now_ns: int | None = None) -> int:
-        """Delete every entry past its lifetime; returns how many. Call it every few seconds:
-        the kernel already ignores expired entries, this only frees their slots early."""
-        now = time.monotonic_ns() if now_ns is None else now_ns
-        keys, values = self.dump()
-        dead = keys[expired(values, now)]
-        return self.delete_keys(dead) if len(dead) else 0
-
-    def flush(self) -> int:
-        keys, _ = self.dump()
-        return self.delete_keys(keys) if len(keys) else 0
+    def expired(self, values: np.ndarray, now_ns: int) -> np.ndarray:
+        return expired(values, now_ns)  # the datapath counts expires_ns == now as expired
 
 
-class KernelCtMap(CtMap):
-    def __init__(self, bpfmap: BpfMap) -> None:
-        self.map = bpfmap
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.map.dump()
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        return self.map.delete_many(keys)
-
-    def put(self, key: CtKey, entry: CtEntry) -> None:
-        self.map.update(key, entry)
+class KernelCtMap(KernelBacked, CtMap):
+    """The pinned ct map."""
 
 
-class FakeCtMap(CtMap):
-    def __init__(self) -> None:
-        self._entries: dict[bytes, bytes] = {}
-
-    def put(self, key: CtKey, entry: CtEntry) -> None:
-        self._entries[bytes(key)] = bytes(entry)
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.frombuffer(b"".join(self._entries), dtype=KEY_DTYPE).copy()
-        values = np.frombuffer(b"".join(self._entries.values()), dtype=ENTRY_DTYPE).copy()
-        return keys, values
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        deleted = 0
-        for raw in (k.tobytes() for k in keys):
-            if self._entries.pop(raw, None) is not None:
-                deleted += 1
-        return deleted
+class FakeCtMap(DictBacked, CtMap):
+    """A dict-backed ct for tests without a kernel."""

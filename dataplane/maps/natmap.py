@@ -2,9 +2,10 @@
 
 Like Cilium's pkg/maps/ctmap: ctypes mirrors of the C key and value with the exact layout
 (checked against the compiled program by tests/maps with dataplane.maps.layout), decoded entries,
-and one interface with two implementations: `KernelNatMap` over the pinned BPF map and
-`FakeNatMap`, dict-backed, for tests that need no kernel. The kernel refreshes both halves of a
-mapping on every packet; `gc()` here deletes whatever is past its `expires_ns`.
+and one interface (dataplane.maps.expiring, shared with ctmap and npctmap) with two
+implementations: `KernelNatMap` over the pinned BPF map and `FakeNatMap`, dict-backed, for tests
+that need no kernel. The kernel refreshes both halves of a mapping on every packet; `gc()` here
+deletes whatever is past its `expires_ns`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
-import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
-from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked, expires_before
 from dataplane.maps.netorder import ip_of, u32_of
 
 NAT_DIR_OUT = 0  # pod -> outside, original tuple; value: node IP and NAT port
@@ -151,65 +150,21 @@ def decode(keys: np.ndarray, values: np.ndarray) -> list[NatMapping]:
 
 def expired(values: np.ndarray, now_ns: int) -> np.ndarray:
     """Which entries are past their lifetime at `now_ns` (CLOCK_MONOTONIC ns)."""
-    return values["expires_ns"] < np.uint64(now_ns)
+    return expires_before(values, now_ns)
 
 
-class NatMap(ABC):
-    """The operations the agent needs on a NAT table, whatever holds it."""
+class NatMap(ExpiringMap[NatMapping]):
+    """The operations the agent needs on a NAT table, whatever holds it. A pair's halves carry
+    the same expiry (each packet refreshes both), so gc() drops them together."""
 
-    @abstractmethod
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (keys, values) as structured arrays of KEY_DTYPE and ENTRY_DTYPE."""
-
-    @abstractmethod
-    def delete_keys(self, keys: np.ndarray) -> int:
-        """Delete these keys (missing ones are skipped); returns how many were deleted."""
-
-    def entries(self) -> list[NatMapping]:
-        return decode(*self.dump())
-
-    def count(self) -> int:
-        return len(self.dump()[0])
-
-    def gc(self, now_ns: int | None = None) -> int:
-        """Delete every entry past its lifetime; returns how many. Call it every few seconds.
-
-        A pair's halves carry the same expiry (each packet refreshes both), so they go together.
-        """
-        now = time.monotonic_ns() if now_ns is None else now_ns
-        keys, values = self.dump()
-        dead = keys[expired(values, now)]
-        return self.delete_keys(dead) if len(dead) else 0
+    key_dtype = KEY_DTYPE
+    entry_dtype = ENTRY_DTYPE
+    decode = staticmethod(decode)
 
 
-class KernelNatMap(NatMap):
-    def __init__(self, bpfmap: BpfMap) -> None:
-        self.map = bpfmap
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.map.dump()
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        return self.map.delete_many(keys)
+class KernelNatMap(KernelBacked, NatMap):
+    """The pinned nat_v4 map."""
 
 
-class FakeNatMap(NatMap):
+class FakeNatMap(DictBacked, NatMap):
     """A dict-backed NAT table with the kernel map's semantics for tests without a kernel."""
-
-    def __init__(self) -> None:
-        self._entries: dict[bytes, bytes] = {}
-
-    def put(self, key: NatKey, entry: NatEntry) -> None:
-        self._entries[bytes(key)] = bytes(entry)
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.frombuffer(b"".join(self._entries), dtype=KEY_DTYPE).copy()
-        values = np.frombuffer(b"".join(self._entries.values()), dtype=ENTRY_DTYPE).copy()
-        return keys, values
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        deleted = 0
-        for raw in (k.tobytes() for k in keys):
-            if self._entries.pop(raw, None) is not None:
-                deleted += 1
-        return deleted

@@ -5,7 +5,8 @@ Two entries per connection, like the masquerade's nat_v4:
     REPLY {backend, reply dst, backend_port, reply dport} -> client and node_ip:nodePort
 The reply's destination is the client itself (local backend) or node_ip:snat_port (remote
 backend, flag CT_F_SNAT). The kernel refreshes both halves on every packet and ignores expired
-ones; `gc()` deletes entries past `expires_ns` (user space, every few seconds).
+ones; `gc()` deletes entries past `expires_ns` (user space, every few seconds; the table
+operations are dataplane.maps.expiring's, shared with natmap and ctmap).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
-import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
-from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked
 from dataplane.maps.netorder import ip_of, u32_of
 
 CT_MAP = "np_ct"
@@ -120,46 +119,15 @@ def decode(keys: np.ndarray, values: np.ndarray) -> list[NpConnection]:
     ]
 
 
-class NpCtMap(ABC):
-    @abstractmethod
-    def dump(self) -> tuple[np.ndarray, np.ndarray]: ...
-
-    @abstractmethod
-    def delete_keys(self, keys: np.ndarray) -> int: ...
-
-    def entries(self) -> list[NpConnection]:
-        return decode(*self.dump())
-
-    def gc(self, now_ns: int | None = None) -> int:
-        """Delete every entry past its lifetime; returns how many."""
-        now = time.monotonic_ns() if now_ns is None else now_ns
-        keys, values = self.dump()
-        dead = keys[values["expires_ns"] < np.uint64(now)]
-        return self.delete_keys(dead) if len(dead) else 0
+class NpCtMap(ExpiringMap[NpConnection]):
+    key_dtype = KEY_DTYPE
+    entry_dtype = ENTRY_DTYPE
+    decode = staticmethod(decode)
 
 
-class KernelNpCtMap(NpCtMap):
-    def __init__(self, bpfmap: BpfMap) -> None:
-        self.map = bpfmap
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.map.dump()
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        return self.map.delete_many(keys)
+class KernelNpCtMap(KernelBacked, NpCtMap):
+    """The pinned np_ct map."""
 
 
-class FakeNpCtMap(NpCtMap):
-    def __init__(self) -> None:
-        self._entries: dict[bytes, bytes] = {}
-
-    def put(self, key: NpCtKey, entry: NpCtEntry) -> None:
-        self._entries[bytes(key)] = bytes(entry)
-
-    def dump(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.frombuffer(b"".join(self._entries), dtype=KEY_DTYPE).copy()
-        values = np.frombuffer(b"".join(self._entries.values()), dtype=ENTRY_DTYPE).copy()
-        return keys, values
-
-    def delete_keys(self, keys: np.ndarray) -> int:
-        return sum(self._entries.pop(k.tobytes(), None) is not None for k in keys)
+class FakeNpCtMap(DictBacked, NpCtMap):
+    """A dict-backed np_ct for tests without a kernel."""
