@@ -22,7 +22,6 @@ with a mapping to the same remote address and port; the NAT range is configurabl
 
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
 import enum
 import functools
@@ -33,7 +32,7 @@ from pathlib import Path
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.natmap import KernelNatMap, NatEntry, NatKey, NatMapping
 from dataplane.maps.netorder import u32_of
-from flowscope.errors import FlowscopeError, UsageError
+from flowscope.errors import UsageError
 from probes import libbpf, tcattach
 from probes.bpfloader import CompiledObject, LoadedObject
 
@@ -249,29 +248,16 @@ class Masquerade:
 
         options: port_min, port_max, timeout_* (see MasqueradeConfig)."""
         self.configure(MasqueradeConfig.build(node_ip, native_cidr, **options))
-        done: list[tcattach.TcAttachment] = []
-        try:
-            for hook, prog in (
-                (tcattach.Hook.INGRESS, INGRESS_PROG),
-                (tcattach.Hook.EGRESS, EGRESS_PROG),
-            ):
-                done.append(
-                    await tcattach.attach(
-                        netns,
-                        ifname,
-                        hook,
-                        self.prog_fd(prog),
-                        name=prog,
-                        prio=TC_PRIO,
-                        handle=TC_HANDLE,
-                    )
-                )
-        except BaseException:
-            for att in done:
-                with contextlib.suppress(FlowscopeError, OSError):
-                    await tcattach.detach(att)
-            raise
-        self._attachments = tuple(done)
+        self._attachments = await tcattach.attach_all(
+            netns,
+            ifname,
+            (
+                (tcattach.Hook.INGRESS, self.prog_fd(INGRESS_PROG), INGRESS_PROG),
+                (tcattach.Hook.EGRESS, self.prog_fd(EGRESS_PROG), EGRESS_PROG),
+            ),
+            prio=TC_PRIO,
+            handle=TC_HANDLE,
+        )
 
     async def detach(self, netns: str | None = None, ifname: str | None = None) -> int:
         """Remove both filters (from where attach() put them, or from netns/ifname after a
@@ -286,9 +272,7 @@ class Masquerade:
             ]
         else:
             targets = list(self._attachments)
-        removed = 0
-        for att in targets:
-            removed += await tcattach.detach(att)
+        removed = await tcattach.detach_all(targets)
         self._attachments = ()
         return removed
 

@@ -19,7 +19,6 @@ masquerade's (61000-65535), so none of them can collide.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
 import enum
 import functools
@@ -35,7 +34,7 @@ from dataplane.maps import maglevmap, nodeportmap, npaffinity, npctmap
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.lbmap import KernelTable
 from dataplane.maps.netorder import u32_of
-from flowscope.errors import FlowscopeError, UsageError
+from flowscope.errors import UsageError
 from probes import libbpf, tcattach
 from probes.bpfloader import CompiledObject, LoadedObject
 
@@ -221,34 +220,19 @@ class NodePort:
         self.configure(
             NodePortConfig(ip, await _ifindex(netns, ifname), net, **options), node_ips=node_ips
         )
-        done: list[tcattach.TcAttachment] = []
-        try:
-            for hook, prog in (
-                (tcattach.Hook.INGRESS, INGRESS_PROG),
-                (tcattach.Hook.EGRESS, EGRESS_PROG),
-            ):
-                done.append(
-                    await tcattach.attach(
-                        netns,
-                        ifname,
-                        hook,
-                        self.prog_fd(prog),
-                        name=prog,
-                        prio=TC_PRIO,
-                        handle=TC_HANDLE,
-                    )
-                )
-        except BaseException:
-            for att in done:
-                with contextlib.suppress(FlowscopeError, OSError):
-                    await tcattach.detach(att)
-            raise
-        self._attachments = tuple(done)
+        self._attachments = await tcattach.attach_all(
+            netns,
+            ifname,
+            (
+                (tcattach.Hook.INGRESS, self.prog_fd(INGRESS_PROG), INGRESS_PROG),
+                (tcattach.Hook.EGRESS, self.prog_fd(EGRESS_PROG), EGRESS_PROG),
+            ),
+            prio=TC_PRIO,
+            handle=TC_HANDLE,
+        )
 
     async def detach(self) -> int:
-        removed = 0
-        for att in self._attachments:
-            removed += await tcattach.detach(att)
+        removed = await tcattach.detach_all(self._attachments)
         self._attachments = ()
         return removed
 

@@ -8,8 +8,10 @@ several programs can share an interface's clsact qdisc and each owner removes on
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,30 @@ async def attach(
     return TcAttachment(netns, ifname, hook, prio, handle, name)
 
 
+async def attach_all(
+    netns: str | None,
+    ifname: str,
+    programs: Iterable[tuple[Hook, int, str]],
+    *,
+    prio: int,
+    handle: int = 1,
+) -> tuple[TcAttachment, ...]:
+    """Attach each (hook, prog_fd, name) in order, all or nothing: when one fails, the filters
+    this call already attached are removed again and the error propagates."""
+    done: list[TcAttachment] = []
+    try:
+        for hook, prog_fd, name in programs:
+            done.append(
+                await attach(netns, ifname, hook, prog_fd, name=name, prio=prio, handle=handle)
+            )
+    except BaseException:
+        for att in done:
+            with contextlib.suppress(FlowscopeError, OSError):
+                await detach(att)
+        raise
+    return tuple(done)
+
+
 async def detach(att: TcAttachment) -> bool:
     """Delete the filter; False when it (or its namespace or interface) is already gone."""
     if att.netns is not None and not (NETNS_DIR / att.netns).exists():
@@ -130,6 +156,14 @@ async def detach(att: TcAttachment) -> bool:
                 return False
             raise AttachError(f"cannot detach {att.name} from {att.ifname}: {e}") from e
     return True
+
+
+async def detach_all(attachments: Iterable[TcAttachment]) -> int:
+    """Delete each filter; returns how many were there."""
+    removed = 0
+    for att in attachments:
+        removed += await detach(att)
+    return removed
 
 
 async def filters(netns: str | None, ifname: str, hook: Hook) -> list[TcFilter]:
