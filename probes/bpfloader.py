@@ -135,7 +135,9 @@ class CompiledObject:
             raise LoaderError(f"BPF source {source} not found", hint="reinstall flowscope")
         t0 = time.monotonic()
         try:
-            b = bcc.BPF(src_file=str(source).encode(), cflags=list(cflags))
+            # -I: the probes' shared headers (#include "x.h") sit next to their sources.
+            flags = [f"-I{source.resolve().parent}", *cflags]
+            b = bcc.BPF(src_file=str(source).encode(), cflags=flags)
         except Exception as e:
             raise LoaderError(f"bcc could not compile {source}: {e}") from e
         elapsed = time.monotonic() - t0

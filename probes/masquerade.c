@@ -41,6 +41,8 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/pkt_cls.h>
 
+#include "nat_rewrite.h"
+
 #ifndef NAT_MAP_SIZE
 #define NAT_MAP_SIZE 65536
 #endif
@@ -54,10 +56,6 @@
 #define NAT_F_CLOSING 0x1 /* a FIN or RST was seen: short timeout from now on */
 
 #define MASQ_NSEC_PER_SEC 1000000000ULL
-#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
-#define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
-#define IP_FRAG_MASK 0x3fff /* MF flag | fragment offset, host order */
 
 struct nat_key {
 	__be32 saddr;
@@ -216,11 +214,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
-
 /* Lifetime for an entry that this packet refreshes; sets NAT_F_CLOSING on FIN/RST. */
 static __always_inline __u64 lifetime_ns(const struct masq_config *cfg, const struct pkt *p,
 					 __u8 *flags)
@@ -372,31 +365,13 @@ static __always_inline __be16 egress_mapping(const struct masq_config *cfg, cons
 	return new_mapping(cfg, p, &fkey, now);
 }
 
-/* Replace a 4-byte address and a 2-byte port (or echo id) and fix the checksums. The L4 checksum
- * covers the address through the pseudo header for TCP/UDP only; ICMP has none. UDP's checksum 0
- * means "none" and must stay 0 (BPF_F_MARK_MANGLED_0 also writes 0xffff for a computed 0). */
+/* Replace an address and a port at the given offsets, fixing the checksums (nat_rewrite.h). */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 addr_off,
 				   __be32 old_addr, __be32 new_addr, __u32 port_off,
 				   __be16 old_port, __be16 new_port)
 {
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-
-	if (p->proto != IPPROTO_ICMP &&
-	    bpf_l4_csum_replace(skb, p->csum_off, old_addr, new_addr,
-				BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr)) < 0)
-		return -1;
-	if (old_port != new_port) {
-		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, new_port,
-					mangled | sizeof(new_port)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
-			return -1;
-	}
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) < 0)
-		return -1;
-	return 0;
+	return nat_rewrite(skb, p->proto, p->csum_off, addr_off, old_addr, new_addr, port_off,
+			   old_port, new_port);
 }
 
 int masq_egress(struct __sk_buff *skb)

@@ -57,6 +57,8 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/pkt_cls.h>
 
+#include "nat_rewrite.h"
+
 #ifndef MAGLEV_M
 #define MAGLEV_M 16381
 #endif
@@ -77,10 +79,6 @@
 #define NP_CT_F_CLOSING 0x2 /* FIN or RST seen */
 
 #define NP_NSEC 1000000000ULL
-#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
-#define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
-#define IP_FRAG_MASK 0x3fff
 
 struct np_svc_key {
 	__be16 port; /* the nodePort */
@@ -249,11 +247,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
-
 static __always_inline void refresh(struct np_ct_entry *e, const struct np_config *cfg,
 				    const struct pkt *p, __u64 now)
 {
@@ -276,31 +269,13 @@ static __always_inline void refresh(struct np_ct_entry *e, const struct np_confi
 	e->expires_ns = now + (__u64)s * NP_NSEC;
 }
 
-/* Replace an address and a port at the given offsets, fixing the IP and L4 checksums (UDP's
- * "no checksum" 0 stays 0). */
+/* Replace an address and a port at the given offsets, fixing the checksums (nat_rewrite.h). */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, __u32 addr_off,
 				   __be32 old_addr, __be32 new_addr, __u32 port_off,
 				   __be16 old_port, __be16 new_port)
 {
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-
-	if (old_addr != new_addr) {
-		if (bpf_l4_csum_replace(skb, p->csum_off, old_addr, new_addr,
-					BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr)) < 0)
-			return -1;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) < 0)
-			return -1;
-	}
-	if (old_port != new_port) {
-		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, new_port,
-					mangled | sizeof(new_port)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
-			return -1;
-	}
-	return 0;
+	return nat_rewrite(skb, p->proto, p->csum_off, addr_off, old_addr, new_addr, port_off,
+			   old_port, new_port);
 }
 
 /* src and dst both rewritten (TCP and UDP ports sit at the same offsets). */
