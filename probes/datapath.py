@@ -38,7 +38,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
-from dataplane.maps import ctmap, endpointmap, ipcache, policymap
+from dataplane.maps import counters, ctmap, endpointmap, ipcache, policymap
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.ctmap import CtEntry, CtKey, KernelCtMap
 from dataplane.maps.endpointmap import Endpoint, EndpointInfo, KernelEndpointMap
@@ -266,8 +266,7 @@ class Datapath:
 
     def lost_events(self) -> int:
         """Events the programs could not put into a full ring buffer, summed over CPUs."""
-        per_cpu = self._lost.lookup(ct.c_uint32(0))
-        return sum(per_cpu) if per_cpu is not None else 0
+        return counters.counter(self._lost, 0)
 
     def drops(self) -> dict[int, int]:
         """Dropped packets by Hubble drop reason number (reasons never seen are left out)."""
@@ -278,10 +277,7 @@ class Datapath:
     def stats(self) -> dict[str, int]:
         """Counters summed over CPUs by lower-case DatapathStat name, `lost_events`, and one
         `drop_<reason>` per drop reason seen (Hubble's name, lower case)."""
-        out = {}
-        for stat in DatapathStat:
-            per_cpu = self._stats.lookup(ct.c_uint32(stat))
-            out[stat.name.lower()] = sum(per_cpu) if per_cpu is not None else 0
+        out = counters.counters(self._stats, DatapathStat)
         out["lost_events"] = self.lost_events()
         for reason, count in self.drops().items():
             try:

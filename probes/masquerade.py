@@ -29,6 +29,7 @@ import ipaddress
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from dataplane.maps import counters
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.natmap import KernelNatMap, NatEntry, NatKey, NatMapping
 from dataplane.maps.netorder import u32_of
@@ -285,11 +286,7 @@ class Masquerade:
 
     def stats(self) -> dict[str, int]:
         """Counters summed over CPUs, by lower-case MasqStat name."""
-        out = {}
-        for stat in MasqStat:
-            per_cpu = self._stats.lookup(ct.c_uint32(stat))
-            out[stat.name.lower()] = sum(per_cpu) if per_cpu is not None else 0
-        return out
+        return counters.counters(self._stats, MasqStat)
 
     def close(self) -> None:
         """Close this process's fds. Pins, attached programs and NAT entries stay."""

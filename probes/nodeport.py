@@ -30,7 +30,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute
 
 import flowscope.netns_sockets  # noqa: F401  (pyroute2 netns sockets without fork)
-from dataplane.maps import maglevmap, nodeportmap, npaffinity, npctmap
+from dataplane.maps import counters, maglevmap, nodeportmap, npaffinity, npctmap
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.lbmap import KernelTable
 from dataplane.maps.netorder import u32_of
@@ -243,11 +243,7 @@ class NodePort:
         return npaffinity.entries(self.affinity_table)
 
     def stats(self) -> dict[str, int]:
-        out = {}
-        for stat in NodePortStat:
-            per_cpu = self._stats.lookup(ct.c_uint32(stat))
-            out[stat.name.lower()] = sum(per_cpu) if per_cpu is not None else 0
-        return out
+        return counters.counters(self._stats, NodePortStat)
 
     def close(self) -> None:
         self._obj.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataplane.maps import lbmap
+from dataplane.maps import counters, lbmap
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.lbmap import KernelLBMaps, Proto
 from dataplane.maps.netorder import ip_of
@@ -287,15 +287,11 @@ class SocketLB:
     # -- counters --
 
     def lost_events(self) -> int:
-        per_cpu = self._lost.lookup(ct.c_uint32(0))
-        return sum(per_cpu) if per_cpu is not None else 0
+        return counters.counter(self._lost, 0)
 
     def stats(self) -> dict[str, int]:
         """Counters summed over CPUs by lower-case SockLBStat name, and `lost_events`."""
-        out = {}
-        for stat in SockLBStat:
-            per_cpu = self._stats.lookup(ct.c_uint32(stat))
-            out[stat.name.lower()] = sum(per_cpu) if per_cpu is not None else 0
+        out = counters.counters(self._stats, SockLBStat)
         out["lost_events"] = self.lost_events()
         return out
 

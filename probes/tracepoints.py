@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataplane.maps import counters
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.kernelevent import (
     KernelEvent,
@@ -263,8 +264,7 @@ class TracepointProbes:
     def lost_events(self) -> int:
         """Events the programs could not emit because the ring was full, since the map was
         created (summed over CPUs)."""
-        per_cpu = self._lost.lookup(ct.c_uint32(0))
-        return sum(per_cpu) if per_cpu is not None else 0
+        return counters.counter(self._lost, 0)
 
     def close(self) -> None:
         """Detach and close this process's fds; the maps stay pinned."""
