@@ -21,7 +21,7 @@ import threading
 import pyroute2.netns as _pyroute2_netns
 
 from flowscope import setns
-from flowscope.setns import CLONE_NEWNET
+from flowscope.setns import CLONE_NEWNET, on_own_thread
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -56,23 +56,15 @@ def _create_socket(
 
 def create_netns(netns: str, libc=None) -> None:
     """pyroute2's netns.create, on a thread: unshare(CLONE_NEWNET) moves only that thread."""
-    box: dict[str, object] = {}
 
-    def target() -> None:
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare: {os.strerror(err)}")
-            # pyroute2's own bind mount (shared /run/netns, the mount point), of this thread's ns
-            _pyroute2_netns._create(netns, libc, pid=f"self/task/{threading.get_native_id()}")
-        except BaseException as exc:
-            box["error"] = exc
+    def make() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare: {os.strerror(err)}")
+        # pyroute2's own bind mount (shared /run/netns, the mount point), of this thread's ns
+        _pyroute2_netns._create(netns, libc, pid=f"self/task/{threading.get_native_id()}")
 
-    thread = threading.Thread(target=target, name=f"netns-create:{netns}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
+    on_own_thread(make, name=f"netns-create:{netns}")
 
 
 _pyroute2_netns.create_socket = _create_socket

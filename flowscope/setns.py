@@ -10,9 +10,12 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def enter_netns(path: str) -> None:
@@ -26,21 +29,32 @@ def enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def socket_in_netns(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket made inside the network namespace at `path` by a short-lived thread: setns(2)
-    moves only that thread, and a socket stays in the namespace it was made in."""
+def on_own_thread(fn: Callable[[], T], *, name: str) -> T:
+    """Run `fn` on a short-lived thread and return its result or re-raise its exception: for
+    what must happen in another namespace (setns(2), unshare(2) move only the calling thread)
+    without moving the caller."""
     box: dict[str, object] = {}
 
     def target() -> None:
         try:
-            enter_netns(path)
-            box["sock"] = socket.socket(family, kind, proto)
+            box["result"] = fn()
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"netns-socket:{path}")
+    thread = threading.Thread(target=target, name=name)
     thread.start()
     thread.join()
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
-    return box["sock"]  # type: ignore[return-value]
+    return box["result"]  # type: ignore[return-value]
+
+
+def socket_in_netns(path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket made inside the network namespace at `path` by a short-lived thread: setns(2)
+    moves only that thread, and a socket stays in the namespace it was made in."""
+
+    def make() -> socket.socket:
+        enter_netns(path)
+        return socket.socket(family, kind, proto)
+
+    return on_own_thread(make, name=f"netns-socket:{path}")
