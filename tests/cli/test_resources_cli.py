@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,49 +10,20 @@ import yaml
 
 from flowscope.cli.resources import age
 from tests.conftest import unique
+from tests.fakecluster import CLI, REPO, write_cluster
 
 pytestmark = pytest.mark.etcd
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-
-
-class CLI:
-    def __init__(self, run_root: Path, cluster: str) -> None:
-        self.env = {**os.environ, "FLOWSCOPE_RUN_ROOT": str(run_root)}
-        self.cluster = cluster
-
-    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "flowscope.cli.main", "--cluster", self.cluster, *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
 
 
 @pytest.fixture
 def cli(tmp_path: Path, etcd_url: str) -> CLI:
     """A cluster.json (under a run root of the test's own) pointing at the test etcd."""
     cluster = unique("c")
-    script = f"""
-import ipaddress
-from flowscope import clusterinfo
-clusterinfo.save(clusterinfo.ClusterInfo(
-    name={cluster!r}, ipam="overlay",
-    vnet_cidr=ipaddress.IPv4Network("10.224.0.0/16"),
-    pod_cidr=ipaddress.IPv4Network("10.244.0.0/16"),
-    service_cidr=ipaddress.IPv4Network("10.96.0.0/16"),
-    gateway=ipaddress.IPv4Address("10.224.0.1"),
-    etcd_url={etcd_url!r}))
-"""
-    env = {**os.environ, "FLOWSCOPE_RUN_ROOT": str(tmp_path)}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=REPO)
+    write_cluster(tmp_path, cluster, etcd_url=etcd_url)
     assert (tmp_path / cluster / "cluster.json").exists()
-    return CLI(tmp_path, cluster)
+    return CLI(tmp_path, cluster, module="flowscope.cli.main")
 
 
 def manifest(ns: str) -> str:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes as ct
-import os
 import shutil
-import sys
 import tempfile
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -23,9 +20,9 @@ from flowscope.cli.service import (
     socket_lb_rows_from,
     with_owners,
 )
-from flowscope.clusterinfo import ClusterInfo, NodeInfo
 from flowscope.paths import ClusterPaths
 from tests.conftest import unique
+from tests.fakecluster import CLI, write_cluster
 
 VIP = "10.0.0.10"
 WEB = {
@@ -122,37 +119,14 @@ def test_rows_from_the_pinned_kernel_maps_while_their_owner_holds_them() -> None
 async def test_the_command_fails_clearly_when_no_node_has_maps() -> None:
     run_root = Path(tempfile.mkdtemp(prefix="h3svc"))
     name = unique("h3svc")
-    info = ClusterInfo(
-        name=name,
-        ipam="overlay",
-        vnet_cidr=IPv4Network("10.224.0.0/16"),
-        pod_cidr=IPv4Network("10.244.0.0/16"),
-        service_cidr=IPv4Network("10.96.0.0/16"),
-        gateway=IPv4Address("10.224.0.1"),
-        etcd_url="http://127.0.0.1:1",
-        nodes=(NodeInfo("node-1", IPv4Address("10.224.0.4"), f"fs.{name}.node-1"),),
-    )
-    (run_root / name).mkdir()
-    (run_root / name / "cluster.json").write_text(info.to_json())
+    write_cluster(run_root, name, nodes=["node-1"])
     try:
         for extra, code, text in (
             ((), 1, "no socket-LB maps"),
             (("--node", "node-9"), 1, "node-9"),
             (("-o", "yaml"), 2, "invalid choice"),
         ):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "flowscope",
-                "--cluster",
-                name,
-                "service",
-                "list",
-                *extra,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "FLOWSCOPE_RUN_ROOT": str(run_root)},
-            )
+            proc = await CLI(run_root, name).start("service", "list", *extra)
             _, err = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == code and text in err.decode(), err.decode()
             assert "Traceback" not in err.decode()

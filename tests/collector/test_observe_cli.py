@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from collector.flowstream import SOCKET_NAME, FlowServer, FlowStream, serve_flows
-from flowscope.clusterinfo import ClusterInfo, NodeInfo
 from flowscope.flow import (
     IP,
     TCP,
@@ -32,6 +28,7 @@ from flowscope.flow import (
 )
 from flowscope.flow.timestamp import now_ns
 from tests.conftest import unique
+from tests.fakecluster import CLI, write_cluster
 
 NODES = ("node-1", "node-2", "node-3")
 
@@ -50,39 +47,14 @@ class FakeCluster:
         return proc.returncode, out.decode(), err.decode()
 
     async def start(self, *args: str) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "flowscope",
-            "--cluster",
-            self.name,
-            "observe",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "FLOWSCOPE_RUN_ROOT": str(self.run_root)},
-        )
+        return await CLI(self.run_root, self.name).start("observe", *args)
 
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[FakeCluster]:
     run_root = Path(tempfile.mkdtemp(prefix="fsobs"))
     name = unique("obs")
-    info = ClusterInfo(
-        name=name,
-        ipam="overlay",
-        vnet_cidr=IPv4Network("10.224.0.0/16"),
-        pod_cidr=IPv4Network("10.244.0.0/16"),
-        service_cidr=IPv4Network("10.96.0.0/16"),
-        gateway=IPv4Address("10.224.0.1"),
-        etcd_url="http://127.0.0.1:1",
-        nodes=tuple(
-            NodeInfo(n, IPv4Address(f"10.224.0.{i + 4}"), f"fs.{name}.{n}")
-            for i, n in enumerate(NODES)
-        ),
-    )
-    (run_root / name).mkdir()
-    (run_root / name / "cluster.json").write_text(info.to_json())
+    write_cluster(run_root, name, nodes=NODES)
     servers: list[FlowServer] = []
     streams = {}
     try:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import unique
+from tests.fakecluster import CLI, write_cluster
 
 pytestmark = pytest.mark.etcd
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(env: dict, cluster: str, *args: str, stdin: str | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "flowscope.cli.main", "--cluster", cluster, *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
 
 
 @pytest.fixture
@@ -35,19 +19,8 @@ def lab(tmp_path: Path, etcd_url: str):
     """A cluster.json pointing at the test etcd, with namespaces of this test's own
     (the etcd is shared, so every name is unique) holding a server, a client and a stranger."""
     cluster = unique("pc")
-    script = f"""
-import ipaddress
-from flowscope import clusterinfo
-clusterinfo.save(clusterinfo.ClusterInfo(
-    name={cluster!r}, ipam="overlay",
-    vnet_cidr=ipaddress.IPv4Network("10.224.0.0/16"),
-    pod_cidr=ipaddress.IPv4Network("10.244.0.0/16"),
-    service_cidr=ipaddress.IPv4Network("10.96.0.0/16"),
-    gateway=ipaddress.IPv4Address("10.224.0.1"),
-    etcd_url={etcd_url!r}))
-"""
-    env = {**os.environ, "FLOWSCOPE_RUN_ROOT": str(tmp_path)}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=REPO)
+    write_cluster(tmp_path, cluster, etcd_url=etcd_url)
+    cli = CLI(tmp_path, cluster, module="flowscope.cli.main")
     back, front = unique("back"), unique("front")
 
     def pod(ns: str, name: str, labels: dict) -> dict:
@@ -91,17 +64,15 @@ clusterinfo.save(clusterinfo.ClusterInfo(
             },
         },
     ]
-    applied = run(env, cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    applied = cli("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
     assert applied.returncode == 0, applied.stderr
-    yield env, cluster, back, front
-    run(env, cluster, "delete", "ns", back, front, "--ignore-not-found")
+    yield cli, back, front
+    cli("delete", "ns", back, front, "--ignore-not-found")
 
 
 def test_allowed_exits_0_and_names_the_rule(lab) -> None:
-    env, cluster, back, front = lab
-    r = run(
-        env,
-        cluster,
+    cli, back, front = lab
+    r = cli(
         "policy",
         "trace",
         "--from",
@@ -117,10 +88,8 @@ def test_allowed_exits_0_and_names_the_rule(lab) -> None:
 
 
 def test_denied_exits_1_with_json(lab) -> None:
-    env, cluster, back, front = lab
-    r = run(
-        env,
-        cluster,
+    cli, back, front = lab
+    r = cli(
         "policy",
         "trace",
         "--from",
@@ -135,9 +104,7 @@ def test_denied_exits_1_with_json(lab) -> None:
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert doc["verdict"] == "DENIED" and doc["ingress"]["selected_by"] == [f"{back}/db-from-web"]
-    r = run(
-        env,
-        cluster,
+    r = cli(
         "policy",
         "trace",
         "--from",
@@ -153,10 +120,8 @@ def test_denied_exits_1_with_json(lab) -> None:
 
 
 def test_unknown_pod_and_bad_input_exit_2(lab) -> None:
-    env, cluster, back, front = lab
-    r = run(
-        env,
-        cluster,
+    cli, back, front = lab
+    r = cli(
         "policy",
         "trace",
         "--from",
@@ -168,11 +133,9 @@ def test_unknown_pod_and_bad_input_exit_2(lab) -> None:
     )
     assert r.returncode == 2
     assert f'pod "nope" not found in namespace "{front}"' in r.stderr
-    r = run(env, cluster, "policy", "trace", "--from", "web", "--to", f"{back}/db", "--port", "80")
+    r = cli("policy", "trace", "--from", "web", "--to", f"{back}/db", "--port", "80")
     assert r.returncode == 2 and "NAMESPACE/POD" in r.stderr
-    r = run(
-        env,
-        cluster,
+    r = cli(
         "policy",
         "trace",
         "--from",
@@ -183,9 +146,7 @@ def test_unknown_pod_and_bad_input_exit_2(lab) -> None:
         "70000",
     )
     assert r.returncode == 2 and "out of range" in r.stderr
-    r = run(
-        env,
-        "no-such-cluster",
+    r = CLI(cli.run_root, "no-such-cluster", module=cli.module)(
         "policy",
         "trace",
         "--from",
