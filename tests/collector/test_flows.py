@@ -4,6 +4,7 @@ fake directory (the agent's enforcement is the real one, tested in tests/agent a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from ipaddress import IPv4Address, IPv6Address
 
 from collector.datapath_flows import datapath_flow
@@ -225,6 +226,20 @@ class FakeRing:
         return bool(self.batches)
 
 
+async def records_after(stream, run: Coroutine, at_least: int) -> list:
+    """Run a collector coroutine until `stream` holds at_least records (1 s at most), stop it,
+    and return the stream's records."""
+    task = asyncio.create_task(run)
+    try:
+        for _ in range(200):
+            if len(stream.ring) >= at_least:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+    return [e.record for e in stream.ring.last()]
+
+
 async def test_the_collector_publishes_flows_and_turns_kernel_loss_into_lost_events() -> None:
     from collector.flowstream import FlowStream
     from collector.node import NodeCollector
@@ -256,15 +271,7 @@ async def test_the_collector_publishes_flows_and_turns_kernel_loss_into_lost_eve
     stream = FlowStream(100, node_name="node-2")
     collector = NodeCollector("node-2", ENRICHER, stream)
     ring = FakeRing([[record] * 3, [record] * 2, [record]])
-    task = asyncio.create_task(collector.run_datapath(ring, lambda: next(lost)))
-    try:
-        for _ in range(200):
-            if len(stream.ring) >= 8:
-                break
-            await asyncio.sleep(0.005)
-    finally:
-        task.cancel()
-    records = [e.record for e in stream.ring.last()]
+    records = await records_after(stream, collector.run_datapath(ring, lambda: next(lost)), 8)
     flows = [r for r in records if isinstance(r, Flow)]
     losses = [r for r in records if isinstance(r, LostEvent)]
     assert len(flows) == 6 and all(f.destination.pod_name == "b" for f in flows)

@@ -4,7 +4,6 @@ directory and rings (the real ones meet in tests/e2e/test_service_flows.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -34,7 +33,7 @@ from flowscope.flow.model import (
     record_from_json,
 )
 from probes.socklb import EVENT_DTYPE, HOOK_CONNECT, LBEvent, Translation, decode_events
-from tests.collector.test_flows import ID_A, ID_B, Directory, FakeRing, event
+from tests.collector.test_flows import ID_A, ID_B, Directory, FakeRing, event, records_after
 
 CLIENT, BACKEND = "10.244.1.2", "10.244.2.3"  # pods x/a and y/b of the fake directory
 VIP = "10.0.0.10"
@@ -79,6 +78,20 @@ def translation(cgroup: int, **kw) -> Translation:
         cgroup_id=cgroup,
     )
     return Translation(**{**base, **kw})
+
+
+def reply_event(ktime_ns: int):
+    """A reply packet BACKEND:80 -> CLIENT:40000, the identities swapped."""
+    return event(
+        saddr=IPv4Address(BACKEND),
+        daddr=IPv4Address(CLIENT),
+        sport=80,
+        dport=40000,
+        is_reply=True,
+        src_identity=ID_B,
+        dst_identity=ID_A,
+        ktime_ns=ktime_ns,
+    )
 
 
 def test_frontends_name_their_service_by_address_port_and_protocol() -> None:
@@ -178,16 +191,7 @@ def test_packets_of_a_translated_connection_carry_the_service_both_ways(tmp_path
     assert out.destination_service == Service("web", "y") and out.source_service is None
     assert out.service_translation == ServiceTranslation(VIP, 8000, BACKEND, 80)
     reply = datapath_flow(
-        event(
-            saddr=IPv4Address(BACKEND),
-            daddr=IPv4Address(CLIENT),
-            sport=80,
-            dport=40000,
-            is_reply=True,
-            src_identity=ID_B,
-            dst_identity=ID_A,
-            ktime_ns=900_000,
-        ),
+        reply_event(ktime_ns=900_000),
         enr,
         "node-1",
         0,
@@ -227,16 +231,7 @@ def test_compact_lines_read_client_service_backend(tmp_path: Path) -> None:
     pkt = format_flow(datapath_flow(event(ktime_ns=2_000), enr, "node-1", 0, links))
     assert f"x/a:40000 (ID:{ID_A}) -> y/web:8000 -> y/b:80 (ID:{ID_B}) policy-verdict" in pkt
     reply = datapath_flow(
-        event(
-            saddr=IPv4Address(BACKEND),
-            daddr=IPv4Address(CLIENT),
-            sport=80,
-            dport=40000,
-            is_reply=True,
-            src_identity=ID_B,
-            dst_identity=ID_A,
-            ktime_ns=3_000,
-        ),
+        reply_event(ktime_ns=3_000),
         enr,
         "node-1",
         0,
@@ -321,17 +316,11 @@ async def test_the_collector_drains_the_socket_lb_ring_before_the_datapath_one(
     collector = NodeCollector("node-1", enr, stream)
     datapath_ring = FakeRing([[packet]])
     lb_ring = FakeRing([[bytes(lb)]])
-    task = asyncio.create_task(
-        collector.run_datapath(datapath_ring, lambda: 0, (lb_ring, lambda: next(lb_lost)))
+    records = await records_after(
+        stream,
+        collector.run_datapath(datapath_ring, lambda: 0, (lb_ring, lambda: next(lb_lost))),
+        3,
     )
-    try:
-        for _ in range(200):
-            if len(stream.ring) >= 3:
-                break
-            await asyncio.sleep(0.005)
-    finally:
-        task.cancel()
-    records = [e.record for e in stream.ring.last()]
     flows = [r for r in records if isinstance(r, Flow)]
     assert [f.verdict for f in flows] == [Verdict.TRANSLATED, Verdict.FORWARDED]
     assert flows[1].destination_service == Service("web", "y")  # linked: drained in that order
