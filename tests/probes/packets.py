@@ -1,6 +1,7 @@
 """Build and parse Ethernet/IPv4/TCP/UDP/ICMP frames in pure Python, checksums included.
 
-Used to feed BPF programs crafted packets (BPF_PROG_TEST_RUN) and to check what they made of them.
+Used to feed BPF programs crafted packets (BPF_PROG_TEST_RUN, run_frame) and to check what they
+made of them.
 """
 
 from __future__ import annotations
@@ -8,11 +9,25 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Protocol
+
+from probes import libbpf
 
 ETH_P_IP = 0x0800
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
+
+
+class HasPrograms(Protocol):
+    def prog_fd(self, name: str) -> int: ...
+
+
+def run_frame(probe: HasPrograms, prog: str, frame: bytes) -> tuple[int, bytes]:
+    """One frame through a loaded probe's program (BPF_PROG_TEST_RUN): its verdict and the
+    frame as the program left it."""
+    r = libbpf.prog_test_run(probe.prog_fd(prog), frame)
+    return r.retval, r.data
 
 
 def csum(data: bytes) -> int:

@@ -3,7 +3,6 @@ back to the pod CIDR, only because their packets leave with the node's IP."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import struct
@@ -28,16 +27,6 @@ from tests.probes.overlay import (
 pytestmark = pytest.mark.privileged
 PORT = 8080
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0  # <linux/in.h>; not in Python 3.11's socket
-
-
-@pytest.fixture(scope="module")
-def overlay() -> Iterator[Overlay]:
-    ov = Overlay()
-    try:
-        asyncio.run(ov.build())
-        yield ov
-    finally:
-        ov.close()
 
 
 @pytest.fixture

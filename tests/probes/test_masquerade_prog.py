@@ -14,9 +14,9 @@ import pytest
 
 from dataplane.maps.natmap import IPPROTO_TCP, NAT_DIR_IN, NAT_DIR_OUT, make_entry, make_key
 from flowscope.errors import UsageError
-from probes import libbpf
 from probes.masquerade import EGRESS_PROG, INGRESS_PROG, Masquerade, MasqueradeConfig
 from tests.probes import packets as P
+from tests.probes.packets import run_frame as run
 
 NODE = "10.224.0.4"
 REMOTE = "10.224.0.100"
@@ -33,11 +33,6 @@ def masq(pin_root: Path) -> Iterator[Masquerade]:
     finally:
         m.unpin()
         m.close()
-
-
-def run(m: Masquerade, prog: str, frame: bytes) -> tuple[int, bytes]:
-    r = libbpf.prog_test_run(m.prog_fd(prog), frame)
-    return r.retval, r.data
 
 
 def tcp_out(src: str, sport: int, dst: str = REMOTE, dport: int = 80, flags: int = P.SYN) -> bytes:

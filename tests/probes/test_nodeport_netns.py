@@ -5,7 +5,6 @@ NodePort; a reloaded instance adopts the maps and keeps an established connectio
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -22,16 +21,6 @@ from tests.probes.overlay import NATIVE_CIDR, OUTSIDE_IP, Overlay, PeerServer, a
 
 pytestmark = pytest.mark.privileged
 PORT, NODEPORT = 8080, 30080
-
-
-@pytest.fixture(scope="module")
-def overlay() -> Iterator[Overlay]:
-    ov = Overlay()
-    try:
-        asyncio.run(ov.build())
-        yield ov
-    finally:
-        ov.close()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 from dataplane.maps.nodeportmap import NodePortBackend, NodePortService
 from dataplane.maps.npctmap import DIR_FWD, DIR_REPLY
 from flowscope.errors import UsageError
-from probes import libbpf
 from probes.nodeport import (
     DEFAULT_SNAT_MAX,
     DEFAULT_SNAT_MIN,
@@ -28,6 +27,7 @@ from probes.nodeport import (
     NodePortConfig,
 )
 from tests.probes import packets as P
+from tests.probes.packets import run_frame as run
 
 NODE, OTHER_NODE, CLIENT = "10.224.0.4", "10.224.0.5", "10.224.0.254"
 LOCAL_POD, REMOTE_POD = "10.244.1.5", "10.244.2.7"
@@ -47,11 +47,6 @@ def np_(pin_root: Path) -> Iterator[NodePort]:
     finally:
         n.unpin()
         n.close()
-
-
-def run(n: NodePort, prog: str, frame: bytes) -> tuple[int, bytes]:
-    r = libbpf.prog_test_run(n.prog_fd(prog), frame)
-    return r.retval, r.data
 
 
 def tcp(src: str, sport: int, dst: str, dport: int, flags: int = P.SYN) -> bytes:
