@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterable
 
 from flowscope import clusterinfo
-from flowscope.errors import FlowscopeError, NotFound, UsageError
+from flowscope.cli.nodes import selected_nodes
+from flowscope.errors import FlowscopeError, UsageError
 
 DEFAULT_LAST = 20
 REORDER_WINDOW = 0.2  # seconds a followed flow waits for earlier ones from other nodes
@@ -137,14 +138,7 @@ async def cmd_observe(args: argparse.Namespace) -> int:
     last = args.last if args.last is not None else (0 if args.follow else DEFAULT_LAST)
     flow_filter = build_filter(args)
     info = clusterinfo.load(args.cluster)
-    nodes = [n.name for n in info.nodes]
-    if args.node is not None:
-        if args.node not in nodes:
-            raise NotFound(
-                f"node {args.node!r} is not in cluster {info.name!r} (nodes: {', '.join(nodes)})",
-                hint="`flowscope lab status` lists the nodes",
-            )
-        nodes = [args.node]
+    nodes = selected_nodes(info, args.node)
     request = FlowRequest(last=last, follow=args.follow, filter=flow_filter)
     sockets = {node: flow_socket(info.paths, node) for node in nodes}
     printer = _Printer(args.output, args.print_node_name)

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from flowscope import clusterinfo
-from flowscope.errors import FlowscopeError, NotFound
+from flowscope.cli.nodes import selected_nodes
+from flowscope.errors import FlowscopeError
 from flowscope.paths import ClusterPaths
 
 SOCKET_LB_DIR = "socklb"  # under ClusterPaths.node_bpf_dir(node): where the agent pins them
@@ -330,14 +331,7 @@ async def _services(info) -> list[dict] | None:
 
 async def cmd_list(args: argparse.Namespace) -> int:
     info = clusterinfo.load(args.cluster)
-    nodes = [n.name for n in info.nodes]
-    if args.node is not None:
-        if args.node not in nodes:
-            raise NotFound(
-                f"node {args.node!r} is not in cluster {info.name!r} (nodes: {', '.join(nodes)})",
-                hint="`flowscope lab status` lists the nodes",
-            )
-        nodes = [args.node]
+    nodes = selected_nodes(info, args.node)
     rows: list[FrontendRow] = []
     missing: list[MapsMissing] = []
     for node in nodes:
