@@ -102,20 +102,13 @@ def last_in_time(records: Iterable, n: int) -> list:
 
 
 def build_filter(args: argparse.Namespace):
-    from flowscope.flow.filter import FlowFilter, parse_event_type, parse_verdict
+    from flowscope.flow.filter import FlowFilter, parse_each, parse_event_type, parse_verdict
 
-    verdicts = []
-    for text in args.verdict:
-        try:
-            verdicts.append(parse_verdict(text))
-        except ValueError as exc:
-            raise UsageError(f"--verdict: {exc}") from None
-    types = []
-    for text in args.type:
-        try:
-            types.append(parse_event_type(text))
-        except ValueError as exc:
-            raise UsageError(f"--type: {exc}") from None
+    try:
+        verdicts = parse_each(args.verdict, parse_verdict, "--verdict")
+        types = parse_each(args.type, parse_event_type, "--type")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for flag, values in (("--pod", args.pod), ("--service", args.service)):
         for value in values:
             ns, sep, name = value.rpartition("/")
@@ -124,8 +117,8 @@ def build_filter(args: argparse.Namespace):
     return FlowFilter(
         tuple(args.namespace),
         tuple(args.pod),
-        tuple(verdicts),
-        tuple(types),
+        verdicts,
+        types,
         tuple(args.service),
     )
 

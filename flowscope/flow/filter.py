@@ -12,8 +12,9 @@ whatever it asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flowscope.flow.model import (
     Endpoint,
@@ -25,6 +26,8 @@ from flowscope.flow.model import (
     TraceObservationPoint,
     Verdict,
 )
+
+T = TypeVar("T")
 
 # Hubble's --type names (Cilium's monitor message type names)
 EVENT_TYPE_NAMES = {
@@ -81,6 +84,18 @@ def parse_event_type(text: str) -> EventTypeFilter:
         return EventTypeFilter(kind, int(sub))
     allowed = f" (or one of {', '.join(names)})" if names else ""
     raise ValueError(f"{text!r}: sub-type {sub!r} is not a number{allowed}")
+
+
+def parse_each(texts: Iterable[str], parse: Callable[[str], T], label: str) -> tuple[T, ...]:
+    """Every text parsed; the first bad one raises ValueError prefixed with `label` (the flag or
+    field it came from)."""
+    out = []
+    for text in texts:
+        try:
+            out.append(parse(text))
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+    return tuple(out)
 
 
 def _names(raw: Any, field: str) -> tuple[str, ...]:
@@ -162,23 +177,15 @@ class FlowFilter:
             raise ValueError(
                 f"filters.{sorted(unknown)[0]}: unknown filter; use {', '.join(_FIELDS)}"
             )
-        verdicts = []
-        for text in _names(raw.get("verdict"), "verdict"):
-            try:
-                verdicts.append(parse_verdict(text))
-            except ValueError as exc:
-                raise ValueError(f"filters.verdict: {exc}") from None
-        types = []
-        for text in _names(raw.get("type"), "type"):
-            try:
-                types.append(parse_event_type(text))
-            except ValueError as exc:
-                raise ValueError(f"filters.type: {exc}") from None
+        verdicts = parse_each(
+            _names(raw.get("verdict"), "verdict"), parse_verdict, "filters.verdict"
+        )
+        types = parse_each(_names(raw.get("type"), "type"), parse_event_type, "filters.type")
         return cls(
             _names(raw.get("namespace"), "namespace"),
             _names(raw.get("pod"), "pod"),
-            tuple(verdicts),
-            tuple(types),
+            verdicts,
+            types,
             _names(raw.get("service"), "service"),
         )
 
