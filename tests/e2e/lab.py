@@ -7,11 +7,26 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 FLOWSCOPE = [sys.executable, "-m", "flowscope"]
 WORLD = "10.224.0.254"  # the lab's outside host
 SYSTEM = frozenset({"kube-system"})  # namespaces of the lab's own pods (the cluster DNS)
+T = TypeVar("T")
+
+
+def until(check: Callable[[], T], what: str, timeout: float = 20, interval: float = 0.2) -> T:
+    """Poll `check` until it returns something true (the lab follows the store quickly, but not
+    instantly) and return that; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: never happened within {timeout} s"
+        time.sleep(interval)
 
 
 @dataclass

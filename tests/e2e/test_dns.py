@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import unique
-from tests.e2e.lab import Lab
+from tests.e2e.lab import Lab, until
 from tests.lab.test_pod_dns import resolv_conf_mounts
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
@@ -133,16 +132,6 @@ def cluster_ip(lab: Lab, ns: str, name: str) -> str:
     return json.loads(lab.run("get", "service", name, "-n", ns, "-o", "json").stdout)["spec"][
         "clusterIP"
     ]
-
-
-def until(check, what: str, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.3)
 
 
 def test_kube_dns_service_and_pods_are_real(lab: Lab) -> None:

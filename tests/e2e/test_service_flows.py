@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.conftest import unique
-from tests.e2e.lab import Lab
+from tests.e2e.lab import Lab, until
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
-T = TypeVar("T")
 
 NS = "sf"
 WORKLOAD = f"""apiVersion: v1
@@ -84,16 +81,6 @@ def lab():
         yield lab
     finally:
         lab.run("lab", "down", check=False, timeout=120)
-
-
-def until(check: Callable[[], T], what: str, timeout: float = 20) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: never happened within {timeout} s"
-        time.sleep(0.2)
 
 
 def get(lab: Lab, kind: str, name: str | None = None) -> Any:

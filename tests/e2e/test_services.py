@@ -33,6 +33,7 @@ from flowscope import clusterinfo
 from flowscope.paths import ClusterPaths
 from tests.conftest import unique
 from tests.e2e.lab import FLOWSCOPE, Lab
+from tests.e2e.lab import until as lab_until
 from tests.e2e.test_lab import rules_in
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
@@ -215,15 +216,8 @@ def lab(request):
 
 
 def until(check: Callable[[], T], what: str, timeout: float = 15) -> T:
-    """Poll `check` until it returns something true (the datapath follows the store quickly, but
-    not instantly); return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: never happened within {timeout} s"
-        time.sleep(0.1)
+    """lab.until at this module's pace: the datapath follows the store within moments."""
+    return lab_until(check, what, timeout, interval=0.1)
 
 
 _CLUSTER_IPS: dict[str, dict[tuple[str, str], str]] = {}
