@@ -19,6 +19,7 @@ import numpy as np
 
 from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked, expires_before
 from dataplane.maps.netorder import ip_of, u32_of
+from dataplane.maps.tuple4 import Tuple4Key, tuple_key
 
 NAT_DIR_OUT = 0  # pod -> outside, original tuple; value: node IP and NAT port
 NAT_DIR_IN = 1  # outside -> node IP:NAT port, reply tuple; value: pod IP and port
@@ -30,18 +31,8 @@ IPPROTO_UDP = 17
 _PROTO_NAMES = {IPPROTO_ICMP: "ICMP", IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}
 
 
-class NatKey(ct.Structure):
+class NatKey(Tuple4Key):
     """struct nat_key. Addresses and ports are in network byte order, as in the packet."""
-
-    _fields_ = (
-        ("saddr", ct.c_uint32),
-        ("daddr", ct.c_uint32),
-        ("sport", ct.c_uint16),
-        ("dport", ct.c_uint16),
-        ("proto", ct.c_uint8),
-        ("dir", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
-    )
 
 
 class NatEntry(ct.Structure):
@@ -102,14 +93,7 @@ def make_key(
     dport: int,
 ) -> NatKey:
     """A key from host-order ports, as the C program builds it."""
-    return NatKey(
-        saddr=u32_of(saddr),
-        daddr=u32_of(daddr),
-        sport=socket.htons(sport),
-        dport=socket.htons(dport),
-        proto=proto,
-        dir=direction,
-    )
+    return tuple_key(NatKey, direction, proto, saddr, daddr, sport, dport)
 
 
 def make_entry(

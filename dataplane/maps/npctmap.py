@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked
-from dataplane.maps.netorder import ip_of, u32_of
+from dataplane.maps.netorder import ip_of
+from dataplane.maps.tuple4 import Tuple4Key, tuple_key
 
 CT_MAP = "np_ct"
 DIR_FWD = 0
@@ -28,18 +29,8 @@ CT_F_SNAT = 0x1
 CT_F_CLOSING = 0x2
 
 
-class NpCtKey(ct.Structure):
+class NpCtKey(Tuple4Key):
     """struct np_ct_key."""
-
-    _fields_ = (
-        ("saddr", ct.c_uint32),
-        ("daddr", ct.c_uint32),
-        ("sport", ct.c_uint16),
-        ("dport", ct.c_uint16),
-        ("proto", ct.c_uint8),
-        ("dir", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
-    )
 
 
 class NpCtEntry(ct.Structure):
@@ -88,14 +79,7 @@ class NpConnection:
 
 
 def make_key(direction: int, proto: int, saddr: str, daddr: str, sport: int, dport: int) -> NpCtKey:
-    return NpCtKey(
-        saddr=u32_of(saddr),
-        daddr=u32_of(daddr),
-        sport=socket.htons(sport),
-        dport=socket.htons(dport),
-        proto=proto,
-        dir=direction,
-    )
+    return tuple_key(NpCtKey, direction, proto, saddr, daddr, sport, dport)
 
 
 def decode(keys: np.ndarray, values: np.ndarray) -> list[NpConnection]:
