@@ -19,7 +19,7 @@ import numpy as np
 
 from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked, expires_before
 from dataplane.maps.netorder import ip_of, u32_of
-from dataplane.maps.tuple4 import Tuple4Key, tuple_key
+from dataplane.maps.tuple4 import Tuple4Key, key_fields, tuple_key
 
 NAT_DIR_OUT = 0  # pod -> outside, original tuple; value: node IP and NAT port
 NAT_DIR_IN = 1  # outside -> node IP:NAT port, reply tuple; value: pod IP and port
@@ -116,12 +116,7 @@ def make_entry(
 def decode(keys: np.ndarray, values: np.ndarray) -> list[NatMapping]:
     return [
         NatMapping(
-            direction=int(k["dir"]),
-            proto=int(k["proto"]),
-            saddr=ip_of(k["saddr"]),
-            daddr=ip_of(k["daddr"]),
-            sport=socket.ntohs(int(k["sport"])),
-            dport=socket.ntohs(int(k["dport"])),
+            **key_fields(k),
             to_addr=ip_of(v["addr"]),
             to_port=socket.ntohs(int(v["port"])),
             created_ns=int(v["created_ns"]),

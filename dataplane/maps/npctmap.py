@@ -20,7 +20,7 @@ import numpy as np
 
 from dataplane.maps.expiring import DictBacked, ExpiringMap, KernelBacked
 from dataplane.maps.netorder import ip_of
-from dataplane.maps.tuple4 import Tuple4Key, tuple_key
+from dataplane.maps.tuple4 import Tuple4Key, key_fields, tuple_key
 
 CT_MAP = "np_ct"
 DIR_FWD = 0
@@ -85,12 +85,7 @@ def make_key(direction: int, proto: int, saddr: str, daddr: str, sport: int, dpo
 def decode(keys: np.ndarray, values: np.ndarray) -> list[NpConnection]:
     return [
         NpConnection(
-            direction=int(k["dir"]),
-            proto=int(k["proto"]),
-            saddr=ip_of(k["saddr"]),
-            daddr=ip_of(k["daddr"]),
-            sport=socket.ntohs(int(k["sport"])),
-            dport=socket.ntohs(int(k["dport"])),
+            **key_fields(k),
             to_addr=ip_of(v["to_addr"]),
             to_port=socket.ntohs(int(v["to_port"])),
             nat_addr=ip_of(v["nat_addr"]),

@@ -3,7 +3,8 @@
 masquerade.c's `struct nat_key` and nodeport.c's `struct np_ct_key` are the same 16 bytes, like
 Cilium's ipv4_ct_tuple shared by its CT and NAT maps: {saddr, daddr, sport, dport, proto, dir},
 addresses and ports in network byte order as in the packet. Each table's module mirrors its C
-struct as a subclass of `Tuple4Key` (tests/maps prove the layout against the compiled program).
+struct as a subclass of `Tuple4Key` (tests/maps prove the layout against the compiled program)
+and builds and decodes keys with tuple_key() and key_fields().
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from dataplane.maps.netorder import u32_of
+import numpy as np
+
+from dataplane.maps.netorder import ip_of, u32_of
 
 K = TypeVar("K", bound="Tuple4Key")
 
@@ -48,3 +51,16 @@ def tuple_key(
         proto=proto,
         dir=direction,
     )
+
+
+def key_fields(k: np.void) -> dict[str, Any]:
+    """One dumped key (a record of the key's dtype) as decoded fields: direction, proto, the
+    addresses and the host-order ports."""
+    return {
+        "direction": int(k["dir"]),
+        "proto": int(k["proto"]),
+        "saddr": ip_of(k["saddr"]),
+        "daddr": ip_of(k["daddr"]),
+        "sport": socket.ntohs(int(k["sport"])),
+        "dport": socket.ntohs(int(k["dport"])),
+    }
