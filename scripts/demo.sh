@@ -40,8 +40,18 @@ step "reachability matrix of the two namespaces, TCP 8080 (rows: from, columns: 
 step "a service with two backends, load-balanced at the socket (no kube-proxy, no iptables)"
 "${FS[@]}" get services,endpointslices -n frontend -o wide
 for _ in 1 2 3 4 5 6; do
-  "${FS[@]}" lab probe "${be[0]}" web.frontend:80 || true
+  "${FS[@]}" lab probe "${be[0]}" web.frontend:80 || true  # the name through the cluster DNS
 done
+step "the datapath's own view of it on node-1 (what the socket-LB and NodePort maps hold)"
+"${FS[@]}" service list --node node-1
+step "the same service as a NodePort, at every node's address"
+mapfile -t node_ips < <("${FS[@]}" get nodes -o json | .venv/bin/python -c \
+  'import json,sys; [print(a["address"]) for n in json.load(sys.stdin)["items"] for a in n.get("status",{}).get("addresses",[]) if a.get("type")=="InternalIP"]')
+for ip in "${node_ips[@]}"; do
+  "${FS[@]}" lab probe "${be[0]}" "$ip:30080" || true
+done
+step "each translation as a flow: client -> service -> backend"
+"${FS[@]}" observe --last 4 --type trace-sock --namespace backend
 
 step "why: policy trace of an allowed and a denied connection"
 "${FS[@]}" policy trace --from "${fe[0]}" --to "${be[0]}" --port 8080 || true

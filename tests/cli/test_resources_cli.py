@@ -80,13 +80,9 @@ def test_apply_get_delete_round_trip(cli: CLI) -> None:
     ]
     row = svc.stdout.splitlines()[1].split()
     assert (
-        row[:2] == ["web", "ClusterIP"]
+        row[:2] == ["web", "NodePort"]
         and row[2].startswith("10.96.")
-        and row[3:5]
-        == [
-            "<none>",
-            "80/TCP",
-        ]
+        and row[3:5] == ["<none>", "80:30080/TCP"]  # kubectl's port:nodePort/protocol
     )
 
     as_json = json.loads(cli("get", "pod", "api-1", "-n", f"{ns}-be", "-o", "json").stdout)
