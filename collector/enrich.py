@@ -103,6 +103,10 @@ class Enricher:
         """The Service whose frontend is ip:port/proto (proto: the IP protocol number)."""
         return self.services.service_at(ip, port, proto) if self.services else None
 
+    def node_port(self, port: int, proto: int) -> Service | None:
+        """The Service of a NodePort, at whatever node address it was reached."""
+        return self.services.node_port(port, proto) if self.services else None
+
     def pod_ip(self, cgroup_id: int) -> str | None:
         """The IP of the local pod whose cgroup this is (None: no pod's, or not known)."""
         return self.pods.ip_of(cgroup_id) if self.pods else None

@@ -45,7 +45,9 @@ def translation_flow(
     proto = int(t.proto)
     vip, backend_ip = str(t.vip), str(t.backend_ip)
     client = enricher.pod_ip(t.cgroup_id)
-    service = enricher.service_at(vip, t.vport, proto)
+    # the socket LB translates ClusterIP and LoadBalancer addresses, and NodePorts at this node's
+    # own address (hairpin): an address that is no Service's frontend is the node's
+    service = enricher.service_at(vip, t.vport, proto) or enricher.node_port(t.vport, proto)
     xlate = ServiceTranslation(vip, t.vport, backend_ip, t.backend_port)
     time_ns = t.ktime_ns + wall_offset
     if links is not None and client is not None:

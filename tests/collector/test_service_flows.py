@@ -330,3 +330,14 @@ async def test_the_collector_drains_the_socket_lb_ring_before_the_datapath_one(
     ]
     assert collector.stats.sources["socket-lb"].records == 1
     assert np.dtype(LBEvent).itemsize == 56
+
+
+def test_a_translated_nodeport_at_the_nodes_own_address_names_its_service(tmp_path: Path) -> None:
+    enr = enricher(tmp_path)
+    cg = cgroup_id(tmp_path / "pod-a")
+    node_ip = IPv4Address("10.224.0.4")
+    flow = translation_flow(translation(cg, vip=node_ip, vport=30080), enr, "n", 0)
+    assert flow.destination_service == Service("web", "y")
+    assert (flow.ip.destination, flow.l4.destination_port) == (str(node_ip), 30080)
+    other = translation_flow(translation(cg, vip=node_ip, vport=30081), enr, "n", 0)
+    assert other.destination_service is None  # no NodePort 30081
