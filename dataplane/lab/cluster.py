@@ -22,6 +22,7 @@ from ipaddress import IPv4Network
 
 from dataplane.dns.resolvconf import DNS_SERVICE, dns_service_ip
 from dataplane.lab import daemons, fabric, netns, topology
+from dataplane.lab import kafka as lab_kafka
 from dataplane.lab.sandbox import Sandbox, remove_cgroup_tree
 from flowscope import clusterinfo
 from flowscope.apis.conditions import is_ready
@@ -47,6 +48,8 @@ class UpOptions:
     timeout: float = 60.0
     policy_audit_mode: bool = False  # cluster-wide: would-be policy drops pass as AUDIT
     policy_map_entries: int | None = None  # per endpoint; None: the datapath's default
+    kafka: bool = False  # also run a Kafka-protocol broker (Tansu) with the flowscope topics
+    kafka_partitions: int = lab_kafka.DEFAULT_PARTITIONS
 
 
 def _free_port() -> int:
@@ -133,6 +136,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     info = existing or _start_store(paths, plan, progress, opts)
     if existing is None:
         clusterinfo.save(info)
+    info = _ensure_kafka(info, opts, progress)
     asyncio.run(_seed(info))
 
     for daemon in [controller_daemon(paths), world_daemon(paths)]:
@@ -147,6 +151,23 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     asyncio.run(_wait_dns(info, opts.timeout, progress))
     progress(f"cluster {opts.name!r} is up ({time.monotonic() - started:.1f}s)")
     return info, existing is not None
+
+
+def _ensure_kafka(info: ClusterInfo, opts: UpOptions, progress: Progress) -> ClusterInfo:
+    """Start (or restart) the broker when asked to or when the cluster has one; before the
+    agents, so they find its bootstrap address in cluster.json when they start."""
+    recorded = lab_kafka.of(info)
+    if not opts.kafka and recorded is None:
+        return info
+    kafka = lab_kafka.start(info.paths, opts.kafka_partitions, recorded)
+    progress(
+        f"kafka: Tansu broker on {kafka.bootstrap}, topics {', '.join(kafka.topics)} "
+        f"({kafka.partitions} partitions)"
+    )
+    if kafka != recorded:
+        info = lab_kafka.with_kafka(info, kafka)
+        clusterinfo.save(info)
+    return info
 
 
 def _start_store(

@@ -43,7 +43,7 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
-def start(daemon: Daemon, env: dict[str, str] | None = None) -> int:
+def start(daemon: Daemon, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
     daemon.run_dir.mkdir(parents=True, exist_ok=True)
     with open(daemon.log, "ab") as log:
         proc = subprocess.Popen(
@@ -54,6 +54,7 @@ def start(daemon: Daemon, env: dict[str, str] | None = None) -> int:
             start_new_session=True,
             close_fds=True,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     daemon.pidfile.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
     return proc.pid

@@ -40,6 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="the most policy entries one endpoint may have (default 65536)",
     )
+    p.add_argument(
+        "--kafka",
+        action="store_true",
+        help="also run a Kafka-protocol broker (Tansu) on loopback with the flowscope topics",
+    )
+    p.add_argument(
+        "--kafka-partitions",
+        type=_positive,
+        default=3,
+        metavar="N",
+        help="partitions of each flowscope topic (with --kafka; default 3)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = lab_sub.add_parser("down", help="remove everything the cluster made")
@@ -108,6 +120,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         policy_audit_mode=args.policy_audit_mode,
         policy_map_entries=args.policy_map_entries,
+        kafka=args.kafka,
+        kafka_partitions=args.kafka_partitions,
     )
     info, was_up = cluster.up(opts, _say)
     if was_up:
@@ -141,6 +155,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         f"cluster {info.name}: ipam {info.ipam}, VNET {info.vnet_cidr}, "
         f"pod CIDR {info.pod_cidr or '(from the VNET)'}, store {info.etcd_url}"
     )
+    _print_kafka(info)
     print(f"\n{'NODE':<10} {'IP':<15} {'AGENT':<14} READY")
     for st in cluster.node_statuses(info, nodes):
         agent = f"pid {st.agent_pid}" if st.agent_pid else "DOWN"
@@ -154,6 +169,20 @@ async def cmd_status(args: argparse.Namespace) -> int:
             f"{status.get('podIP', '<none>'):<15} {status.get('phase', 'Pending')}"
         )
     return 0
+
+
+def _print_kafka(info: clusterinfo.ClusterInfo) -> None:
+    from dataplane.lab import daemons
+    from dataplane.lab import kafka as lab_kafka
+
+    kafka = lab_kafka.of(info)
+    if kafka is None:
+        return
+    pid = daemons.pid_of(info.paths.run_dir / f"{lab_kafka.DAEMON_NAME}.pid")
+    print(
+        f"kafka {kafka.bootstrap} ({f'pid {pid}' if pid else 'DOWN'}): "
+        f"topics {', '.join(kafka.topics)}, {kafka.partitions} partitions"
+    )
 
 
 def _split_pod(ref: str) -> tuple[str, str]:
