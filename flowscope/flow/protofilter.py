@@ -1,0 +1,479 @@
+"""Hubble's flow filters (flowscope.flow.v1.FlowFilter messages) as predicates over our Flow.
+
+Hubble's rules: within one FlowFilter every field that is set must match (AND), and a field
+matches when any of its values does; a list of FlowFilters matches when any of them does (OR). A
+GetFlows request sends a flow when it matches the whitelist (or there is none) and does not match
+the blacklist. Lost events always pass, as in flowscope.flow.filter: a reader must learn that it
+missed something, whatever it asked for.
+
+Differences from Hubble, on purpose:
+- a pod or service without a namespace ("web-") matches in any namespace (Hubble's server wants
+  the empty namespace; its CLI adds "default/"), as `observe --pod` does here;
+- label selector keys take Cilium's source prefix with a colon ("k8s:app=web"); a key without
+  one matches the label from any source;
+- fields flowscope does not observe yet (L7: http_*, dns_query, *_fqdn, and the L7 protocols) are
+  refused with FilterError naming the field instead of silently matching nothing.
+
+compile_selection() raises FilterError (a ValueError) whose message starts with the offending
+field's path, e.g. "whitelist[0].source_ip[1]: ...".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flowscope.flow.model import SCTP, TCP, UDP, Endpoint, Flow, ICMPv4, ICMPv6, Record, Service
+from flowscope.proto import flow_pb2
+
+Predicate = Callable[[Flow], bool]
+
+_TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
+_UNSUPPORTED = {
+    "source_fqdn",
+    "destination_fqdn",
+    "http_status_code",
+    "dns_query",
+    "http_method",
+    "http_path",
+}
+_L7_PROTOCOLS = {"http", "dns", "kafka"}
+_L4_PROTOCOLS: dict[str, tuple[type, ...]] = {
+    "tcp": (TCP,),
+    "udp": (UDP,),
+    "sctp": (SCTP,),
+    "icmp": (ICMPv4, ICMPv6),
+    "icmpv4": (ICMPv4,),
+    "icmpv6": (ICMPv6,),
+}
+
+
+class FilterError(ValueError):
+    """A filter that cannot be used; `field` is the path of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """One FlowFilter: every predicate must hold."""
+
+    predicates: tuple[Predicate, ...]
+
+    def matches(self, flow: Flow) -> bool:
+        return all(p(flow) for p in self.predicates)
+
+
+@dataclass(frozen=True)
+class FlowSelection:
+    """A request's whitelist and blacklist; `matches` is what a FlowStream follower calls."""
+
+    whitelist: tuple[CompiledFilter, ...] = ()
+    blacklist: tuple[CompiledFilter, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.whitelist or self.blacklist)
+
+    def matches(self, record: Record) -> bool:
+        if not isinstance(record, Flow):
+            return True
+        if self.whitelist and not any(f.matches(record) for f in self.whitelist):
+            return False
+        return not any(f.matches(record) for f in self.blacklist)
+
+
+def compile_selection(
+    whitelist: Iterable[flow_pb2.FlowFilter] = (),
+    blacklist: Iterable[flow_pb2.FlowFilter] = (),
+) -> FlowSelection:
+    """The selection a GetFlowsRequest's lists ask for; FilterError naming the bad field."""
+    return FlowSelection(
+        tuple(compile_filter(f, f"whitelist[{i}]") for i, f in enumerate(whitelist)),
+        tuple(compile_filter(f, f"blacklist[{i}]") for i, f in enumerate(blacklist)),
+    )
+
+
+def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFilter:
+    """One FlowFilter as a predicate; FilterError naming the field (under `path`)."""
+    predicates = []
+    # ListFields: only the fields set, so a field added to the schema later is refused below
+    for fd, values in msg.ListFields():
+        name = fd.name
+        where = f"{path}.{name}"
+        if name in _UNSUPPORTED:
+            raise FilterError(where, "not supported yet (flowscope observes no L7 or DNS data)")
+        build = _BUILDERS.get(name)
+        if build is None:
+            raise FilterError(where, "not supported yet")
+        predicates.append(build(list(values), where))
+    return CompiledFilter(tuple(predicates))
+
+
+# --- one builder per field: (values, field path) -> predicate ------------------------------------
+
+
+def _each(values: Sequence[Any], where: str, parse: Callable[[Any], Any]) -> list[Any]:
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(parse(v))
+        except ValueError as exc:
+            raise FilterError(f"{where}[{i}]", str(exc)) from None
+    return out
+
+
+def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        # strict=False: "10.0.1.5/24" means the /24 it is in, as Go's ParseCIDR reads it
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR") from None
+
+
+def _ip(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        nets = _each(values, where, _parse_network)
+
+        def match(flow: Flow) -> bool:
+            if flow.ip is None:
+                return False
+            text = getattr(flow.ip, end)
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                return False
+            return any(addr in net for net in nets)
+
+        return match
+
+    return build
+
+
+def _parse_namespaced(text: str) -> tuple[str | None, str]:
+    if not text:
+        raise ValueError("empty; use [NAMESPACE/][NAME-PREFIX]")
+    ns, sep, prefix = text.partition("/")
+    if sep and not ns:
+        raise ValueError(f"{text!r}: empty namespace; use [NAMESPACE/][NAME-PREFIX]")
+    return (ns if sep else None), prefix
+
+
+def _namespaced_matches(
+    patterns: Sequence[tuple[str | None, str]], namespace: str, name: str
+) -> bool:
+    if not namespace and not name:
+        return False
+    return any(
+        (ns is None or ns == namespace) and name.startswith(prefix) for ns, prefix in patterns
+    )
+
+
+def _pod(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        patterns = _each(values, where, _parse_namespaced)
+
+        def match(flow: Flow) -> bool:
+            ep: Endpoint | None = getattr(flow, end)
+            return ep is not None and _namespaced_matches(patterns, ep.namespace, ep.pod_name)
+
+        return match
+
+    return build
+
+
+def _service(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        patterns = _each(values, where, _parse_namespaced)
+
+        def match(flow: Flow) -> bool:
+            svc: Service | None = getattr(flow, f"{end}_service")
+            return svc is not None and _namespaced_matches(patterns, svc.namespace, svc.name)
+
+        return match
+
+    return build
+
+
+# --- label selectors (Kubernetes syntax) ---------------------------------------------------------
+
+_KEY = r"[A-Za-z0-9_.\-/:]+"
+_VALUE = r"[A-Za-z0-9_.\-]*"
+_EXISTS = re.compile(rf"^(!?)\s*({_KEY})$")
+_EQUALS = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*({_VALUE})$")
+_SET = re.compile(rf"^({_KEY})\s+(in|notin)\s*\(([^()]*)\)$")
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    source: str | None  # Cilium label source ("k8s"); None or "any": any source
+    key: str
+    op: str  # exists, !exists, in, notin
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Sequence[tuple[str, str, str]]) -> bool:
+        found = [
+            value
+            for source, key, value in labels
+            if key == self.key and self.source in (None, "any", source)
+        ]
+        if self.op == "exists":
+            return bool(found)
+        if self.op == "!exists":
+            return not found
+        hit = any(v in self.values for v in found)
+        return hit if self.op == "in" else not hit
+
+
+def _split_requirements(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def _key(raw: str) -> tuple[str | None, str]:
+    source, sep, key = raw.partition(":")
+    if not sep:
+        return None, raw
+    if not source or not key:
+        raise ValueError(f"{raw!r} is not a label key; use KEY or SOURCE:KEY")
+    return source, key
+
+
+def parse_selector(text: str) -> tuple[_Requirement, ...]:
+    """A Kubernetes label selector ("app=web,tier in (a,b),!canary"); ValueError saying why."""
+    if not text.strip():
+        raise ValueError("empty label selector")
+    reqs = []
+    for part in _split_requirements(text):
+        if m := _SET.match(part):
+            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
+            if not values:
+                raise ValueError(f"{part!r}: no values in the set")
+            reqs.append(_Requirement(*_key(m.group(1)), m.group(2), values))
+        elif m := _EQUALS.match(part):
+            op = "notin" if m.group(2) == "!=" else "in"
+            reqs.append(_Requirement(*_key(m.group(1)), op, frozenset([m.group(3)])))
+        elif m := _EXISTS.match(part):
+            op = "!exists" if m.group(1) else "exists"
+            reqs.append(_Requirement(*_key(m.group(2)), op))
+        else:
+            raise ValueError(f"{part!r} in {text!r} is not a label selector requirement")
+    return tuple(reqs)
+
+
+def _split_label(label: str) -> tuple[str, str, str]:
+    """Cilium's "k8s:app=web" as (source, key, value); a label without source has none."""
+    source, sep, rest = label.partition(":")
+    if not sep:
+        source, rest = "", label
+    key, _, value = rest.partition("=")
+    return source, key, value
+
+
+def _label(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        selectors = _each(values, where, parse_selector)
+
+        def match(flow: Flow) -> bool:
+            ep: Endpoint | None = getattr(flow, end)
+            if ep is None:
+                return False
+            labels = [_split_label(lbl) for lbl in ep.labels]
+            return any(all(r.matches(labels) for r in sel) for sel in selectors)
+
+        return match
+
+    return build
+
+
+# --- scalar fields -------------------------------------------------------------------------------
+
+
+def _identity(end: str) -> Callable[[Sequence[int], str], Predicate]:
+    def build(values: Sequence[int], where: str) -> Predicate:
+        wanted = frozenset(values)
+
+        def match(flow: Flow) -> bool:
+            ep: Endpoint | None = getattr(flow, end)
+            return ep is not None and ep.identity in wanted
+
+        return match
+
+    return build
+
+
+def _workload(end: str) -> Callable[[Sequence[flow_pb2.Workload], str], Predicate]:
+    def build(values: Sequence[flow_pb2.Workload], where: str) -> Predicate:
+        wanted = [(w.name, w.kind) for w in values]
+        for i, (name, kind) in enumerate(wanted):
+            if not name and not kind:
+                raise FilterError(f"{where}[{i}]", "set name, kind or both")
+
+        def match(flow: Flow) -> bool:
+            ep: Endpoint | None = getattr(flow, end)
+            return ep is not None and any(
+                (not name or w.name == name) and (not kind or w.kind == kind)
+                for w in ep.workloads
+                for name, kind in wanted
+            )
+
+        return match
+
+    return build
+
+
+def _parse_port(text: str) -> int:
+    try:
+        port = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+def _port(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        ports = frozenset(_each(values, where, _parse_port))
+
+        def match(flow: Flow) -> bool:
+            l4 = flow.l4
+            return isinstance(l4, TCP | UDP | SCTP) and getattr(l4, f"{end}_port") in ports
+
+        return match
+
+    return build
+
+
+def _parse_protocol(text: str) -> tuple[type, ...]:
+    name = text.strip().lower()
+    if name in _L7_PROTOCOLS:
+        raise ValueError(f"{text!r}: L7 protocols are not supported yet (no L7 flows here)")
+    classes = _L4_PROTOCOLS.get(name)
+    if classes is None:
+        raise ValueError(f"{text!r} is not a protocol; use one of {', '.join(_L4_PROTOCOLS)}")
+    return classes
+
+
+def _protocol(values: Sequence[str], where: str) -> Predicate:
+    classes = tuple(c for group in _each(values, where, _parse_protocol) for c in group)
+    return lambda flow: isinstance(flow.l4, classes)
+
+
+def _tcp_flags(values: Sequence[flow_pb2.TCPFlags], where: str) -> Predicate:
+    wanted = []
+    for i, msg in enumerate(values):
+        names = tuple(n for n in _TCP_FLAG_NAMES if getattr(msg, n))
+        if not names:
+            raise FilterError(f"{where}[{i}]", "no flag set")
+        wanted.append(names)
+
+    def match(flow: Flow) -> bool:
+        l4 = flow.l4
+        if not isinstance(l4, TCP) or l4.flags is None:
+            return False
+        # a flow matches a filter value when it has every flag that value sets
+        return any(all(getattr(l4.flags, n) for n in names) for names in wanted)
+
+    return match
+
+
+def _parse_node_pattern(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty node name pattern")
+    return text.strip()
+
+
+def _node_name(values: Sequence[str], where: str) -> Predicate:
+    patterns = _each(values, where, _parse_node_pattern)
+    return lambda flow: any(fnmatch.fnmatchcase(flow.node_name, p) for p in patterns)
+
+
+def _enum_field(attr: str, enum_type: Any) -> Callable[[Sequence[int], str], Predicate]:
+    def build(values: Sequence[int], where: str) -> Predicate:
+        for i, v in enumerate(values):
+            if v not in enum_type.values():
+                raise FilterError(f"{where}[{i}]", f"{v} is not a {enum_type.DESCRIPTOR.name}")
+        wanted = frozenset(values)
+        return lambda flow: int(_attr_of(flow, attr)) in wanted
+
+    return build
+
+
+def _attr_of(flow: Flow, attr: str) -> int:
+    if attr == "ip_version":
+        return int(flow.ip.ip_version) if flow.ip is not None else 0
+    return int(getattr(flow, attr))
+
+
+def _reply(values: Sequence[bool], where: str) -> Predicate:
+    wanted = frozenset(values)
+
+    def match(flow: Flow) -> bool:
+        # Hubble's rule: a drop not known to be a reply counts as not a reply (old clients read
+        # the deprecated `reply` field, always false for drops); otherwise unknown matches nothing
+        if flow.is_reply is None:
+            return flow.verdict == flow_pb2.DROPPED and False in wanted
+        return flow.is_reply in wanted
+
+    return match
+
+
+def _event_type(values: Sequence[flow_pb2.EventTypeFilter], where: str) -> Predicate:
+    wanted = [(f.type, f.sub_type if f.match_sub_type else None) for f in values]
+
+    def match(flow: Flow) -> bool:
+        ev = flow.event_type
+        return ev is not None and any(
+            ev.type == t and (sub is None or ev.sub_type == sub) for t, sub in wanted
+        )
+
+    return match
+
+
+def _uuid(values: Sequence[str], where: str) -> Predicate:
+    wanted = frozenset(values)
+    return lambda flow: flow.uuid in wanted
+
+
+_BUILDERS: dict[str, Callable[[Sequence[Any], str], Predicate]] = {
+    "uuid": _uuid,
+    "source_ip": _ip("source"),
+    "destination_ip": _ip("destination"),
+    "source_pod": _pod("source"),
+    "destination_pod": _pod("destination"),
+    "source_label": _label("source"),
+    "destination_label": _label("destination"),
+    "source_service": _service("source"),
+    "destination_service": _service("destination"),
+    "source_workload": _workload("source"),
+    "destination_workload": _workload("destination"),
+    "source_identity": _identity("source"),
+    "destination_identity": _identity("destination"),
+    "traffic_direction": _enum_field("traffic_direction", flow_pb2.TrafficDirection),
+    "verdict": _enum_field("verdict", flow_pb2.Verdict),
+    "drop_reason_desc": _enum_field("drop_reason", flow_pb2.DropReason),
+    "ip_version": _enum_field("ip_version", flow_pb2.IPVersion),
+    "event_type": _event_type,
+    "protocol": _protocol,
+    "source_port": _port("source"),
+    "destination_port": _port("destination"),
+    "reply": _reply,
+    "tcp_flags": _tcp_flags,
+    "node_name": _node_name,
+}
