@@ -1,0 +1,323 @@
+"""A node's Observer gRPC service (flowscope.observer.v1, Hubble's API) over its FlowStream.
+
+GetFlows sends the held records the request selects, then with `follow` the new ones as they
+come; ServerStatus and GetNodes describe this node's ring. Filters are Hubble's whitelist and
+blacklist (flowscope.flow.protofilter); a bad request ends with INVALID_ARGUMENT naming the field.
+
+History (Hubble's reading of a request):
+- `number` N: the newest N selected records; with `first`, the oldest N (not with follow);
+- `since` / `until`: only records in that time window (both inclusive);
+- number 0: every selected record, except with follow and no `since`: then only new ones, as
+  `hubble observe -f` expects.
+With follow and `until`, the stream ends when the clock passes `until`. Lost events pass every
+filter (a reader must learn that it missed something) but not the time window.
+
+A follower is the FlowStream's own bounded Follower: the collector never waits for a slow client;
+what the client's queue could not hold arrives as a LostEvent (OBSERVER_EVENTS_QUEUE) in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from collector.flowstream import FlowStream, _remove_stale
+from collector.ring import RingEntry
+from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record
+from flowscope.flow.protoconv import record_to_response
+from flowscope.flow.protofilter import FilterError, FlowSelection, compile_selection
+from flowscope.proto import flow_pb2, observer_pb2, observer_pb2_grpc
+
+SOCKET_NAME = "observer.sock"
+_YIELD_EVERY = 256  # history records sent between yields to the event loop
+
+
+def _version() -> str:
+    try:
+        return metadata.version("flowscope")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    """What a GetFlowsRequest asks of the held records and of the live ones."""
+
+    number: int
+    first: bool
+    follow: bool
+    since_ns: int | None
+    until_ns: int | None
+    selection: FlowSelection
+    field_mask: field_mask_pb2.FieldMask | None
+
+    def in_window(self, record: Record) -> bool:
+        t = record.time_ns
+        if self.since_ns is not None and t < self.since_ns:
+            return False
+        return self.until_ns is None or t <= self.until_ns
+
+    def wants(self, record: Record) -> bool:
+        return self.in_window(record) and self.selection.matches(record)
+
+    @property
+    def history_wanted(self) -> bool:
+        return not (self.follow and self.number == 0 and self.since_ns is None)
+
+
+def parse_request(req: observer_pb2.GetFlowsRequest) -> HistoryRequest:
+    """The request, checked; ValueError (FilterError for filters) naming the field."""
+    if req.first and req.follow:
+        raise ValueError("first: not with follow (the oldest flows are not a live stream)")
+    since = req.since.ToNanoseconds() if req.HasField("since") else None
+    until = req.until.ToNanoseconds() if req.HasField("until") else None
+    if since is not None and until is not None and until < since:
+        raise ValueError("until: before since")
+    mask = None
+    if req.HasField("field_mask") and req.field_mask.paths:
+        if not req.field_mask.IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR):
+            bad = [
+                p
+                for p in req.field_mask.paths
+                if not field_mask_pb2.FieldMask(paths=[p]).IsValidForDescriptor(
+                    flow_pb2.Flow.DESCRIPTOR
+                )
+            ]
+            raise ValueError(f"field_mask: {', '.join(bad)} not a Flow field path")
+        mask = req.field_mask
+    return HistoryRequest(
+        number=req.number,
+        first=req.first,
+        follow=req.follow,
+        since_ns=since,
+        until_ns=until,
+        selection=compile_selection(req.whitelist, req.blacklist),
+        field_mask=mask,
+    )
+
+
+def select_history(entries: list[RingEntry], request: HistoryRequest) -> list[RingEntry]:
+    """The held entries (oldest first) the request sends before any live ones."""
+    if not request.history_wanted:
+        return []
+    n = request.number or None
+    if request.first:
+        picked = []
+        for entry in entries:
+            if request.wants(entry.record):
+                picked.append(entry)
+                if n is not None and len(picked) >= n:
+                    break
+        return picked
+    picked = []
+    for entry in reversed(entries):
+        if request.wants(entry.record):
+            picked.append(entry)
+            if n is not None and len(picked) >= n:
+                break
+    picked.reverse()
+    return picked
+
+
+class _LostTally:
+    """Totals of lost events by source, taken from the stream as a follower that keeps nothing.
+
+    FlowStream keeps no such totals; this tap sees every record published after it is attached
+    (through the same O(1) offer every follower gets) and the lost events still in the ring then.
+    """
+
+    def __init__(self, stream: FlowStream) -> None:
+        self.counts: Counter[int] = Counter()
+        for entry in stream.ring.last():
+            self.matches(entry.record)
+
+    def matches(self, record: Record) -> bool:
+        if isinstance(record, LostEvent):
+            self.counts[int(record.source)] += record.num_events_lost
+        return False  # never queue anything
+
+    def add(self, source: LostEventSource, count: int) -> None:
+        self.counts[int(source)] += count
+
+
+class ObserverService(observer_pb2_grpc.ObserverServicer):
+    """The Observer service of one node's FlowStream."""
+
+    def __init__(self, stream: FlowStream, *, address: str = "") -> None:
+        self.stream = stream
+        self.address = address
+        self.started_ns = time.time_ns()
+        self._started_mono = time.monotonic_ns()
+        self.lost = _LostTally(stream)
+        self._tap = stream.follow(self.lost)  # type: ignore[arg-type]  # duck-typed filter
+
+    def close(self) -> None:
+        self.stream.unfollow(self._tap)
+
+    def uptime_ns(self) -> int:
+        return time.monotonic_ns() - self._started_mono
+
+    async def GetFlows(
+        self, request: observer_pb2.GetFlowsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
+        try:
+            req = parse_request(request)
+        except ValueError as exc:  # FilterError too
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        stream = self.stream
+        # follow before taking the history, with no await in between: every record is in
+        # exactly one of the two
+        follower = stream.follow(req.selection) if req.follow else None  # type: ignore[arg-type]
+        try:
+            history = select_history(stream.ring.last(), req)
+            for i, entry in enumerate(history):
+                yield self._response(entry.record, req)
+                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+            if follower is None:
+                return
+            deadline = None
+            if req.until_ns is not None:
+                deadline = time.monotonic() + max(0, req.until_ns - time.time_ns()) / 1e9
+            while not follower.closed:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(follower.wakeup.wait(), timeout)
+                except TimeoutError:
+                    return
+                for item in follower.take():
+                    if isinstance(item, RingEntry):
+                        if req.in_window(item.record):
+                            yield self._response(item.record, req)
+                    else:
+                        self.lost.add(LostEventSource.OBSERVER_EVENTS_QUEUE, item.count)
+                        yield record_to_response(
+                            LostEvent.now(
+                                LostEventSource.OBSERVER_EVENTS_QUEUE,
+                                item.count,
+                                node_name=stream.node_name,
+                            )
+                        )
+        finally:
+            if follower is not None:
+                stream.unfollow(follower)
+
+    def _response(self, record: Record, req: HistoryRequest) -> observer_pb2.GetFlowsResponse:
+        resp = record_to_response(record)
+        if req.field_mask is not None and isinstance(record, Flow):
+            masked = flow_pb2.Flow()
+            req.field_mask.MergeMessage(resp.flow, masked)
+            resp.flow.CopyFrom(masked)
+        return resp
+
+    async def ServerStatus(
+        self, request: observer_pb2.ServerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> observer_pb2.ServerStatusResponse:
+        ring = self.stream.ring
+        return observer_pb2.ServerStatusResponse(
+            num_flows=len(ring),
+            max_flows=ring.capacity,
+            seen_flows=ring.seen,
+            uptime_ns=self.uptime_ns(),
+            version=_version(),
+            lost_events=[
+                flow_pb2.LostEvent(source=source, num_events_lost=count)
+                for source, count in sorted(self.lost.counts.items())
+                if count
+            ],
+        )
+
+    async def GetNodes(
+        self, request: observer_pb2.GetNodesRequest, context: grpc.aio.ServicerContext
+    ) -> observer_pb2.GetNodesResponse:
+        ring = self.stream.ring
+        node = observer_pb2.Node(
+            name=self.stream.node_name,
+            version=_version(),
+            address=self.address,
+            state=observer_pb2.NODE_CONNECTED,
+            uptime_ns=self.uptime_ns(),
+            num_flows=len(ring),
+            max_flows=ring.capacity,
+            seen_flows=ring.seen,
+        )
+        return observer_pb2.GetNodesResponse(nodes=[node])
+
+
+class ObserverServer:
+    """A running Observer on a Unix socket; `close()` stops it and removes the socket."""
+
+    def __init__(self, stream: FlowStream, path: Path) -> None:
+        self.path = path
+        self.service = ObserverService(stream, address=f"unix:{path}")
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.path)
+        server = grpc.aio.server()
+        observer_pb2_grpc.add_ObserverServicer_to_server(self.service, server)
+        # gRPC creates the socket itself: a umask makes it 0600 from the start, so no one can
+        # connect before the chmod (umask is process-wide, hence only around the bind)
+        old = os.umask(0o177)
+        try:
+            bound = server.add_insecure_port(f"unix:{self.path}")
+        finally:
+            os.umask(old)
+        if not bound:
+            raise OSError(f"could not listen on {self.path}")
+        try:
+            os.chmod(self.path, 0o600)
+            await server.start()
+        except BaseException:
+            await server.stop(None)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            raise
+        self._server = server
+
+    async def close(self, grace: float | None = None) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        self.service.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def __aenter__(self) -> ObserverServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_observer(stream: FlowStream, socket_path: Path | str) -> ObserverServer:
+    """Serve `stream`'s Observer API at `socket_path` (mode 0600); returns the running server."""
+    server = ObserverServer(stream, Path(socket_path))
+    await server.start()
+    return server
+
+
+__all__ = [
+    "SOCKET_NAME",
+    "FilterError",
+    "HistoryRequest",
+    "ObserverServer",
+    "ObserverService",
+    "parse_request",
+    "select_history",
+    "serve_observer",
+]
