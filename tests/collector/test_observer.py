@@ -250,3 +250,27 @@ async def test_socket_is_private_and_a_stale_one_is_replaced(sock_dir: Path) -> 
     finally:
         await server.close()
     assert not path.exists()
+
+
+async def test_follow_with_a_past_until_ends_after_the_history(observed) -> None:
+    stream, _, stub = observed
+    got = await asyncio.wait_for(get(stub, follow=True, since=ts(3), until=ts(5)), 5)
+    assert seconds(got) == [3, 4, 5]
+    assert stream.followers == 1  # only the lost-event tally
+
+
+async def test_closing_the_server_ends_live_streams(sock_dir: Path) -> None:
+    stream = FlowStream(10, node_name=NODE)
+    server = await serve_observer(stream, sock_dir / "observer.sock")
+    async with grpc.aio.insecure_channel(f"unix:{server.path}") as channel:
+        stub = observer_pb2_grpc.ObserverStub(channel)
+        reading = asyncio.ensure_future(get(stub, follow=True))
+        for _ in range(100):
+            if stream.followers == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.followers == 2
+        await server.close()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(reading, 5)
+    assert stream.followers == 0 and not server.path.exists()
