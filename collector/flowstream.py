@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from collector.ring import FlowRing, RingEntry
 from flowscope.flow.filter import FlowFilter
@@ -108,10 +108,17 @@ class _Missed:
         self.count = 1
 
 
+class Matcher(Protocol):
+    """What a follower selects records with: observe's FlowFilter, the Observer API's
+    FlowSelection (flowscope.flow.protofilter), or anything else that answers matches()."""
+
+    def matches(self, record: Record) -> bool: ...
+
+
 class Follower:
     """One following reader: a bounded queue of what it has yet to be sent."""
 
-    def __init__(self, filter: FlowFilter, limit: int) -> None:
+    def __init__(self, filter: Matcher, limit: int) -> None:
         self.filter = filter
         self.limit = limit
         self.queue: deque[RingEntry | _Missed] = deque()
@@ -181,7 +188,7 @@ class FlowStream:
         for follower in self._followers:
             follower.offer(entry)
 
-    def follow(self, filter: FlowFilter) -> Follower:
+    def follow(self, filter: Matcher) -> Follower:
         follower = Follower(filter, self.client_queue)
         self._followers.add(follower)
         return follower
@@ -213,7 +220,7 @@ class FlowServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.path)
+        remove_stale(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(self.path))
@@ -307,7 +314,7 @@ async def serve_flows(stream: FlowStream, socket_path: Path | str) -> FlowServer
     return server
 
 
-def _remove_stale(path: Path) -> None:
+def remove_stale(path: Path) -> None:
     """Remove a socket left by a dead server; refuse to take over a live one."""
     if not path.exists():
         return

@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import field_mask_pb2
 
-from collector.flowstream import FlowStream, _remove_stale
+from collector.flowstream import FlowStream, remove_stale
 from collector.ring import RingEntry
 from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record
 from flowscope.flow.protoconv import record_to_response
@@ -159,7 +159,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.started_ns = time.time_ns()
         self._started_mono = time.monotonic_ns()
         self.lost = _LostTally(stream)
-        self._tap = stream.follow(self.lost)  # type: ignore[arg-type]  # duck-typed filter
+        self._tap = stream.follow(self.lost)
 
     def close(self) -> None:
         self.stream.unfollow(self._tap)
@@ -178,7 +178,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         stream = self.stream
         # follow before taking the history, with no await in between: every record is in
         # exactly one of the two
-        follower = stream.follow(req.selection) if req.follow else None  # type: ignore[arg-type]
+        follower = stream.follow(req.selection) if req.follow else None
         try:
             history = select_history(stream.ring.last(), req)
             for i, entry in enumerate(history):
@@ -267,7 +267,7 @@ class ObserverServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.path)
+        remove_stale(self.path)
         server = grpc.aio.server()
         observer_pb2_grpc.add_ObserverServicer_to_server(self.service, server)
         # gRPC creates the socket itself: a umask makes it 0600 from the start, so no one can
