@@ -32,16 +32,21 @@ SOCKET_KINDS = frozenset({"ClusterIP", "LoadBalancer"})  # what a pod's socket m
 SOCKET_PROTOCOLS = frozenset({"TCP", "UDP"})  # what the socket programs translate
 
 
+def _socket_service(f: Frontend, vip: str) -> Service:
+    """One frontend as the socket LB maps hold it, at address `vip`."""
+    return Service(
+        vip=vip,
+        port=f.key.port,
+        proto=f.key.protocol,
+        backends=tuple(Backend(b.ip, b.port) for b in f.backends),
+        affinity_timeout=f.affinity_timeout or None,
+    )
+
+
 def socket_services(frontends: tuple[Frontend, ...]) -> list[Service]:
     """The plan's frontends a pod socket can reach, as the socket LB maps hold them."""
     return [
-        Service(
-            vip=f.key.address,
-            port=f.key.port,
-            proto=f.key.protocol,
-            backends=tuple(Backend(b.ip, b.port) for b in f.backends),
-            affinity_timeout=f.affinity_timeout or None,
-        )
+        _socket_service(f, f.key.address)
         for f in frontends
         if f.key.kind in SOCKET_KINDS and f.key.protocol in SOCKET_PROTOCOLS
     ]
@@ -67,13 +72,7 @@ def nodeport_services(frontends: tuple[Frontend, ...], node: str) -> list[NodePo
 def nodeport_socket_services(frontends: tuple[Frontend, ...], node_ip: str) -> list[Service]:
     """The NodePort frontends at this node's own IP, for pod sockets (hairpin through the node)."""
     return [
-        Service(
-            vip=node_ip,
-            port=f.key.port,
-            proto=f.key.protocol,
-            backends=tuple(Backend(b.ip, b.port) for b in f.backends),
-            affinity_timeout=f.affinity_timeout or None,
-        )
+        _socket_service(f, node_ip)
         for f in frontends
         if f.key.kind == "NodePort" and f.key.protocol in SOCKET_PROTOCOLS
     ]
