@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from dataplane.maps.bpfmap import BpfMap, MapError
 from dataplane.maps.netorder import ip_of, u32_of
@@ -244,27 +245,35 @@ def _proto(value: Proto | int | str) -> Proto:
 def validate(svc: Service) -> None:
     """Raise MapError naming the field of `svc` the maps cannot hold."""
     where = f"service {svc.frontend}"
-    if not 0 < svc.port <= 0xFFFF:
-        raise MapError(f"{where} port: {svc.port} is not in 1-65535")
     if svc.vip.is_unspecified:
         raise MapError(f"{where} vip: 0.0.0.0 cannot be a service address")
-    if svc.affinity_timeout is not None and not 0 < svc.affinity_timeout <= MAX_AFFINITY_TIMEOUT:
+    validate_frontend(where, svc.port, svc.affinity_timeout, svc.backends)
+
+
+def validate_frontend(
+    where: str, port: int, affinity_timeout: int | None, backends: Sequence[Any]
+) -> None:
+    """The checks every load-balancer frontend shares (socket LB and NodePort): its port, its
+    affinity timeout, and backends (anything with `ip` and `port`) the slots can hold."""
+    if not 0 < port <= 0xFFFF:
+        raise MapError(f"{where} port: {port} is not in 1-65535")
+    if affinity_timeout is not None and not 0 < affinity_timeout <= MAX_AFFINITY_TIMEOUT:
         raise MapError(
-            f"{where} affinity_timeout: {svc.affinity_timeout} is not in 1-{MAX_AFFINITY_TIMEOUT}"
+            f"{where} affinity_timeout: {affinity_timeout} is not in 1-{MAX_AFFINITY_TIMEOUT}"
             " seconds",
             hint="Kubernetes' default for ClientIP affinity is 10800",
         )
-    if len(svc.backends) > MAX_SLOTS:
-        raise MapError(f"{where} backends: {len(svc.backends)} is more than {MAX_SLOTS}")
-    seen: set[Backend] = set()
-    for i, b in enumerate(svc.backends):
+    if len(backends) > MAX_SLOTS:
+        raise MapError(f"{where} backends: {len(backends)} is more than {MAX_SLOTS}")
+    seen: set[tuple[IPv4Address, int]] = set()
+    for i, b in enumerate(backends):
         if not 0 < b.port <= 0xFFFF:
             raise MapError(f"{where} backends[{i}].port: {b.port} is not in 1-65535")
         if b.ip.is_unspecified:
             raise MapError(f"{where} backends[{i}].ip: 0.0.0.0 is not a backend address")
-        if b in seen:
-            raise MapError(f"{where} backends[{i}]: {b} is listed twice")
-        seen.add(b)
+        if (b.ip, b.port) in seen:
+            raise MapError(f"{where} backends[{i}]: {b.ip}:{b.port} is listed twice")
+        seen.add((b.ip, b.port))
 
 
 def svc_key(fe: Frontend, slot: int = 0) -> SvcKey:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from dataplane.maps.bpfmap import MapError
-from dataplane.maps.lbmap import MAX_AFFINITY_TIMEOUT, FakeTable, Proto, Table, _proto
+from dataplane.maps.lbmap import FakeTable, Proto, Table, _proto, validate_frontend
 from dataplane.maps.maglevmap import LAYOUT as MAGLEV_LAYOUT
 from dataplane.maps.maglevmap import MAGLEV_MAP, TABLE_SIZE, MaglevMap
 from dataplane.maps.netorder import ip_of, u32_of
@@ -34,7 +34,6 @@ SVC_F_LOCAL = 0x1
 SVC_F_MAGLEV = 0x2
 SVC_F_AFFINITY = 0x4
 BE_F_REMOTE = 0x1
-MAX_SLOTS = 0xFFFF
 MAX_SERVICE_ID = 0xFFFFFFFF
 
 
@@ -111,26 +110,9 @@ class NodePortService:
 def validate(svc: NodePortService) -> None:
     """Raise MapError naming the field the maps cannot hold."""
     where = str(svc)
-    if not 0 < svc.port <= 0xFFFF:
-        raise MapError(f"{where} port: {svc.port} is not in 1-65535")
-    if svc.affinity_timeout is not None and not 0 < svc.affinity_timeout <= MAX_AFFINITY_TIMEOUT:
-        raise MapError(
-            f"{where} affinity_timeout: {svc.affinity_timeout} is not in "
-            f"1-{MAX_AFFINITY_TIMEOUT} seconds"
-        )
-    if len(svc.backends) > MAX_SLOTS:
-        raise MapError(f"{where} backends: {len(svc.backends)} is more than {MAX_SLOTS}")
+    validate_frontend(where, svc.port, svc.affinity_timeout, svc.backends)
     if svc.maglev and len(svc.backends) > TABLE_SIZE:
         raise MapError(f"{where} backends: more than the Maglev table's {TABLE_SIZE} slots")
-    seen: set[tuple[IPv4Address, int]] = set()
-    for i, b in enumerate(svc.backends):
-        if not 0 < b.port <= 0xFFFF:
-            raise MapError(f"{where} backends[{i}].port: {b.port} is not in 1-65535")
-        if b.ip.is_unspecified:
-            raise MapError(f"{where} backends[{i}].ip: 0.0.0.0 is not a backend address")
-        if (b.ip, b.port) in seen:
-            raise MapError(f"{where} backends[{i}]: {b.name} is listed twice")
-        seen.add((b.ip, b.port))
 
 
 def svc_key(port: int, proto: Proto, slot: int = 0) -> NpSvcKey:
