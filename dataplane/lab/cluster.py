@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from pathlib import Path
 
 from dataplane.dns.resolvconf import DNS_SERVICE, dns_service_ip
 from dataplane.lab import daemons, fabric, netns, topology
@@ -311,12 +312,45 @@ async def _wait_dns(info: ClusterInfo, timeout: float, progress: Progress) -> No
                 progress(f"cluster DNS answers at {want} ({len(pods)} pods)")
                 return
             if time.monotonic() > deadline:
+                silent = [p for p in pods if p not in answering]
                 raise FlowscopeError(
                     f"the cluster DNS did not answer within {timeout:.0f}s "
-                    f"({len(answering)}/{len(pods)} DNS pods answering)",
+                    f"({len(answering)}/{len(pods)} DNS pods answering)"
+                    + "".join(_dns_pod_diagnosis(info, p, ready_ips) for p in silent),
                     hint=f"read the pod logs under {info.paths.run_dir}/nodes/*/logs",
                 )
             await asyncio.sleep(0.1)
+
+
+def _dns_pod_diagnosis(info: ClusterInfo, pod: dict, ready_ips: set[str]) -> str:
+    """Why one DNS pod does not count as answering, with the end of its log: a lab that
+    failed to come up is often gone (a CI clean-up) before anyone reads its files."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip:
+        why = f"no pod IP yet (phase {status.get('phase', 'unknown')})"
+    elif ip not in ready_ips:
+        why = f"{ip} is not a ready endpoint of the DNS service"
+    else:
+        why = f"no answer at {ip}:53"
+    node = (pod.get("spec") or {}).get("nodeName", "")
+    if not node:
+        return f"\n  {meta['name']}: not scheduled"
+    pod_logs = info.paths.node_dir(node) / "logs"
+    agent_log = agent_daemon(info.paths, node).log
+    lines: list[str] = []
+    for log_file in sorted(pod_logs.glob(f"{meta['namespace']}_{meta['name']}_*.log")):
+        lines += _read_lines(log_file)[-8:]
+    lines += [line for line in _read_lines(agent_log) if meta["name"] in line][-5:]
+    shown = "".join(f"\n    | {line}" for line in lines) or "\n    | (nothing logged)"
+    return f"\n  {meta['name']} on {node}: {why}; its server's and agent's logs say:{shown}"
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _dns_answers(info: ClusterInfo, pod: dict, service: str, want: str) -> bool:
