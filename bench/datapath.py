@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from bench import connloop
 from dataplane.endpoint.registry import EndpointRegistry
 from flowscope import clusterinfo
 from flowscope.paths import ClusterPaths
@@ -46,7 +47,7 @@ ROUNDS = 6
 IPERF_SECONDS = 2
 CONNECT_SECONDS = 1.5
 IPERF_PORT = 5201
-ACCEPT_PORT = 8080  # a bare accept loop, for the connection rate
+ACCEPT_PORT = 8080  # an accept loop (bench/connloop.c), for the connection rate
 SERVED_PORT = 80  # the pods' built-in responder
 DENIED_PORT = 81  # also served, allowed by no policy
 FLOWSCOPE = [sys.executable, "-m", "flowscope"]
@@ -56,12 +57,13 @@ HOOKS = ((tcattach.Hook.EGRESS, TO_ENDPOINT), (tcattach.Hook.INGRESS, FROM_ENDPO
 # Runs inside the client pod for the whole benchmark, answering one JSON line per command, so
 # that no measurement pays for starting `lab exec`:
 #   iperf IP PORT SECONDS         iperf3's JSON report (retried while the server is not listening)
-#   connect IP PORT SECONDS   back-to-back connect + close (RST): {"ok", "failed", "seconds"}
-#   probe IP PORT             {"connected": bool} for one connect with a 0.5 s timeout
+#   connect BIN IP PORT SECONDS   back-to-back connect + close (RST) by the C connloop BIN:
+#                                 {"ok", "failed", "seconds"}
+#   probe IP PORT                 {"connected": bool} for one connect with a 0.5 s timeout
 SETTLED_CPU = 0.10  # fraction of a core under which the agents count as idle
 
 DRIVER = """
-import json, socket, struct, subprocess, sys, time
+import json, socket, subprocess, sys, time
 
 def iperf(ip, port, seconds):
     for _ in range(50):
@@ -74,23 +76,11 @@ def iperf(ip, port, seconds):
         time.sleep(0.1)
     return report
 
-def connect(ip, port, seconds):
-    linger = struct.pack("ii", 1, 0)
-    ok = failed = 0
-    start = time.perf_counter()
-    end = start + float(seconds)
-    while time.perf_counter() < end:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        s.settimeout(1.0)
-        try:
-            s.connect((ip, int(port)))
-            ok += 1
-        except OSError:
-            failed += 1
-        finally:
-            s.close()
-    return {"ok": ok, "failed": failed, "seconds": time.perf_counter() - start}
+def connect(binary, ip, port, seconds):
+    out = subprocess.run([binary, "connect", ip, port, seconds], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip()[-500:] or f"exit {out.returncode}"}
+    return json.loads(out.stdout)
 
 def probe(ip, port):
     try:
@@ -103,17 +93,6 @@ print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     cmd, *args = line.split()
     print(json.dumps({"iperf": iperf, "connect": connect, "probe": probe}[cmd](*args)), flush=True)
-"""
-
-# Runs inside each server pod: accepts and closes as fast as it can, with a deep backlog (the
-# pods' built-in responder, an asyncio HTTP server, lets its 100-deep queue overflow under this
-# load, and a SYN dropped there costs the client a 1 s retransmission).
-ACCEPTOR = """
-import socket, sys
-s = socket.create_server(("0.0.0.0", int(sys.argv[1])), backlog=4096)
-print("listening", flush=True)
-while True:
-    s.accept()[0].close()
 """
 
 
@@ -542,19 +521,33 @@ class Driver:
     def connection_rate(self, ip: str) -> tuple[float, int]:
         """New connections per second, and how many connects failed (a 1 s timeout: a SYN
         lost to a full accept queue or to a drop), reported rather than fatal."""
-        result = self.request("connect", ip, ACCEPT_PORT, CONNECT_SECONDS)
+        result = self.connect(ip, ACCEPT_PORT, CONNECT_SECONDS)
         return result["ok"] / result["seconds"], int(result["failed"])
+
+    def connect(self, ip: str, port: int, seconds: float) -> dict[str, Any]:
+        """Back-to-back connections for `seconds` by the C connloop: {"ok", "failed", "seconds"}."""
+        result = self.request("connect", connloop.binary(), ip, port, seconds)
+        if "error" in result:
+            raise RuntimeError(f"connloop in {self.ref} to {ip}:{port}: {result['error']}")
+        return result
 
     def connects(self, ip: str, port: int) -> bool:
         return bool(self.request("probe", ip, port)["connected"])
 
 
-def start_server(lab: BenchLab, ref: str) -> None:
-    """A bare accept loop and an iperf3 server in the pod, for the whole benchmark."""
-    proc = lab.background(ref, sys.executable, "-u", "-c", ACCEPTOR, str(ACCEPT_PORT))
+def start_acceptor(lab: BenchLab, ref: str, port: int) -> None:
+    """The C connloop accepting and closing on `port` in the pod, with a deep backlog (the
+    pods' built-in responder lets its 100-deep queue overflow under this load, and a SYN
+    dropped there costs the client a 1 s retransmission), until the benchmark ends."""
+    proc = lab.background(ref, str(connloop.binary()), "accept", str(port))
     assert proc.stdout is not None and proc.stderr is not None
     if proc.stdout.readline().strip() != "listening":
         raise RuntimeError(f"acceptor in {ref}: {proc.stderr.read()[-500:]}")
+
+
+def start_server(lab: BenchLab, ref: str) -> None:
+    """An accept loop and an iperf3 server in the pod, for the whole benchmark."""
+    start_acceptor(lab, ref, ACCEPT_PORT)
     lab.background(ref, "iperf3", "-s", "-p", str(IPERF_PORT), quiet=True)
 
 

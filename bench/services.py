@@ -48,7 +48,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -60,7 +59,7 @@ import numpy as np
 import yaml
 
 from bench import kubeproxy
-from bench.datapath import ACCEPTOR, FLOWSCOPE, BenchLab, Driver, pod
+from bench.datapath import FLOWSCOPE, BenchLab, Driver, pod, start_acceptor
 from dataplane.maps import lbmap
 from dataplane.maps.bpfmap import BpfMap
 from flowscope import clusterinfo
@@ -396,12 +395,7 @@ def measure(
         lab.run("apply", "-f", "-", input=yaml.safe_dump_all(workload()))
         lab.wait_running(1 + len(BACKENDS))
         for backend in BACKENDS:
-            proc = lab.background(
-                f"{NAMESPACE}/{backend}", sys.executable, "-u", "-c", ACCEPTOR, str(TARGET_PORT)
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            if proc.stdout.readline().strip() != "listening":
-                raise RuntimeError(f"acceptor in {backend}: {proc.stderr.read()[-500:]}")
+            start_acceptor(lab, f"{NAMESPACE}/{backend}", TARGET_PORT)
         driver = Driver(lab, CLIENT)
         maps = NodeMaps(paths, CLIENT_NODE)
 
@@ -454,7 +448,7 @@ def measure(
                         lab.settle()
                         translated, cpu = maps.translated(), lab.agents_cpu()
                         dnat = rule_packets(node_netns, chain) if mode == "iptables" else 0
-                        result = driver.request("connect", ip, port, seconds)
+                        result = driver.connect(ip, port, seconds)
                         ok, failed = int(result["ok"]), int(result["failed"])
                         cpu = lab.agents_cpu() - cpu
                         translated = maps.translated() - translated
