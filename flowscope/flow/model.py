@@ -90,6 +90,10 @@ class LostEventSource(enum.IntEnum):
     PERF_EVENT_RING_BUFFER = 1  # the datapath's ring was full: the reader fell behind
     OBSERVER_EVENTS_QUEUE = 2  # the observer's queue (here: a client's queue) was full
     HUBBLE_RING_BUFFER = 3  # overwritten in the flow ring before a reader got to it
+    # flowscope's own (numbers from 200001, clear of Hubble's)
+    PUBLISHER_QUEUE = 200001  # the Kafka publisher fell behind the stream (its queue was full)
+    PUBLISHER_SPOOL = 200002  # the publisher's spool hit its bound: the oldest were dropped
+    AGENT_RESTART = 200003  # the agent restarted: events while none ran may be missing
 
 
 class MessageType(enum.IntEnum):

@@ -7,7 +7,12 @@ from flowscope.proto import codegen, flow_pb2, observer_pb2, observer_pb2_grpc
 
 def test_committed_modules_equal_a_fresh_generation():
     fresh = codegen.generate()
-    assert sorted(fresh) == ["flow_pb2.py", "observer_pb2.py", "observer_pb2_grpc.py"]
+    assert sorted(fresh) == [
+        "flow_pb2.py",
+        "kafka_pb2.py",
+        "observer_pb2.py",
+        "observer_pb2_grpc.py",
+    ]
     for name, text in fresh.items():
         committed = (codegen.OUT_DIR / name).read_text()
         assert committed == text, (
