@@ -14,6 +14,12 @@ filter (a reader must learn that it missed something) but not the time window.
 
 A follower is the FlowStream's own bounded Follower: the collector never waits for a slow client;
 what the client's queue could not hold arrives as a LostEvent (OBSERVER_EVENTS_QUEUE) in its place.
+
+A reader of several nodes (the relay) needs to know where a followed stream's history ends, to
+apply `number` across nodes: when a request carries the metadata HISTORY_END_METADATA, the node
+sends one NodeStatusEvent (NODE_CONNECTED, message HISTORY_END) between the held records and the
+live ones. Other clients never see it. The server also answers gRPC health checks (`hubble
+status` asks them) for the Observer service and the server as a whole.
 """
 
 from __future__ import annotations
@@ -30,16 +36,26 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.flowstream import FlowStream, remove_stale
 from collector.ring import RingEntry
 from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record
 from flowscope.flow.protoconv import record_to_response
 from flowscope.flow.protofilter import FilterError, FlowSelection, compile_selection
+from flowscope.paths import ClusterPaths
 from flowscope.proto import flow_pb2, observer_pb2, observer_pb2_grpc
 
 SOCKET_NAME = "observer.sock"
+SERVICE_NAME = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
+HISTORY_END_METADATA = ("flowscope-mark-history-end", "1")
+HISTORY_END = "end of history"
 _YIELD_EVERY = 256  # history records sent between yields to the event loop
+
+
+def observer_socket(paths: ClusterPaths, node: str) -> Path:
+    """Where node `node`'s agent serves the Observer API (next to its other sockets)."""
+    return paths.node_dir(node) / SOCKET_NAME
 
 
 def _version() -> str:
@@ -176,6 +192,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
         stream = self.stream
+        mark_end = req.follow and HISTORY_END_METADATA in tuple(context.invocation_metadata() or ())
         # follow before taking the history, with no await in between: every record is in
         # exactly one of the two
         follower = stream.follow(req.selection) if req.follow else None
@@ -187,6 +204,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     await asyncio.sleep(0)
             if follower is None:
                 return
+            if mark_end:
+                yield history_end(stream.node_name)
             deadline = None
             if req.until_ns is not None:
                 deadline = time.monotonic() + max(0, req.until_ns - time.time_ns()) / 1e9
@@ -257,6 +276,36 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         return observer_pb2.GetNodesResponse(nodes=[node])
 
 
+def history_end(node_name: str) -> observer_pb2.GetFlowsResponse:
+    """The marker between a followed stream's held records and its live ones (see above)."""
+    resp = observer_pb2.GetFlowsResponse(
+        node_status=observer_pb2.NodeStatusEvent(
+            state_change=observer_pb2.NODE_CONNECTED, node_names=[node_name], message=HISTORY_END
+        ),
+        node_name=node_name,
+    )
+    resp.time.FromNanoseconds(time.time_ns())
+    return resp
+
+
+def is_history_end(resp: observer_pb2.GetFlowsResponse) -> bool:
+    return resp.WhichOneof("response_types") == "node_status" and (
+        resp.node_status.message == HISTORY_END
+    )
+
+
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Serve gRPC health checks: SERVING for the Observer service and for the server ("")."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
 class ObserverServer:
     """A running Observer on a Unix socket; `close()` stops it and removes the socket."""
 
@@ -270,6 +319,7 @@ class ObserverServer:
         remove_stale(self.path)
         server = grpc.aio.server()
         observer_pb2_grpc.add_ObserverServicer_to_server(self.service, server)
+        health_servicer = add_health(server)
         # gRPC creates the socket itself: a umask makes it 0600 from the start, so no one can
         # connect before the chmod (umask is process-wide, hence only around the bind)
         old = os.umask(0o177)
@@ -282,6 +332,7 @@ class ObserverServer:
         try:
             os.chmod(self.path, 0o600)
             await server.start()
+            await set_serving(health_servicer)
         except BaseException:
             await server.stop(None)
             with contextlib.suppress(FileNotFoundError):
@@ -312,12 +363,19 @@ async def serve_observer(stream: FlowStream, socket_path: Path | str) -> Observe
 
 
 __all__ = [
+    "HISTORY_END_METADATA",
+    "SERVICE_NAME",
     "SOCKET_NAME",
     "FilterError",
     "HistoryRequest",
     "ObserverServer",
     "ObserverService",
+    "add_health",
+    "history_end",
+    "is_history_end",
+    "observer_socket",
     "parse_request",
     "select_history",
     "serve_observer",
+    "set_serving",
 ]

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "flowscope.cli.controller",  # controller: scheduler, EndpointSlices (run by the lab)
     "flowscope.cli.agent",  # agent: one per node (run by the lab)
     "flowscope.cli.observe",  # observe: the nodes' flows
+    "flowscope.cli.relay",  # relay: the cluster's merged Observer API (run by the lab)
+    "flowscope.cli.status",  # status: the Observer's health and the pipeline's counters
     "flowscope.cli.policy",  # policy trace
     "flowscope.cli.service",  # service list: the datapath's load balancer
 )

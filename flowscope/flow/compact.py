@@ -16,9 +16,14 @@ packets of the connection it translated) names three ends, client -> service -> 
 
 The service is written with its own port (the one the client asked for), the backend with the
 port the packets carry; hubble prints only one of the two.
+
+With a COLOR palette (`observe --color`), hubble's colours: hosts cyan, identities magenta,
+verdicts green (forwarded), red (dropped, error) or yellow (audit, traced, translated).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from flowscope.flow.dropreason import describe
 from flowscope.flow.model import (
@@ -55,6 +60,44 @@ RESERVED_IDENTITY_NAMES = {
     9: "world-ipv4",
     10: "world-ipv6",
 }
+_RESET = "\x1b[0m"
+_VERDICT_COLORS = {
+    Verdict.FORWARDED: "\x1b[32m",
+    Verdict.REDIRECTED: "\x1b[32m",
+    Verdict.DROPPED: "\x1b[31m",
+    Verdict.ERROR: "\x1b[31m",
+    Verdict.AUDIT: "\x1b[33m",
+    Verdict.TRACED: "\x1b[33m",
+    Verdict.TRANSLATED: "\x1b[33m",
+}
+
+
+@dataclass(frozen=True)
+class Palette:
+    """How parts of a line are coloured (ANSI escapes, as hubble's printer uses them)."""
+
+    enabled: bool = False
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if self.enabled and text else text
+
+    def host(self, text: str) -> str:
+        return self._paint("\x1b[36m", text)
+
+    def identity(self, text: str) -> str:
+        return self._paint("\x1b[35m", text)
+
+    def verdict(self, flow: Flow, text: str) -> str:
+        try:
+            code = _VERDICT_COLORS.get(Verdict(flow.verdict))
+        except ValueError:
+            code = None
+        return self._paint(code, text) if code else text
+
+
+PLAIN = Palette()
+COLOR = Palette(enabled=True)
+
 # Trace event sub-types (the datapath's observation point numbers) and their names.
 _TRACE_POINTS = {p.datapath_code: p.label for p in TraceObservationPoint if p.value}
 
@@ -148,7 +191,28 @@ def _service_and_backend(flow: Flow, arrow: str) -> str | None:
     )
 
 
-def format_flow(flow: Flow, *, node_name: bool = False) -> str:
+def host_names(flow: Flow) -> tuple[str, str]:
+    """The source and destination as hubble names them (pod, service, DNS name or IP, :port)."""
+    src_port, dst_port = _ports(flow)
+    if flow.ip is None:
+        return "", ""
+    return (
+        _host(flow.ip.source, src_port, flow.source, flow.source_service, flow.source_names),
+        _host(
+            flow.ip.destination,
+            dst_port,
+            flow.destination,
+            flow.destination_service,
+            flow.destination_names,
+        ),
+    )
+
+
+def summary_text(flow: Flow) -> str:
+    return flow.summary or summary_of(flow.l4)
+
+
+def format_flow(flow: Flow, *, node_name: bool = False, palette: Palette = PLAIN) -> str:
     src_port, dst_port = _ports(flow)
     if flow.ip is not None:
         src = _host(flow.ip.source, src_port, flow.source, flow.source_service, flow.source_names)
@@ -171,22 +235,26 @@ def format_flow(flow: Flow, *, node_name: bool = False) -> str:
     if through is not None:
         dst = through  # the far end (after the flip of a reply): service, then backend
     node = f" [{flow.node_name}]" if node_name else ""
-    summary = flow.summary or summary_of(flow.l4)
+    p = palette
     return (
-        f"{stamp_milli(flow.time_ns)}{node}: {src} {src_id} {arrow} {dst} {dst_id} "
-        f"{flow_type(flow)} {verdict_text(flow)} ({summary})"
+        f"{stamp_milli(flow.time_ns)}{node}: {p.host(src)} {p.identity(src_id)} {arrow} "
+        f"{p.host(dst)} {p.identity(dst_id)} {flow_type(flow)} "
+        f"{p.verdict(flow, verdict_text(flow))} ({summary_text(flow)})"
     )
 
 
 def format_lost(event: LostEvent) -> str:
+    return f"EVENTS LOST: {lost_source(event)} CPU({event.cpu or 0}) {event.num_events_lost}"
+
+
+def lost_source(event: LostEvent) -> str:
     try:
-        source = LostEventSource(event.source).name
+        return LostEventSource(event.source).name
     except ValueError:
-        source = str(event.source)
-    return f"EVENTS LOST: {source} CPU({event.cpu or 0}) {event.num_events_lost}"
+        return str(event.source)
 
 
-def format_compact(record: Record, *, node_name: bool = False) -> str:
+def format_compact(record: Record, *, node_name: bool = False, palette: Palette = PLAIN) -> str:
     if isinstance(record, LostEvent):
         return format_lost(record)
-    return format_flow(record, node_name=node_name)
+    return format_flow(record, node_name=node_name, palette=palette)

@@ -11,8 +11,11 @@ Differences from Hubble, on purpose:
   the empty namespace; its CLI adds "default/"), as `observe --pod` does here;
 - label selector keys take Cilium's source prefix with a colon ("k8s:app=web"); a key without
   one matches the label from any source;
-- fields flowscope does not observe yet (L7: http_*, dns_query, *_fqdn, and the L7 protocols) are
-  refused with FilterError naming the field instead of silently matching nothing.
+- FQDN filters match the DNS names a flow's ends are known by (source_names /
+  destination_names), with Hubble's wildcard: "*" stands for any run of name characters;
+- HTTP filters (http_method, http_status_code, http_path) are checked as Hubble checks them and
+  match a flow's HTTP record; flowscope observes no L7 yet, so today they match no flow;
+- dns_query and the L7 protocols are refused with FilterError naming the field.
 
 compile_selection() raises FilterError (a ValueError) whose message starts with the offending
 field's path, e.g. "whitelist[0].source_ip[1]: ...".
@@ -33,14 +36,10 @@ from flowscope.proto import flow_pb2
 Predicate = Callable[[Flow], bool]
 
 _TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
-_UNSUPPORTED = {
-    "source_fqdn",
-    "destination_fqdn",
-    "http_status_code",
-    "dns_query",
-    "http_method",
-    "http_path",
-}
+_UNSUPPORTED = {"dns_query"}
+_HTTP_METHODS = frozenset(
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"]
+)
 _L7_PROTOCOLS = {"http", "dns", "kafka"}
 _L4_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "tcp": (TCP,),
@@ -108,7 +107,7 @@ def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFi
         name = fd.name
         where = f"{path}.{name}"
         if name in _UNSUPPORTED:
-            raise FilterError(where, "not supported yet (flowscope observes no L7 or DNS data)")
+            raise FilterError(where, "not supported yet (flowscope observes no DNS queries)")
         build = _BUILDERS.get(name)
         if build is None:
             raise FilterError(where, "not supported yet")
@@ -451,6 +450,66 @@ def _uuid(values: Sequence[str], where: str) -> Predicate:
     return lambda flow: flow.uuid in wanted
 
 
+# --- names and HTTP ------------------------------------------------------------------------------
+
+_FQDN_PATTERN = re.compile(r"^[-a-zA-Z0-9_.*]+$")
+
+
+def _parse_fqdn(text: str) -> re.Pattern[str]:
+    name = text.strip().rstrip(".").lower()
+    if not name or not _FQDN_PATTERN.match(name):
+        raise ValueError(f"{text!r} is not a DNS name pattern (letters, digits, '-', '.', '*')")
+    parts = (re.escape(p) for p in name.split("*"))
+    return re.compile("^" + "[-a-z0-9_.]*".join(parts) + "$")
+
+
+def _fqdn(end: str) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        patterns = _each(values, where, _parse_fqdn)
+
+        def match(flow: Flow) -> bool:
+            names = getattr(flow, f"{end}_names")
+            return any(p.match(n.rstrip(".").lower()) for n in names for p in patterns)
+
+        return match
+
+    return build
+
+
+def _no_http_record(flow: Flow) -> bool:
+    # the HTTP filters match a flow's L7 HTTP record; flowscope's flows carry none yet
+    return False
+
+
+def _parse_method(text: str) -> str:
+    method = text.strip().upper()
+    if method not in _HTTP_METHODS:
+        raise ValueError(f"{text!r} is not an HTTP method ({', '.join(sorted(_HTTP_METHODS))})")
+    return method
+
+
+def _parse_status(text: str) -> str:
+    # Hubble's form: a code ("404") or a prefix of one ending in "+" ("5+", "40+")
+    if not re.fullmatch(r"[1-5][0-9]{2}|[1-5][0-9]?\+", text.strip()):
+        raise ValueError(f"{text!r} is not an HTTP status code (404) or prefix (5+, 40+)")
+    return text.strip()
+
+
+def _parse_path(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
+
+
+def _http(parse: Callable[[str], Any]) -> Callable[[Sequence[str], str], Predicate]:
+    def build(values: Sequence[str], where: str) -> Predicate:
+        _each(values, where, parse)
+        return _no_http_record
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[Sequence[Any], str], Predicate]] = {
     "uuid": _uuid,
     "source_ip": _ip("source"),
@@ -476,4 +535,9 @@ _BUILDERS: dict[str, Callable[[Sequence[Any], str], Predicate]] = {
     "reply": _reply,
     "tcp_flags": _tcp_flags,
     "node_name": _node_name,
+    "source_fqdn": _fqdn("source"),
+    "destination_fqdn": _fqdn("destination"),
+    "http_method": _http(_parse_method),
+    "http_status_code": _http(_parse_status),
+    "http_path": _http(_parse_path),
 }

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.flowstream import SOCKET_NAME, FlowServer, FlowStream, serve_flows
+from collector.flowstream import FlowStream
+from collector.observer import SOCKET_NAME, ObserverServer, serve_observer
 from flowscope.flow import (
     IP,
     TCP,
@@ -55,13 +56,13 @@ async def cluster() -> AsyncIterator[FakeCluster]:
     run_root = Path(tempfile.mkdtemp(prefix="fsobs"))
     name = unique("obs")
     write_cluster(run_root, name, nodes=NODES)
-    servers: list[FlowServer] = []
+    servers: list[ObserverServer] = []
     streams = {}
     try:
         for node in NODES[:2]:
             streams[node] = FlowStream(capacity=1000, node_name=node)
             path = run_root / name / "nodes" / node / SOCKET_NAME
-            servers.append(await serve_flows(streams[node], path))
+            servers.append(await serve_observer(streams[node], path))
         yield FakeCluster(name, run_root, streams)
     finally:
         for server in servers:
@@ -111,7 +112,8 @@ async def test_last_flows_of_all_nodes_in_time_order(cluster: FakeCluster) -> No
         "x/a:40002 (ID:300) -> y/b:80 (ID:301) to-endpoint FORWARDED (TCP Flags: SYN)"
     )
     assert "z/c:40003 (ID:300) -> y/b:80 (ID:301) Policy denied DROPPED" in lines[1]
-    assert "node node-3" in err and "no flow stream" in err  # reported, the others still print
+    # reported (as hubble reports a relay's unavailable nodes), the others still print
+    assert "1 nodes are unavailable: node-3" in err and "is its agent running" in err
     assert "Traceback" not in err
 
     code, out, err = await cluster.observe(
@@ -131,7 +133,7 @@ async def test_last_flows_of_all_nodes_in_time_order(cluster: FakeCluster) -> No
 
 async def test_errors(cluster: FakeCluster) -> None:
     code, _, err = await cluster.observe("--node", "node-3")
-    assert code == 1 and "no node's flow stream could be read" in err and "hint" in err
+    assert code == 1 and "cannot reach node node-3's agent" in err and "hint" in err
     code, _, err = await cluster.observe("--node", "node-9")
     assert code == 1 and "node-9" in err and "lab status" in err
     code, _, err = await cluster.observe("--verdict", "SMASHED")
@@ -207,5 +209,8 @@ async def test_type_and_service_filters_pick_translations(cluster: FakeCluster) 
     assert code == 0 and out == ""
     code, _, err = await cluster.observe("--type", "trace-socket")
     assert code == 2 and "--type" in err and "trace-sock" in err
-    code, _, err = await cluster.observe("--service", "y/")
-    assert code == 2 and "--service" in err
+    # "y/" is every service in y (hubble's reading); an empty namespace is no name
+    code, out, _ = await cluster.observe("--service", "y/", "--node", "node-1", "-o", "json")
+    assert code == 0 and [record_from_json(line) for line in out.splitlines()] == [translated]
+    code, _, err = await cluster.observe("--service", "/web")
+    assert code == 2 and "--service" in err and "namespace" in err

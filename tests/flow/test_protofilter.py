@@ -157,10 +157,11 @@ def test_filters_in_a_list_or_and_the_blacklist_excludes() -> None:
         ({"source_ip": ["10.0.0.1", "10.0.0.300/8"]}, "whitelist[1].source_ip[1]", "CIDR"),
         ({"destination_port": ["http"]}, "whitelist[1].destination_port[0]", "port"),
         ({"source_port": ["70000"]}, "whitelist[1].source_port[0]", "0-65535"),
-        ({"http_path": ["/api"]}, "whitelist[1].http_path", "not supported"),
-        ({"source_fqdn": ["a.example"]}, "whitelist[1].source_fqdn", "not supported"),
+        ({"http_path": ["/api/("]}, "whitelist[1].http_path[0]", "regular expression"),
+        ({"source_fqdn": ["a example"]}, "whitelist[1].source_fqdn[0]", "DNS name"),
         ({"dns_query": ["x"]}, "whitelist[1].dns_query", "not supported"),
-        ({"http_status_code": ["5+"]}, "whitelist[1].http_status_code", "not supported"),
+        ({"http_status_code": ["6+"]}, "whitelist[1].http_status_code[0]", "status"),
+        ({"http_method": ["FETCH"]}, "whitelist[1].http_method[0]", "HTTP method"),
         ({"protocol": ["http"]}, "whitelist[1].protocol[0]", "L7"),
         ({"protocol": ["gre"]}, "whitelist[1].protocol[0]", "not a protocol"),
         ({"source_label": ["app=(x"]}, "whitelist[1].source_label[0]", "selector"),
@@ -192,3 +193,37 @@ def test_selector_syntax() -> None:
     for bad in ("", "a in ()", ":a", "a b"):
         with pytest.raises(ValueError):
             parse_selector(bad)
+
+
+def test_fqdn_matches_the_names_of_either_end_with_wildcards() -> None:
+    named = Flow(
+        T0,
+        Verdict.FORWARDED,
+        ip=IP("10.244.1.5", "10.224.0.254"),
+        l4=TCP(40000, 80),
+        source_names=("web.x.svc.cluster.local",),
+        destination_names=("api.example.com.",),
+    )
+
+    def hits(**fields: list[str]) -> list[bool]:
+        f = compile_filter(flow_pb2.FlowFilter(**fields))
+        return [f.matches(x) for x in (named, WEB)]
+
+    assert hits(destination_fqdn=["api.example.com"]) == [True, False]
+    assert hits(destination_fqdn=["*.EXAMPLE.com"]) == [True, False]
+    assert hits(destination_fqdn=["*.example.org"]) == [False, False]
+    assert hits(source_fqdn=["web.*.svc.cluster.local"]) == [True, False]
+    assert hits(source_fqdn=["api.example.com"]) == [False, False]
+
+
+def test_http_filters_are_checked_and_match_no_l4_flow() -> None:
+    for fields in (
+        {"http_method": ["get", "POST"]},
+        {"http_status_code": ["404", "5+", "40+"]},
+        {"http_path": [r"/page/\\d+"]},
+    ):
+        f = compile_filter(flow_pb2.FlowFilter(**fields))
+        assert not f.matches(WEB) and not f.matches(DROP)
+    # as a blacklist it takes nothing away
+    sel = compile_selection(blacklist=[flow_pb2.FlowFilter(http_method=["GET"])])
+    assert sel.matches(WEB)
