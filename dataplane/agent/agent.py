@@ -19,6 +19,7 @@ from pathlib import Path
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream, flow_socket, serve_flows
 from collector.node import NodeCollector
+from collector.observer import observer_socket, serve_observer
 from collector.podcgroups import PodCgroups
 from collector.services import ServiceIndex
 from dataplane.agent import routing
@@ -118,6 +119,8 @@ class Agent:
             hooks.watch(local.endpoint)
         stream = FlowStream(node_name=self.node)
         flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
+        # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it
+        observer = await serve_observer(stream, observer_socket(self.paths, self.node))
         enricher = Enricher(enforcement, self.info.name)
         collector = NodeCollector(
             self.node,
@@ -185,6 +188,7 @@ class Agent:
             task.cancel()
         server.close()
         await flow_server.close()
+        await observer.close(grace=0.5)
         await service.close()
         await kv.close()
         tracepoints.close()  # tracepoint attachments end with this process's fds

@@ -92,6 +92,53 @@ def world_daemon(paths: ClusterPaths) -> daemons.Daemon:
     return _daemon(paths, "world", argv)
 
 
+def relay_daemon(paths: ClusterPaths, address: str) -> daemons.Daemon:
+    argv = [*_python(), "--cluster", paths.cluster, "relay", "--listen-address", address]
+    return _daemon(paths, "relay", argv)
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def _ensure_relay(info: ClusterInfo, progress: Progress) -> ClusterInfo:
+    """The cluster's relay (the merged Observer API): on 127.0.0.1:4245 unless another lab has
+    that port, then on a free one; its address goes into cluster.json for `observe`."""
+    from collector import relay
+
+    recorded = relay.recorded_address(info)
+    if recorded and daemons.pid_of(relay_daemon(info.paths, recorded).pidfile) is not None:
+        return info
+    candidates = [recorded] if recorded else [relay.DEFAULT_ADDRESS]
+    candidates += [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    for address in candidates:
+        if _listening(address):
+            continue  # somebody else's (another lab's relay)
+        daemon = relay_daemon(info.paths, address)
+        daemons.start(daemon)
+        deadline = time.monotonic() + 15
+        while daemons.pid_of(daemon.pidfile) is not None and time.monotonic() < deadline:
+            if _listening(address):
+                break
+            time.sleep(0.1)
+        time.sleep(0.2)  # one that lost a race for the port exits at once
+        if daemons.pid_of(daemon.pidfile) is not None and _listening(address):
+            break
+        daemons.stop(daemon.pidfile)
+    else:
+        raise FlowscopeError(
+            "the relay did not start", hint=f"read {info.paths.run_dir / 'relay.log'}"
+        )
+    progress(f"relay: Observer API of all nodes on {address}")
+    if address != recorded:
+        info = relay.with_address(info, address)
+        clusterinfo.save(info)
+    return info
+
+
 def _check_same_shape(info: ClusterInfo, opts: UpOptions, plan: topology.LabPlan) -> None:
     differences = []
     if info.ipam != opts.ipam:
@@ -138,6 +185,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     if existing is None:
         clusterinfo.save(info)
     info = _ensure_kafka(info, opts, progress)
+    info = _ensure_relay(info, progress)
     asyncio.run(_seed(info))
 
     for daemon in [controller_daemon(paths), world_daemon(paths)]:
