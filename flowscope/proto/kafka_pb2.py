@@ -30,21 +30,21 @@ from flowscope.proto import observer_pb2 as flowscope_dot_observer_dot_v1_dot_ob
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lowscope/kafka/v1/kafka.proto\x12\x12\x66lowscope.kafka.v1\x1a\x1c\x66lowscope/flow/v1/flow.proto\x1a$flowscope/observer/v1/observer.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\tFlowBatch\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12:\n\tresponses\x18\x03 \x03(\x0b\x32\'.flowscope.observer.v1.GetFlowsResponse\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\"C\n\x03Gap\x12\x19\n\x11previous_last_seq\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xcb\x01\n\nLostRecord\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0blost_events\x18\x05 \x01(\x0b\x32\x1c.flowscope.flow.v1.LostEventH\x00\x12&\n\x03gap\x18\x06 \x01(\x0b\x32\x17.flowscope.kafka.v1.GapH\x00\x42\x06\n\x04kind\"\xf2\x02\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.flowscope.kafka.v1.AgentState\x12\x17\n\x0fspool_acked_seq\x18\x05 \x01(\x04\x12\x16\n\x0espool_last_seq\x18\x06 \x01(\x04\x12\x1a\n\x12spool_held_records\x18\x07 \x01(\x04\x12\x18\n\x10spool_held_bytes\x18\x08 \x01(\x04\x12\x17\n\x0fspool_max_bytes\x18\t \x01(\x04\x12\x0e\n\x06packed\x18\n \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x0b \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0c \x01(\x04\x12\x12\n\noverflowed\x18\r \x01(\x04\x12$\n\x03gap\x18\x0e \x01(\x0b\x32\x17.flowscope.kafka.v1.Gap*^\n\nAgentState\x12\x17\n\x13UNKNOWN_AGENT_STATE\x10\x00\x12\x11\n\rAGENT_STARTED\x10\x01\x12\x11\n\rAGENT_RUNNING\x10\x02\x12\x11\n\rAGENT_STOPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66lowscope/kafka/v1/kafka.proto\x12\x12\x66lowscope.kafka.v1\x1a\x1c\x66lowscope/flow/v1/flow.proto\x1a$flowscope/observer/v1/observer.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\tFlowBatch\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12:\n\tresponses\x18\x03 \x03(\x0b\x32\'.flowscope.observer.v1.GetFlowsResponse\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\"C\n\x03Gap\x12\x19\n\x11previous_last_seq\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xfa\x01\n\nLostRecord\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0blost_events\x18\x05 \x01(\x0b\x32\x1c.flowscope.flow.v1.LostEventH\x00\x12&\n\x03gap\x18\x06 \x01(\x0b\x32\x17.flowscope.kafka.v1.GapH\x00\x12\x16\n\x0e\x66irst_lost_seq\x18\x07 \x01(\x04\x12\x15\n\rlast_lost_seq\x18\x08 \x01(\x04\x42\x06\n\x04kind\"\xf2\x02\n\nNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.flowscope.kafka.v1.AgentState\x12\x17\n\x0fspool_acked_seq\x18\x05 \x01(\x04\x12\x16\n\x0espool_last_seq\x18\x06 \x01(\x04\x12\x1a\n\x12spool_held_records\x18\x07 \x01(\x04\x12\x18\n\x10spool_held_bytes\x18\x08 \x01(\x04\x12\x17\n\x0fspool_max_bytes\x18\t \x01(\x04\x12\x0e\n\x06packed\x18\n \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x0b \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0c \x01(\x04\x12\x12\n\noverflowed\x18\r \x01(\x04\x12$\n\x03gap\x18\x0e \x01(\x0b\x32\x17.flowscope.kafka.v1.Gap*^\n\nAgentState\x12\x17\n\x13UNKNOWN_AGENT_STATE\x10\x00\x12\x11\n\rAGENT_STARTED\x10\x01\x12\x11\n\rAGENT_RUNNING\x10\x02\x12\x11\n\rAGENT_STOPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowscope.proto.kafka_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTSTATE']._serialized_start=930
-  _globals['_AGENTSTATE']._serialized_end=1024
+  _globals['_AGENTSTATE']._serialized_start=977
+  _globals['_AGENTSTATE']._serialized_end=1071
   _globals['_FLOWBATCH']._serialized_start=155
   _globals['_FLOWBATCH']._serialized_end=280
   _globals['_GAP']._serialized_start=282
   _globals['_GAP']._serialized_end=349
   _globals['_LOSTRECORD']._serialized_start=352
-  _globals['_LOSTRECORD']._serialized_end=555
-  _globals['_NODESTATUS']._serialized_start=558
-  _globals['_NODESTATUS']._serialized_end=928
+  _globals['_LOSTRECORD']._serialized_end=602
+  _globals['_NODESTATUS']._serialized_start=605
+  _globals['_NODESTATUS']._serialized_end=975
 # @@protoc_insertion_point(module_scope)
