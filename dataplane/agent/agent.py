@@ -84,9 +84,10 @@ class DatapathHooks:
 
 
 class Agent:
-    def __init__(self, info: ClusterInfo, node: str) -> None:
+    def __init__(self, info: ClusterInfo, node: str, kafka_config: Path | None = None) -> None:
         self.info = info
         self.node = node
+        self.kafka_config = kafka_config  # a file of the user's brokers; else the lab's, if any
         self.node_ip = info.node(node).ip
         self.paths = info.paths
 
@@ -118,6 +119,7 @@ class Agent:
         for local in enforcement.local.values():
             hooks.watch(local.endpoint)
         stream = FlowStream(node_name=self.node)
+        publisher = self._start_publisher(stream)
         flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
         # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it
         observer = await serve_observer(stream, observer_socket(self.paths, self.node))
@@ -174,6 +176,8 @@ class Agent:
         ]
         if masquerade is not None:
             tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
+        if publisher is not None:
+            tasks.append(asyncio.create_task(publisher.run(), name="kafka-publisher"))
         await self._set_node_ready(objects, ipam)
         # after Ready: that status write replaces the conditions this task then adds to
         tasks.append(
@@ -187,6 +191,8 @@ class Agent:
         for task in tasks:
             task.cancel()
         server.close()
+        if publisher is not None:
+            await publisher.close()  # what the broker did not take stays in the spool
         await flow_server.close()
         await observer.close(grace=0.5)
         await service.close()
@@ -203,6 +209,25 @@ class Agent:
             if task.exception():
                 raise task.exception()  # type: ignore[misc]
             raise RuntimeError(f"agent task {task.get_name()} ended unexpectedly")
+
+    def _start_publisher(self, stream: FlowStream):
+        """The node's Kafka publisher when Kafka is configured (else None: flows stay in the
+        node, served by the Observer API alone)."""
+        from collector import kafkaconfig
+        from collector.publisher import Publisher, spool_dir, stats_path
+
+        config = kafkaconfig.for_agent(self.info.extra, self.kafka_config)
+        if config is None:
+            return None
+        publisher = Publisher(
+            stream,
+            config,
+            spool_dir(self.paths, self.node),
+            stats_file=stats_path(self.paths, self.node),
+        )
+        publisher.start()  # before any flow: an earlier run's gap record comes first
+        log.info("publishing flows to Kafka at %s", config.bootstrap_servers)
+        return publisher
 
     async def _start_masquerade(self):
         if self.info.ipam != "overlay":
