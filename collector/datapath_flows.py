@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from collector.enrich import Enricher
-from collector.translations import RecentTranslations
+from collector.translations import Link, RecentTranslations
 from dataplane.maps.flowevent import CtState, FlowEvent, ObservationPoint, member_of
 from dataplane.policy.entry import Direction
 from flowscope.flow.model import (
@@ -15,11 +15,13 @@ from flowscope.flow.model import (
     SCTP,
     TCP,
     UDP,
+    Endpoint,
     EventType,
     Flow,
     FlowType,
     ICMPv4,
     NetworkInterface,
+    Policy,
     TCPFlags,
     TraceObservationPoint,
     TrafficDirection,
@@ -57,7 +59,8 @@ def datapath_flow(
     wall_offset: int,
     links: RecentTranslations | None = None,
 ) -> Flow:
-    """One event as a flow. The local endpoint is the source at from-endpoint (the pod sends)
+    """One event as a flow, named now (the collector names whole batches instead:
+    collector.columns). The local endpoint is the source at from-endpoint (the pod sends)
     and the destination at to-endpoint; the endpoint id belongs to that side only. A packet of
     a connection the socket LB translated (found in `links`) names the service: as
     destination_service on the client's packets, as source_service on the backend's replies."""
@@ -67,6 +70,35 @@ def datapath_flow(
     saddr, daddr = _text(ev.saddr), _text(ev.daddr)
     src = enricher.endpoint(saddr, ev.src_identity, src_id)
     dst = enricher.endpoint(daddr, ev.dst_identity, dst_id)
+    allowed: tuple[Policy, ...] = ()
+    if ev.verdict == Verdict.FORWARDED and ev.ct_state == CtState.NEW:  # its allow rule
+        allowed = enricher.allowed_by(ev.policy_cookie, policy_direction(ev.traffic_direction))
+    link = None
+    if links is not None and (ev.proto == _IPPROTO_TCP or ev.proto == _IPPROTO_UDP):
+        time_ns = ev.ktime_ns + wall_offset
+        if ev.is_reply:  # backend -> client
+            link = links.lookup((daddr, saddr, int(ev.sport), int(ev.proto)), time_ns)
+        else:
+            link = links.lookup((saddr, daddr, int(ev.dport), int(ev.proto)), time_ns)
+    return named_flow(ev, src, dst, allowed, link, node, wall_offset)
+
+
+def policy_direction(traffic_direction: int) -> Direction:
+    """The policy direction whose rule allowed a packet seen in this traffic direction."""
+    return Direction.EGRESS if traffic_direction == TrafficDirection.EGRESS else Direction.INGRESS
+
+
+def named_flow(
+    ev: FlowEvent,
+    src: Endpoint,
+    dst: Endpoint,
+    allowed: tuple[Policy, ...],
+    link: Link | None,
+    node: str,
+    wall_offset: int,
+) -> Flow:
+    """The flow of an event whose names were found already: its two endpoints, the policy
+    that allowed it (new connections only) and its socket-LB translation."""
     l4 = _l4(ev)
     verdict = member_of(Verdict, ev.verdict)
     point = member_of(TraceObservationPoint, ev.obs_point)
@@ -77,22 +109,11 @@ def datapath_flow(
     else:
         event_type = EventType.trace(point)
     direction = member_of(TrafficDirection, ev.traffic_direction)
-    allowed = ()
-    if verdict == Verdict.FORWARDED and ev.ct_state == CtState.NEW:  # its allow rule
-        policy_dir = Direction.EGRESS if direction == TrafficDirection.EGRESS else Direction.INGRESS
-        allowed = enricher.allowed_by(ev.policy_cookie, policy_dir)
-    time_ns = ev.ktime_ns + wall_offset
-    link = None
-    if links is not None and (ev.proto == _IPPROTO_TCP or ev.proto == _IPPROTO_UDP):
-        if ev.is_reply:  # backend -> client
-            link = links.lookup((daddr, saddr, int(ev.sport), int(ev.proto)), time_ns)
-        else:
-            link = links.lookup((saddr, daddr, int(ev.dport), int(ev.proto)), time_ns)
     return Flow(
-        time_ns=time_ns,
+        time_ns=ev.ktime_ns + wall_offset,
         verdict=verdict,
         drop_reason=int(ev.drop_reason) if verdict == Verdict.DROPPED else 0,
-        ip=IP(saddr, daddr),
+        ip=IP(_text(ev.saddr), _text(ev.daddr)),
         l4=l4,
         source=src,
         destination=dst,

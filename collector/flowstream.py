@@ -15,6 +15,9 @@ Without `follow` the server closes the connection after the held records.
 The producer is never slowed by readers: `publish` appends to the ring and to each follower's
 bounded queue, both O(1); a follower whose queue is full loses records, and is told how many by a
 LostEvent (source OBSERVER_EVENTS_QUEUE) in the place where they went missing.
+`publish_batch` does the same for a whole columnar batch of the datapath's events
+(collector.columns.FlowBatch) in O(1): followers queue the batch as a range and select from it
+when they take it, in their reader's task, so no Flow is built unless a reader wants it.
 """
 
 from __future__ import annotations
@@ -25,20 +28,19 @@ import json
 import logging
 import os
 import socket
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from collector.ring import FlowRing, RingEntry
+from collector.ring import DEFAULT_CAPACITY, Chunk, FlowRing, RingEntry
 from flowscope.flow.filter import FlowFilter
 from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record, record_from_json
 from flowscope.paths import ClusterPaths
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CAPACITY = 65535  # Hubble's default ring size
 DEFAULT_CLIENT_QUEUE = 4096  # records a follower may fall behind before it loses some
 REQUEST_TIMEOUT = 5.0  # seconds a reader has to send its request line
 REQUEST_LIMIT = 64 * 1024
@@ -104,8 +106,19 @@ class _Missed:
 
     __slots__ = ("count",)
 
-    def __init__(self) -> None:
-        self.count = 1
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+
+
+class _Pending:
+    """Stands in a follower's queue for entries start..stop of a chunk, not yet selected."""
+
+    __slots__ = ("chunk", "start", "stop")
+
+    def __init__(self, chunk: Chunk, start: int, stop: int) -> None:
+        self.chunk = chunk
+        self.start = start
+        self.stop = stop
 
 
 class Matcher(Protocol):
@@ -116,32 +129,62 @@ class Matcher(Protocol):
 
 
 class Follower:
-    """One following reader: a bounded queue of what it has yet to be sent."""
+    """One following reader: a bounded queue of what it has yet to be sent.
+
+    Records published one by one are selected when offered; a batch is queued as a range and
+    selected in `take()`, so the bound counts the batch's records whether or not they would
+    match, and a lost event for a batch the queue had no room for counts all its records."""
 
     def __init__(self, filter: Matcher, limit: int) -> None:
         self.filter = filter
         self.limit = limit
-        self.queue: deque[RingEntry | _Missed] = deque()
+        self.queue: deque[RingEntry | _Missed | _Pending] = deque()
+        self.size = 0  # records in the queue (entries and pending ranges)
         self.wakeup = asyncio.Event()
         self.closed = False
 
     def offer(self, entry: RingEntry) -> None:
         if not self.filter.matches(entry.record):
             return
-        queue = self.queue
-        if len(queue) >= self.limit:
-            tail = queue[-1]
-            if isinstance(tail, _Missed):
-                tail.count += 1
-            else:
-                queue.append(_Missed())  # one slot over the limit, so the loss keeps its place
+        if self.size >= self.limit:
+            self._miss(1)
         else:
-            queue.append(entry)
+            self.queue.append(entry)
+            self.size += 1
         self.wakeup.set()
 
+    def offer_chunk(self, chunk: Chunk) -> None:
+        """A batch's records, selected later (in take())."""
+        count = len(chunk)
+        room = min(max(self.limit - self.size, 0), count)
+        if room:
+            self.queue.append(_Pending(chunk, 0, room))
+            self.size += room
+        if room < count:
+            self._miss(count - room)
+        self.wakeup.set()
+
+    def _miss(self, count: int) -> None:
+        tail = self.queue[-1] if self.queue else None
+        if isinstance(tail, _Missed):
+            tail.count += count
+        else:
+            self.queue.append(_Missed(count))  # over the limit, so the loss keeps its place
+
     def take(self) -> list[RingEntry | _Missed]:
-        items = list(self.queue)
+        items: list[RingEntry | _Missed] = []
+        matches = self.filter.matches
+        for item in self.queue:
+            if isinstance(item, _Pending):
+                chunk = item.chunk
+                for i in range(item.start, item.stop):
+                    entry = RingEntry(chunk, i)
+                    if matches(entry.record):
+                        items.append(entry)
+            else:
+                items.append(item)
         self.queue.clear()
+        self.size = 0
         self.wakeup.clear()
         return items
 
@@ -162,6 +205,7 @@ class FlowStream:
         self.ring = FlowRing(capacity)
         self.node_name = node_name
         self.client_queue = client_queue
+        self.lost_counts: Counter[LostEventSource] = Counter()  # publish_lost's totals
         self._followers: set[Follower] = set()
 
     @property
@@ -170,11 +214,16 @@ class FlowStream:
 
     def publish(self, flows: Iterable[Flow]) -> None:
         """Add flows (oldest first); cheap: no encoding, no I/O, never waits for a reader."""
-        followers = self._followers
-        for flow in flows:
-            entry = self.ring.append(flow)
-            for follower in followers:
+        entries = self.ring.extend(flows)
+        for follower in self._followers:
+            for entry in entries:
                 follower.offer(entry)
+
+    def publish_batch(self, batch: Chunk) -> None:
+        """Add a batch of records built on demand (collector.columns.FlowBatch): O(1)."""
+        self.ring.append_chunk(batch)
+        for follower in self._followers:
+            follower.offer_chunk(batch)
 
     def publish_lost(
         self,
@@ -184,6 +233,7 @@ class FlowStream:
     ) -> None:
         """Record that events were lost before they became flows (e.g. the BPF ring was full)."""
         event = LostEvent.now(source, num_events_lost, cpu, node_name=self.node_name)
+        self.lost_counts[source] += num_events_lost
         entry = self.ring.append(event)
         for follower in self._followers:
             follower.offer(entry)

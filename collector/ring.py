@@ -1,54 +1,138 @@
-"""The flow ring: the last N records a node saw, oldest first, each encoded to JSON at most once.
+"""The flow ring: the last N records a node saw, oldest first, each built and encoded at most once.
 
-Appending is O(1) and never allocates more than one small entry, so the producer (the node agent's
-event loop) can call it for every decoded flow; encoding waits until a reader asks for the record.
+The ring holds chunks, not entries: a chunk is either a list of records already built (the
+low-volume sources, lost events) or a columnar batch of the datapath's events
+(collector.columns.FlowBatch) whose Flow objects are only built when a reader asks for them.
+Appending a chunk is O(1) whatever its size, so the collector's hot path never pays per event;
+a RingEntry is a (chunk, index) view made when a reader walks the ring.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from flowscope.flow.model import Record
 
+DEFAULT_CAPACITY = 65535  # Hubble's default ring size
+CAPACITY_KEY = "flow_ring_capacity"  # ClusterInfo.extra: the agents' ring size
+
+
+class Chunk(Protocol):
+    """Records appended together, each readable by its index."""
+
+    def __len__(self) -> int: ...
+    def record(self, index: int) -> Record: ...
+    def line(self, index: int) -> bytes: ...
+
+
+class RecordChunk:
+    """Records already built, their JSON lines made on first demand."""
+
+    __slots__ = ("_lines", "records")
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self._lines: list[bytes | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def record(self, index: int) -> Record:
+        return self.records[index]
+
+    def line(self, index: int) -> bytes:
+        if self._lines is None:
+            self._lines = [None] * len(self.records)
+        found = self._lines[index]
+        if found is None:
+            found = self._lines[index] = self.records[index].to_json().encode() + b"\n"
+        return found
+
 
 class RingEntry:
-    """One record in the ring, with its GetFlowsResponse line once someone needed it."""
+    """One record in the ring: built, and encoded to its GetFlowsResponse line, on demand."""
 
-    __slots__ = ("_line", "record")
+    __slots__ = ("chunk", "index")
 
-    def __init__(self, record: Record) -> None:
-        self.record = record
-        self._line: bytes | None = None
+    def __init__(self, chunk: Chunk, index: int) -> None:
+        self.chunk = chunk
+        self.index = index
+
+    @classmethod
+    def of(cls, record: Record) -> RingEntry:
+        """An entry of a record alone (outside any ring)."""
+        return cls(RecordChunk([record]), 0)
+
+    @property
+    def record(self) -> Record:
+        return self.chunk.record(self.index)
 
     def line(self) -> bytes:
-        if self._line is None:
-            self._line = self.record.to_json().encode() + b"\n"
-        return self._line
+        return self.chunk.line(self.index)
 
 
 class FlowRing:
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity: {capacity} is not a positive number of flows")
-        self._entries: deque[RingEntry] = deque(maxlen=capacity)
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity: {capacity!r} is not a positive number of flows")
+        self.capacity = capacity
+        self._chunks: deque[Chunk] = deque()
+        self._head = 0  # entries of the oldest chunk already pushed out
+        self._len = 0
         self.seen = 0  # records ever appended, including those since overwritten
 
-    @property
-    def capacity(self) -> int:
-        return self._entries.maxlen or 0
-
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._len
 
     def append(self, record: Record) -> RingEntry:
-        entry = RingEntry(record)
-        self._entries.append(entry)
-        self.seen += 1
-        return entry
+        chunk = RecordChunk([record])
+        self.append_chunk(chunk)
+        return RingEntry(chunk, 0)
 
     def extend(self, records: Iterable[Record]) -> list[RingEntry]:
-        return [self.append(r) for r in records]
+        chunk = RecordChunk(list(records))
+        self.append_chunk(chunk)
+        return [RingEntry(chunk, i) for i in range(len(chunk))]
+
+    def append_chunk(self, chunk: Chunk) -> None:
+        """Add a chunk's records (oldest first); the oldest held records make room. O(1)."""
+        size = len(chunk)
+        if not size:
+            return
+        self._chunks.append(chunk)
+        self._len += size
+        self.seen += size
+        over = self._len - self.capacity
+        while over > 0:
+            oldest = self._chunks[0]
+            left = len(oldest) - self._head
+            if left <= over:
+                self._chunks.popleft()
+                self._head = 0
+                self._len -= left
+                over -= left
+            else:
+                self._head += over
+                self._len -= over
+                over = 0
+
+    def _newest_first(self) -> Iterator[RingEntry]:
+        oldest = self._chunks[0] if self._chunks else None
+        for chunk in reversed(self._chunks):
+            stop = self._head if chunk is oldest else 0
+            for i in range(len(chunk) - 1, stop - 1, -1):
+                yield RingEntry(chunk, i)
+
+    def entries(self) -> list[RingEntry]:
+        """Every held entry, oldest first."""
+        out: list[RingEntry] = []
+        head = self._head
+        for chunk in self._chunks:
+            out.extend(RingEntry(chunk, i) for i in range(head, len(chunk)))
+            head = 0
+        return out
 
     def last(
         self, n: int | None = None, match: Callable[[Record], bool] | None = None
@@ -56,14 +140,24 @@ class FlowRing:
         """The newest `n` entries (all when None) that `match`, oldest first."""
         if n is not None and n <= 0:
             return []
-        if match is None:
-            entries = list(self._entries)
-            return entries if n is None else entries[-n:]
+        if match is None and n is None:
+            return self.entries()
         picked: list[RingEntry] = []
-        for entry in reversed(self._entries):
-            if match(entry.record):
+        for entry in self._newest_first():
+            if match is None or match(entry.record):
                 picked.append(entry)
                 if n is not None and len(picked) >= n:
                     break
         picked.reverse()
         return picked
+
+
+def capacity_of(extra: dict) -> int:
+    """The ring size a cluster's agents use (ClusterInfo.extra[CAPACITY_KEY], else the
+    default); ValueError naming the key when it is not a positive whole number."""
+    raw = extra.get(CAPACITY_KEY)
+    if raw is None:
+        return DEFAULT_CAPACITY
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"{CAPACITY_KEY}: {raw!r} is not a positive number of flows")
+    return raw

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Coroutine
 from ipaddress import IPv4Address, IPv6Address
 
+import numpy as np
+
 from collector.datapath_flows import datapath_flow
 from collector.enrich import Enricher
 from collector.kernelflows import kernel_flow, reportable
@@ -220,6 +222,9 @@ class FakeRing:
 
     def drain(self, max_records: int = 1 << 16) -> list[bytes]:
         return self.batches.pop(0) if self.batches else []
+
+    def drain_array(self, dtype, max_records: int = 1 << 16):
+        return np.frombuffer(b"".join(self.drain(max_records)), dtype)
 
     async def wait_readable(self, timeout: float | None = None) -> bool:
         await asyncio.sleep(0.001)

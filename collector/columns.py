@@ -1,0 +1,312 @@
+"""The datapath's flow events named a batch at a time, kept as columns until someone reads them.
+
+The collector's hot path (kernel ring -> flow ring) does no Python work per event:
+- names are looked up per distinct key, not per event: each event's two endpoints are keyed by
+  (address, identity, endpoint id), the policy that allowed a new connection by (cookie,
+  direction), a translated connection's service by (client, backend, port, protocol). A
+  `KeyIndex` numbers the keys with a few vectorised numpy passes over the batch (a hash table in
+  arrays in front of an exact dict); only keys never seen before reach Python;
+- a `FlowBatch` keeps the events (the kernel's records, one structured array) with an index
+  column per name, pointing into lists of names found when the batch was collected: a pod that
+  goes away later does not rename its old flows;
+- Flow objects (and their JSON lines) are built only for the entries a reader asks for, once.
+
+The socket LB's translations name packets of the same connection for a while after it was made
+(collector.translations): each distinct connection key of a batch is looked up once, at the
+batch's first event's time, and refreshed to its last event's time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from collector.datapath_flows import named_flow, policy_direction
+from collector.enrich import Enricher
+from collector.translations import Link, RecentTranslations
+from dataplane.maps.flowevent import (
+    EVENT_DTYPE,
+    VERSION,
+    CtState,
+    FlowEvent,
+    ObservationPoint,
+    Verdict,
+)
+from dataplane.maps.netorder import ip_of
+from flowscope.flow.model import Endpoint, Flow, Policy
+
+V = TypeVar("V")
+
+_U64 = np.uint64
+_EMPTY = _U64(0xFFFF_FFFF_FFFF_FFFF)  # no second key word is this: the keys' high bits are 0
+_MIX1 = _U64(0x9E37_79B9_7F4A_7C15)
+_MIX2 = _U64(0xC2B2_AE3D_27D4_EB4F)
+_SHIFT32 = _U64(32)
+_IPPROTO_TCP, _IPPROTO_UDP = 6, 17
+_NO_NAME = -1  # in an index column: the event has no such name (no policy, no service)
+
+_address = functools.lru_cache(maxsize=65536)(lambda value: str(ip_of(value)))
+
+
+class KeyIndex(Generic[V]):
+    """Numbers for keys of two 64-bit words, and a value made once per key.
+
+    `lookup` answers a whole column of keys at once: a direct-mapped table of 2**bits slots
+    (numpy arrays) answers the keys it holds; the others go to an exact dict, and the keys never
+    seen get their value from `make(word1, word2)`. `values[number]` is that value. `values` is
+    only appended to, and replaced by a new list (never emptied) when the index starts over (past
+    `limit` keys, or `reset()`), so a holder of the old list keeps its names."""
+
+    def __init__(self, make: Callable[[int, int], V], *, bits: int = 16, limit: int = 65536):
+        self._make = make
+        self._bits = bits
+        self._shift = _U64(64 - bits)
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        size = 1 << self._bits
+        self._words1 = np.zeros(size, _U64)
+        self._words2 = np.full(size, _EMPTY, _U64)
+        self._numbers = np.zeros(size, np.int32)
+        self._exact: dict[tuple[int, int], int] = {}
+        self.values: list[V] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def lookup(self, words1: np.ndarray, words2: np.ndarray) -> np.ndarray:
+        """The number of each key (uint64 columns of equal length), as an int32 column."""
+        if len(self.values) >= self.limit:
+            self.reset()
+        slots = ((words1 ^ (words2 * _MIX2)) * _MIX1) >> self._shift
+        numbers = self._numbers[slots]
+        hit = (self._words1[slots] == words1) & (self._words2[slots] == words2)
+        if hit.all():
+            return numbers
+        missed = np.flatnonzero(~hit)
+        m1, m2 = words1[missed], words2[missed]
+        found = np.empty(len(missed), np.int32)
+        exact, values = self._exact, self.values
+        seen: dict[tuple[int, int], int] = {}
+        for i, key in enumerate(zip(m1.tolist(), m2.tolist(), strict=True)):
+            number = seen.get(key)
+            if number is None:
+                number = exact.get(key)
+                if number is None:
+                    number = exact[key] = len(values)
+                    values.append(self._make(*key))
+                seen[key] = number
+            found[i] = number
+        where = slots[missed]
+        self._words1[where] = m1
+        self._words2[where] = m2
+        self._numbers[where] = found
+        numbers[missed] = found
+        return numbers
+
+
+class FlowBatch:
+    """One drain of the datapath's ring: the events and the names found for them, as columns.
+    A chunk of the flow ring (collector.ring): `record(i)` builds entry i's Flow on demand."""
+
+    __slots__ = (
+        "_lines",
+        "_records",
+        "allowed",
+        "allowed_names",
+        "destination",
+        "endpoints",
+        "events",
+        "link_names",
+        "links",
+        "node",
+        "source",
+        "wall_offset",
+    )
+
+    def __init__(
+        self,
+        events: np.ndarray,
+        *,
+        node: str,
+        wall_offset: int,
+        endpoints: list[Endpoint],
+        source: np.ndarray,
+        destination: np.ndarray,
+        allowed_names: list[tuple[Policy, ...]],
+        allowed: np.ndarray,
+        link_names: list[Link],
+        links: np.ndarray,
+    ) -> None:
+        self.events = events  # EVENT_DTYPE, owned by the batch
+        self.node = node
+        self.wall_offset = wall_offset
+        self.endpoints = endpoints  # source/destination index these
+        self.source = source
+        self.destination = destination
+        self.allowed_names = allowed_names  # allowed indexes these, or is _NO_NAME
+        self.allowed = allowed
+        self.link_names = link_names  # links indexes these, or is _NO_NAME
+        self.links = links
+        self._records: list[Flow | None] | None = None
+        self._lines: list[bytes | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def time_ns(self) -> np.ndarray:
+        """Each event's time, nanoseconds since the epoch."""
+        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
+
+    def event(self, index: int) -> FlowEvent:
+        row = self.events[index]
+        return FlowEvent.from_values(dict(zip(EVENT_DTYPE.names, row.tolist(), strict=True)))
+
+    def record(self, index: int) -> Flow:
+        if self._records is None:
+            self._records = [None] * len(self.events)
+        flow = self._records[index]
+        if flow is None:
+            allowed = int(self.allowed[index])
+            link = int(self.links[index])
+            flow = self._records[index] = named_flow(
+                self.event(index),
+                self.endpoints[self.source[index]],
+                self.endpoints[self.destination[index]],
+                self.allowed_names[allowed] if allowed != _NO_NAME else (),
+                self.link_names[link] if link != _NO_NAME else None,
+                self.node,
+                self.wall_offset,
+            )
+        return flow
+
+    def line(self, index: int) -> bytes:
+        if self._lines is None:
+            self._lines = [None] * len(self.events)
+        line = self._lines[index]
+        if line is None:
+            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
+        return line
+
+
+class DatapathNamer:
+    """Names batches of the datapath's events for one node's collector (one per collector: it
+    remembers the keys it has seen, and starts over when the agent's directory changes)."""
+
+    def __init__(
+        self,
+        enricher: Enricher,
+        node: str,
+        wall_offset: int,
+        links: RecentTranslations | None = None,
+    ) -> None:
+        self.enricher = enricher
+        self.node = node
+        self.wall_offset = wall_offset
+        self.translations = links
+        self._version: Any = object()
+        self.endpoints: KeyIndex[Endpoint] = KeyIndex(self._endpoint)
+        self.policies: KeyIndex[tuple[Policy, ...]] = KeyIndex(self._allowed, bits=10)
+        self.connections: KeyIndex[tuple[str, str, int, int]] = KeyIndex(self._connection)
+
+    def _endpoint(self, address_identity: int, endpoint_id: int) -> Endpoint:
+        address = _address(address_identity >> 32)
+        return self.enricher.endpoint(address, address_identity & 0xFFFF_FFFF, endpoint_id)
+
+    def _allowed(self, cookie: int, direction: int) -> tuple[Policy, ...]:
+        return self.enricher.allowed_by(cookie, policy_direction(direction))
+
+    @staticmethod
+    def _connection(client_backend: int, port_proto: int) -> tuple[str, str, int, int]:
+        return (
+            _address(client_backend >> 32),
+            _address(client_backend & 0xFFFF_FFFF),
+            port_proto >> 8,
+            port_proto & 0xFF,
+        )
+
+    def batch(self, events: np.ndarray) -> FlowBatch:
+        """Name `events` (EVENT_DTYPE; the batch keeps the array: pass a copy of a reused
+        buffer). Raises ValueError when a record is of another version."""
+        if len(events) and (events["version"] != VERSION).any():
+            bad = sorted(set(events["version"][events["version"] != VERSION].tolist()))
+            raise ValueError(f"flow event record versions {bad}, this reader knows {VERSION}")
+        version = self.enricher.directory.version
+        if version != self._version:  # names may have changed: find them again
+            self.endpoints.reset()
+            self.policies.reset()
+            self._version = version
+        n = len(events)
+        # both ends in one lookup: sources first, then destinations
+        local = events["endpoint_id"].astype(_U64)
+        from_endpoint = events["obs_point"] == ObservationPoint.FROM_ENDPOINT
+        none = np.zeros(n, _U64)
+        address = np.concatenate((events["saddr"], events["daddr"])).astype(_U64)
+        identity = np.concatenate((events["src_identity"], events["dst_identity"]))
+        words1 = (address << _SHIFT32) | identity
+        words2 = np.concatenate(
+            (np.where(from_endpoint, local, none), np.where(from_endpoint, none, local))
+        )
+        ends = self.endpoints.lookup(words1, words2)
+        endpoints = self.endpoints.values
+        allowed = np.full(n, _NO_NAME, np.int32)
+        new = (events["verdict"] == Verdict.FORWARDED) & (events["ct_state"] == CtState.NEW)
+        if new.any():
+            rows = np.flatnonzero(new)
+            allowed[rows] = self.policies.lookup(
+                events["policy_cookie"][rows].astype(_U64),
+                events["traffic_direction"][rows].astype(_U64),
+            )
+        link_names, links = self._links(events)
+        return FlowBatch(
+            events,
+            node=self.node,
+            wall_offset=self.wall_offset,
+            endpoints=endpoints,
+            source=ends[:n],
+            destination=ends[n:],
+            allowed_names=self.policies.values,
+            allowed=allowed,
+            link_names=link_names,
+            links=links,
+        )
+
+    def _links(self, events: np.ndarray) -> tuple[list[Link], np.ndarray]:
+        """The socket-LB translation of each TCP/UDP event's connection, if one is known."""
+        n = len(events)
+        links = np.full(n, _NO_NAME, np.int32)
+        table = self.translations
+        if table is None or not len(table) or not n:
+            return [], links
+        proto = events["proto"]
+        rows = np.flatnonzero((proto == _IPPROTO_TCP) | (proto == _IPPROTO_UDP))
+        if not len(rows):
+            return [], links
+        ev = events[rows]
+        reply = ev["is_reply"] == 1  # the backend's packet: the client is its destination
+        client = np.where(reply, ev["daddr"], ev["saddr"]).astype(_U64)
+        backend = np.where(reply, ev["saddr"], ev["daddr"]).astype(_U64)
+        port = np.where(reply, ev["sport"], ev["dport"]).astype(_U64)
+        numbers = self.connections.lookup(
+            (client << _SHIFT32) | backend, (port << _U64(8)) | ev["proto"].astype(_U64)
+        )
+        distinct, position = np.unique(numbers, return_inverse=True)
+        times = ev["ktime_ns"]
+        first = int(times.min()) + self.wall_offset
+        last = int(times.max()) + self.wall_offset
+        names: list[Link] = []
+        name_of = np.full(len(distinct), _NO_NAME, np.int32)
+        keys = self.connections.values
+        for i, number in enumerate(distinct.tolist()):
+            link = table.lookup(keys[number], first)
+            if link is not None:
+                table.lookup(keys[number], last)  # packets until `last` refresh it
+                name_of[i] = len(names)
+                names.append(link)
+        links[rows] = name_of[position]
+        return names, links
