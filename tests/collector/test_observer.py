@@ -137,11 +137,15 @@ async def test_field_mask_keeps_only_the_asked_fields(observed) -> None:
             {"blacklist": [flow_pb2.FlowFilter(), flow_pb2.FlowFilter(destination_port=["x"])]},
             "blacklist[1].destination_port[0]",
         ),
-        ({"whitelist": [flow_pb2.FlowFilter(http_method=["GET"])]}, "whitelist[0].http_method"),
         (
-            {"whitelist": [flow_pb2.FlowFilter(destination_fqdn=["a"])]},
-            "whitelist[0].destination_fqdn",
+            {"whitelist": [flow_pb2.FlowFilter(http_method=["FETCH"])]},
+            "whitelist[0].http_method[0]",
         ),
+        (
+            {"whitelist": [flow_pb2.FlowFilter(destination_fqdn=["a b"])]},
+            "whitelist[0].destination_fqdn[0]",
+        ),
+        ({"whitelist": [flow_pb2.FlowFilter(dns_query=["a"])]}, "whitelist[0].dns_query"),
         ({"first": True, "follow": True}, "first"),
         ({"since": ts(5), "until": ts(4)}, "until"),
         ({"field_mask": field_mask_pb2.FieldMask(paths=["nope"])}, "field_mask"),
@@ -274,3 +278,30 @@ async def test_closing_the_server_ends_live_streams(sock_dir: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await asyncio.wait_for(reading, 5)
     assert stream.followers == 0 and not server.path.exists()
+
+
+async def test_history_end_marker_only_for_readers_that_ask(observed) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from collector.observer import HISTORY_END_METADATA, SERVICE_NAME, is_history_end
+
+    stream, server, stub = observed
+    req = observer_pb2.GetFlowsRequest(number=2, follow=True)
+    marked = stub.GetFlows(req, metadata=(HISTORY_END_METADATA,))
+    plain = stub.GetFlows(req)
+    try:
+        got = [await marked.read() for _ in range(3)]  # the newest 2 held, then the marker
+        assert [is_history_end(r) for r in got] == [False, False, True]
+        assert got[2].node_name == stream.node_name
+        assert [is_history_end(await plain.read()) for _ in range(2)] == [False, False]
+        stream.publish(flows(1, start=20))
+        assert not is_history_end(await marked.read())
+        assert not is_history_end(await plain.read())  # no marker ever came in between
+    finally:
+        marked.cancel()
+        plain.cancel()
+    async with grpc.aio.insecure_channel(f"unix:{server.path}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
