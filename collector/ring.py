@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+from flowscope.errors import UsageError
 from flowscope.flow.model import Record
 
 DEFAULT_CAPACITY = 65535  # Hubble's default ring size
@@ -154,10 +155,14 @@ class FlowRing:
 
 def capacity_of(extra: dict) -> int:
     """The ring size a cluster's agents use (ClusterInfo.extra[CAPACITY_KEY], else the
-    default); ValueError naming the key when it is not a positive whole number."""
+    default); UsageError naming the key when it is not a positive whole number."""
     raw = extra.get(CAPACITY_KEY)
     if raw is None:
         return DEFAULT_CAPACITY
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise ValueError(f"{CAPACITY_KEY}: {raw!r} is not a positive number of flows")
+        raise UsageError(
+            f"{CAPACITY_KEY}: {raw!r} is not a positive number of flows",
+            hint=f"set {CAPACITY_KEY} in the cluster's extra settings to a whole number "
+            f"of flows each node keeps (default {DEFAULT_CAPACITY}), or remove it",
+        )
     return raw

@@ -21,6 +21,7 @@ from collector.flowstream import FlowStream, flow_socket, serve_flows
 from collector.node import NodeCollector
 from collector.observer import observer_socket, serve_observer
 from collector.podcgroups import PodCgroups
+from collector.ring import capacity_of
 from collector.services import ServiceIndex
 from dataplane.agent import routing
 from dataplane.agent.enforcement import Enforcement
@@ -118,7 +119,7 @@ class Agent:
         hooks = DatapathHooks(enforcement, tracepoints)
         for local in enforcement.local.values():
             hooks.watch(local.endpoint)
-        stream = FlowStream(node_name=self.node)
+        stream = FlowStream(capacity_of(self.info.extra), node_name=self.node)
         publisher = self._start_publisher(stream)
         flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
         # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it

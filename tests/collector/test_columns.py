@@ -29,6 +29,7 @@ from dataplane.maps.flowevent import (
     ObservationPoint,
     Verdict,
 )
+from flowscope.errors import UsageError
 from flowscope.flow.filter import FlowFilter
 from flowscope.flow.model import Flow, LostEvent, LostEventSource, Service, ServiceTranslation
 from tests.collector.test_flows import ID_A, ID_B, NODE_IP, Directory, FakeRing, event
@@ -237,7 +238,7 @@ def test_ring_capacity_comes_from_the_cluster_and_is_checked() -> None:
     assert capacity_of({}) == 65535
     assert capacity_of({"flow_ring_capacity": 1000}) == 1000
     for bad in (0, -1, "100", True, 1.5):
-        with pytest.raises(ValueError, match="flow_ring_capacity"):
+        with pytest.raises(UsageError, match="flow_ring_capacity"):
             capacity_of({"flow_ring_capacity": bad})
 
 
