@@ -201,7 +201,7 @@ class KafkaConfig:
             )
         batch_bytes = _int(raw, "batch_bytes", where, defaults.batch_bytes, 1024, MAX_BATCH_BYTES)
         config = cls(
-            bootstrap=_bootstrap(raw["bootstrap"], f"{where}.bootstrap"),
+            bootstrap=parse_bootstrap(raw["bootstrap"], f"{where}.bootstrap"),
             topics=_topics(raw.get("topics", {}), f"{where}.topics"),
             partitions=_int(raw, "partitions", where, defaults.partitions, 1, 10000),
             replication=_int(raw, "replication", where, defaults.replication, 1, 1000),
@@ -273,7 +273,7 @@ def _format(path: Path) -> str:
     return "TOML" if path.suffix == ".toml" else "JSON"
 
 
-def _bootstrap(value: Any, where: str) -> tuple[str, ...]:
+def parse_bootstrap(value: Any, where: str = "bootstrap") -> tuple[str, ...]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
     elif isinstance(value, list):

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from flowscope import clusterinfo
 from flowscope.cli.nodes import selected_nodes
 from flowscope.cli.observeflags import add_filter_flags, build_filters
+from flowscope.cli.observekafka import add_kafka_flags, observe_kafka, wants_kafka
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.flow.printer import OUTPUTS
 
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--tls-client-cert-file", metavar="FILE", help="for mTLS")
     srv.add_argument("--tls-client-key-file", metavar="FILE", help="for mTLS")
     srv.add_argument("--tls-server-name", metavar="NAME", help="name in the server's cert")
+    add_kafka_flags(p.add_argument_group("kafka"))
     p.set_defaults(func=cmd_observe)
 
 
@@ -248,6 +250,8 @@ async def cmd_observe(args: argparse.Namespace) -> int:
     from flowscope.flow.compact import COLOR, PLAIN
     from flowscope.flow.printer import Printer
 
+    if wants_kafka(args):
+        return await observe_kafka(args)
     request = build_request(args)
     tls = _client_tls(args)
     address, what = server_of(args)
