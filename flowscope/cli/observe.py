@@ -317,8 +317,8 @@ def _rpc_error(exc, what: str) -> FlowscopeError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return FlowscopeError(
             f"cannot reach {what}: {exc.details()}",
-            hint="is it running? `flowscope lab status` shows the agents and the relay;"
-            " for TLS check --tls-* (a server that wants a client certificate refuses one without)",
+            hint="is it running? `flowscope lab up` restarts a lab's agents and relay;"
+            " with TLS check --tls-* (a server wanting client certificates refuses one without)",
         )
     return FlowscopeError(f"{what}: {code.name}: {exc.details()}")
 
