@@ -5,7 +5,8 @@
  * bpf_host nodeport code: no iptables, no nftables, no conntrack module.
  *
  *   np_ingress (tc clsact ingress on the uplink, before masquerade):
- *     client -> node_ip:nodePort   a NodePort frontend (np_services {nodePort, proto}) picks a
+ *     client -> node_ip:nodePort   a NodePort frontend (np_services {0, nodePort, proto}), or
+ *     client -> lb_ip:port         a LoadBalancer one (np_services {lb_ip, port, proto}), picks a
  *                                  backend (random, Maglev table, or the client's affinity),
  *                                  records the connection in np_ct and DNATs:
  *       local backend:  dst -> backend; the client's source address is kept; the stack forwards
@@ -16,24 +17,26 @@
  *                       let it continue up, so it is sent straight back out of the uplink with
  *                       bpf_redirect_neigh (route + neighbour lookup by the kernel, as Cilium's
  *                       fib_redirect does) without ever entering the stack.
- *     backend -> node_ip:snat_port the reply of a remote-backend connection: src -> node_ip:
- *                                  nodePort, dst -> client, and out again by bpf_redirect_neigh.
+ *     backend -> node_ip:snat_port the reply of a remote-backend connection: src -> the
+ *                                  frontend (node or LoadBalancer address and port), dst ->
+ *                                  client, and out again by bpf_redirect_neigh.
  *   np_egress (tc clsact egress on the uplink, before masquerade):
- *     local backend -> client      the reply of a local-backend connection: src -> node_ip:
- *                                  nodePort. Masquerade (later filter) then sees a node source
- *                                  and leaves it alone.
+ *     local backend -> client      the reply of a local-backend connection: src -> the
+ *                                  frontend. Masquerade (later filter) then sees a source that is
+ *                                  no pod's and leaves it alone.
  *     local pod -> other node's snat port   (overlay mode) a pod's reply to a remote node's
  *                                  NodePort SNAT: returned TC_ACT_OK, which ends the filter chain
  *                                  so masquerade does not rewrite it (the other node's np_ct
  *                                  expects the pod address; it routes pod CIDRs without NAT).
  *
  * Maps:
- *   np_services {nodePort, proto, slot} -> slot 0: count, flags (local/maglev/affinity), service
+ *   np_services {addr, port, proto, slot} -> slot 0: count, flags (local/maglev/affinity), service
  *                 id, affinity timeout; slot i in 1..count: backend i {ip, port, remote flag}
  *   np_maglev   service id -> u16 slot[MAGLEV_M] (backend slot per Maglev table entry)
  *   np_ct       LRU {saddr, daddr, sport, dport, proto, dir} -> translation; dir FWD: the client's
  *                 tuple as it arrives -> backend (+ SNAT port); dir REPLY: the reply's tuple as it
- *                 arrives -> the client and the frontend. Each packet refreshes both halves.
+ *                 arrives -> the client and the frontend (node or LoadBalancer address, which
+ *                 the reply leaves from). Each packet refreshes both halves.
  *   np_affinity LRU {client ip, service id} -> {last used, backend slot, ip, port}
  *   np_nodes    cluster node IPs (the overlay bypass above)
  *   np_config   node IP, uplink ifindex, SNAT port range, native CIDR, timeouts
@@ -81,7 +84,8 @@
 #define NP_NSEC 1000000000ULL
 
 struct np_svc_key {
-	__be16 port; /* the nodePort */
+	__be32 addr; /* 0: this node's IP (a NodePort); else a LoadBalancer address */
+	__be16 port; /* the nodePort, or the LoadBalancer port */
 	__u8 proto;
 	__u8 pad;
 	__u16 slot; /* 0: the service; 1..count: its backends */
@@ -301,7 +305,7 @@ static __always_inline __u32 flow_hash(const struct pkt *p)
 
 /* The backend slot (1..count) for a new connection, or 0 when the service has none. */
 static __always_inline __u16 select_slot(const struct np_svc_value *svc, const struct pkt *p,
-					 __u64 now)
+					 __be32 fe_addr, __u64 now)
 {
 	__u16 count = svc->count;
 	__u16 slot = 0;
@@ -313,7 +317,8 @@ static __always_inline __u16 select_slot(const struct np_svc_value *svc, const s
 		struct np_affinity_value *av = np_affinity.lookup(&ak);
 		if (av && av->slot >= 1 && av->slot <= count &&
 		    now - av->last_used_ns <= (__u64)svc->affinity_timeout * NP_NSEC) {
-			struct np_svc_key bk = {.port = p->dport, .proto = p->proto, .slot = av->slot};
+			struct np_svc_key bk = {
+				.addr = fe_addr, .port = p->dport, .proto = p->proto, .slot = av->slot};
 			struct np_svc_value *be = np_services.lookup(&bk);
 			/* the slot still holds that backend (backends may have moved) */
 			if (be && be->ip == av->ip && be->port == av->port) {
@@ -341,7 +346,8 @@ static __always_inline __u16 select_slot(const struct np_svc_value *svc, const s
 	if (!slot)
 		slot = bpf_get_prandom_u32() % count + 1;
 	if (svc->flags & NP_SVC_F_AFFINITY) {
-		struct np_svc_key bk = {.port = p->dport, .proto = p->proto, .slot = slot};
+		struct np_svc_key bk = {
+			.addr = fe_addr, .port = p->dport, .proto = p->proto, .slot = slot};
 		struct np_svc_value *be = np_services.lookup(&bk);
 		if (be) {
 			struct np_affinity_key ak = {.client = p->saddr, .svc_id = svc->id};
@@ -389,7 +395,7 @@ static __always_inline int new_conn(const struct np_config *cfg, const struct pk
 	rkey.dir = NP_DIR_REPLY;
 	rval.to_addr = p->saddr;
 	rval.to_port = p->sport;
-	rval.nat_addr = cfg->node_ip;
+	rval.nat_addr = p->daddr; /* the frontend: node or LoadBalancer address */
 	rval.nat_port = p->dport;
 	rval.svc_id = svc->id;
 	rval.created_ns = now;
@@ -460,18 +466,19 @@ static __always_inline int ingress_reply(struct __sk_buff *skb, const struct np_
 		return -1; /* not ours */
 	__be32 client = rev->to_addr;
 	__be16 client_port = rev->to_port;
-	__be16 node_port = rev->nat_port;
+	__be32 fe_addr = rev->nat_addr;
+	__be16 fe_port = rev->nat_port;
 	refresh(rev, cfg, p, now);
 	struct np_ct_key fkey = {.saddr = client,
-				 .daddr = cfg->node_ip,
+				 .daddr = fe_addr,
 				 .sport = client_port,
-				 .dport = node_port,
+				 .dport = fe_port,
 				 .proto = p->proto,
 				 .dir = NP_DIR_FWD};
 	struct np_ct_entry *fwd = np_ct.lookup(&fkey);
 	if (fwd)
 		refresh(fwd, cfg, p, now);
-	if (rewrite_both(skb, p, cfg->node_ip, node_port, client, client_port) < 0) {
+	if (rewrite_both(skb, p, fe_addr, fe_port, client, client_port) < 0) {
 		stat_inc(NP_STAT_CSUM_FAILED);
 		return TC_ACT_SHOT;
 	}
@@ -493,21 +500,26 @@ int np_ingress(struct __sk_buff *skb)
 			stat_inc(NP_STAT_MALFORMED);
 		return TC_ACT_UNSPEC;
 	}
-	if (p.daddr != cfg->node_ip)
-		return TC_ACT_UNSPEC;
 
 	__u64 now = bpf_ktime_get_ns();
-	__u16 dport = bpf_ntohs(p.dport);
-	if (dport >= cfg->snat_min && dport <= cfg->snat_max) {
-		int verdict = ingress_reply(skb, cfg, &p, now);
-		if (verdict >= 0)
-			return verdict;
+	/* NodePorts live at the node's IP (key addr 0); any other address can only be one of the
+	 * LoadBalancer addresses the fabric routes to the nodes (key addr = that address) */
+	__be32 fe_addr = 0;
+	if (p.daddr != cfg->node_ip) {
+		fe_addr = p.daddr;
+	} else {
+		__u16 dport = bpf_ntohs(p.dport);
+		if (dport >= cfg->snat_min && dport <= cfg->snat_max) {
+			int verdict = ingress_reply(skb, cfg, &p, now);
+			if (verdict >= 0)
+				return verdict;
+		}
 	}
 
-	struct np_svc_key skey = {.port = p.dport, .proto = p.proto, .slot = 0};
+	struct np_svc_key skey = {.addr = fe_addr, .port = p.dport, .proto = p.proto, .slot = 0};
 	struct np_svc_value *svc = np_services.lookup(&skey);
 	if (!svc)
-		return TC_ACT_UNSPEC; /* not a NodePort: the node's own traffic */
+		return TC_ACT_UNSPEC; /* not a frontend: the node's own or routed traffic */
 
 	struct np_ct_key fkey = {.saddr = p.saddr,
 				 .daddr = p.daddr,
@@ -535,12 +547,13 @@ int np_ingress(struct __sk_buff *skb)
 			reply_key_of(cfg, &p, cur, &rkey);
 			np_ct.delete(&rkey);
 		}
-		__u16 slot = select_slot(svc, &p, now);
+		__u16 slot = select_slot(svc, &p, fe_addr, now);
 		if (!slot) {
 			stat_inc(NP_STAT_NO_BACKEND);
 			return TC_ACT_SHOT;
 		}
-		struct np_svc_key bkey = {.port = p.dport, .proto = p.proto, .slot = slot};
+		struct np_svc_key bkey = {
+			.addr = fe_addr, .port = p.dport, .proto = p.proto, .slot = slot};
 		struct np_svc_value *be = np_services.lookup(&bkey);
 		if (!be) {
 			stat_inc(NP_STAT_NO_BACKEND);
@@ -588,20 +601,19 @@ int np_egress(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	struct np_ct_entry *rev = np_ct.lookup(&rkey);
 	if (rev && !(rev->flags & NP_CT_F_SNAT) && rev->expires_ns >= now) {
-		__be32 node_ip = rev->nat_addr;
-		__be16 node_port = rev->nat_port;
+		__be32 fe_addr = rev->nat_addr;
+		__be16 fe_port = rev->nat_port;
 		refresh(rev, cfg, &p, now);
 		struct np_ct_key fkey = {.saddr = p.daddr,
-					 .daddr = node_ip,
+					 .daddr = fe_addr,
 					 .sport = p.dport,
-					 .dport = node_port,
+					 .dport = fe_port,
 					 .proto = p.proto,
 					 .dir = NP_DIR_FWD};
 		struct np_ct_entry *fwd = np_ct.lookup(&fkey);
 		if (fwd)
 			refresh(fwd, cfg, &p, now);
-		if (rewrite(skb, &p, IP_SADDR_OFF, p.saddr, node_ip, p.l4_off, p.sport, node_port) <
-		    0) {
+		if (rewrite(skb, &p, IP_SADDR_OFF, p.saddr, fe_addr, p.l4_off, p.sport, fe_port) < 0) {
 			stat_inc(NP_STAT_CSUM_FAILED);
 			return TC_ACT_SHOT;
 		}

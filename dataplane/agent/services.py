@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from ipaddress import IPv4Address
 
 from dataplane.maps.lbmap import Backend, LBMaps, Service
-from dataplane.maps.nodeportmap import NodePortBackend, NodePortMaps, NodePortService
+from dataplane.maps.nodeportmap import (
+    NODE_ADDRESS,
+    NodePortBackend,
+    NodePortMaps,
+    NodePortService,
+)
 from dataplane.services.plan import Frontend, plan
 from flowscope.apis import kinds
 from flowscope.errors import FlowscopeError
@@ -52,9 +58,13 @@ def socket_services(frontends: tuple[Frontend, ...]) -> list[Service]:
     ]
 
 
+UPLINK_KINDS = frozenset({"NodePort", "LoadBalancer"})  # what traffic from the fabric may reach
+
+
 def nodeport_services(frontends: tuple[Frontend, ...], node: str) -> list[NodePortService]:
-    """The plan's NodePort frontends as the uplink's NodePort maps hold them: backends on other
-    nodes are marked remote (reached with SNAT to this node's IP)."""
+    """The plan's NodePort and LoadBalancer frontends as the uplink's maps hold them (a NodePort
+    at the node's own address, a LoadBalancer at its ingress address): backends on other nodes
+    are marked remote (reached with SNAT to this node's IP)."""
     return [
         NodePortService(
             port=f.key.port,
@@ -63,9 +73,10 @@ def nodeport_services(frontends: tuple[Frontend, ...], node: str) -> list[NodePo
             local=f.local_only,
             maglev=f.algorithm == "maglev",
             affinity_timeout=f.affinity_timeout or None,
+            address=NODE_ADDRESS if f.key.kind == "NodePort" else IPv4Address(f.key.address),
         )
         for f in frontends
-        if f.key.kind == "NodePort" and f.key.protocol in SOCKET_PROTOCOLS
+        if f.key.kind in UPLINK_KINDS and f.key.protocol in SOCKET_PROTOCOLS
     ]
 
 

@@ -1,10 +1,11 @@
-"""The NodePort frontends (probes/nodeport.c `np_services`), seen from Python.
+"""The NodePort and LoadBalancer frontends (probes/nodeport.c `np_services`), seen from Python.
 
-    np_services {nodePort, proto, slot} -> slot 0: {count, service id, flags, affinity timeout};
+    np_services {addr, port, proto, slot} -> slot 0: {count, service id, flags, affinity timeout};
                 slot i in 1..count: backend i {ip, port, remote flag}
 
 Ports and addresses are network order in keys and values, as in the packet. A NodePort frontend
-matches this node's IP only (the program compares the destination with np_config.node_ip).
+has addr 0 and matches this node's IP only (the program compares the destination with
+np_config.node_ip); a LoadBalancer frontend has its address (which the fabric routes to the nodes).
 
 `NodePortMaps` owns the Python side: service ids (stable across updates, adopted from the pinned
 map on restart), and each Maglev service's table in np_maglev (dataplane.maps.maglevmap), rebuilt
@@ -41,6 +42,7 @@ class NpSvcKey(ct.Structure):
     """struct np_svc_key."""
 
     _fields_ = (
+        ("addr", ct.c_uint32),
         ("port", ct.c_uint16),
         ("proto", ct.c_uint8),
         ("pad", ct.c_uint8),
@@ -84,9 +86,15 @@ class NodePortBackend:
         return f"{self.name}{' (remote)' if self.remote else ''}"
 
 
+NODE_ADDRESS = IPv4Address(0)  # a frontend at this node's own IP: a NodePort
+
+Frontend = tuple[IPv4Address, int, Proto]
+
+
 @dataclass(frozen=True)
 class NodePortService:
-    """One NodePort frontend (nodePort/proto at this node's IP) and the backends it may use."""
+    """One frontend on the uplink and the backends it may use: a NodePort (nodePort/proto at
+    this node's IP, `address` NODE_ADDRESS) or a LoadBalancer address (port/proto at `address`)."""
 
     port: int
     proto: Proto
@@ -94,17 +102,21 @@ class NodePortService:
     local: bool = False  # externalTrafficPolicy Local (backends are already only local ones)
     maglev: bool = False
     affinity_timeout: int | None = None  # seconds of ClientIP affinity; None: none
+    address: IPv4Address = NODE_ADDRESS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "proto", _proto(self.proto))
         object.__setattr__(self, "backends", tuple(self.backends))
+        object.__setattr__(self, "address", IPv4Address(self.address))
 
     @property
-    def frontend(self) -> tuple[int, Proto]:
-        return (self.port, self.proto)
+    def frontend(self) -> Frontend:
+        return (self.address, self.port, self.proto)
 
     def __str__(self) -> str:
-        return f"NodePort {self.port}/{self.proto.name}"
+        if self.address == NODE_ADDRESS:
+            return f"NodePort {self.port}/{self.proto.name}"
+        return f"LoadBalancer {self.address}:{self.port}/{self.proto.name}"
 
 
 def validate(svc: NodePortService) -> None:
@@ -115,8 +127,8 @@ def validate(svc: NodePortService) -> None:
         raise MapError(f"{where} backends: more than the Maglev table's {TABLE_SIZE} slots")
 
 
-def svc_key(port: int, proto: Proto, slot: int = 0) -> NpSvcKey:
-    return NpSvcKey(port=socket.htons(port), proto=int(proto), slot=slot)
+def svc_key(address: IPv4Address, port: int, proto: Proto, slot: int = 0) -> NpSvcKey:
+    return NpSvcKey(addr=u32_of(address), port=socket.htons(port), proto=int(proto), slot=slot)
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,7 @@ class NodePortEntry:
 
 @dataclass
 class _State:
-    entries: dict[tuple[int, Proto], NodePortEntry] = field(default_factory=dict)
+    entries: dict[Frontend, NodePortEntry] = field(default_factory=dict)
     ids: set[int] = field(default_factory=set)
 
 
@@ -151,8 +163,10 @@ class NodePortMaps:
     def services(self) -> list[NodePortService]:
         return [e.service for e in self.entries()]
 
-    def lookup(self, port: int, proto: Proto | int | str) -> NodePortEntry | None:
-        return self._s.entries.get((port, _proto(proto)))
+    def lookup(
+        self, port: int, proto: Proto | int | str, address: IPv4Address | str = NODE_ADDRESS
+    ) -> NodePortEntry | None:
+        return self._s.entries.get((IPv4Address(address), port, _proto(proto)))
 
     def usage(self) -> dict[str, tuple[int, int]]:
         maglev_n = sum(1 for e in self._s.entries.values() if e.service.maglev)
@@ -174,7 +188,7 @@ class NodePortMaps:
         sid = old.id if old else self._alloc_id()
         for slot, b in enumerate(svc.backends, start=1):
             self._svc.put(
-                svc_key(svc.port, svc.proto, slot),
+                svc_key(*svc.frontend, slot),
                 NpSvcValue(
                     ip=u32_of(b.ip),
                     port=socket.htons(b.port),
@@ -189,9 +203,9 @@ class NodePortMaps:
         if rebuild:
             self.maglev.put(sid, maglev.lookup_table([b.name for b in svc.backends]))
             self.maglev_builds += 1
-        self._svc.put(svc_key(svc.port, svc.proto, 0), self._head(svc, sid))
+        self._svc.put(svc_key(*svc.frontend, 0), self._head(svc, sid))
         for slot in range(len(svc.backends) + 1, old_n + 1):
-            self._svc.delete(svc_key(svc.port, svc.proto, slot))
+            self._svc.delete(svc_key(*svc.frontend, slot))
         if old is not None and old.service.maglev and (not svc.maglev or not svc.backends):
             self.maglev.delete(sid)
         self._slot_count += grow
@@ -200,14 +214,16 @@ class NodePortMaps:
         self._s.ids.add(sid)
         return entry
 
-    def delete(self, port: int, proto: Proto | int | str) -> bool:
-        fe = (port, _proto(proto))
+    def delete(
+        self, port: int, proto: Proto | int | str, address: IPv4Address | str = NODE_ADDRESS
+    ) -> bool:
+        fe = (IPv4Address(address), port, _proto(proto))
         old = self._s.entries.pop(fe, None)
         if old is None:
             return False
-        self._svc.delete(svc_key(port, fe[1], 0))  # first: the frontend vanishes at once
+        self._svc.delete(svc_key(*fe, 0))  # first: the frontend vanishes at once
         for slot in range(1, len(old.service.backends) + 1):
-            self._svc.delete(svc_key(port, fe[1], slot))
+            self._svc.delete(svc_key(*fe, slot))
         if old.service.maglev:
             self.maglev.delete(old.id)
         self._slot_count -= 1 + len(old.service.backends)
@@ -219,7 +235,8 @@ class NodePortMaps:
         want = {s.frontend: s for s in services}
         for s in want.values():
             validate(s)
-        deleted = sum(self.delete(*fe) for fe in [fe for fe in self._s.entries if fe not in want])
+        gone = [fe for fe in self._s.entries if fe not in want]
+        deleted = sum(self.delete(port, proto, address) for address, port, proto in gone)
         upserted = 0
         for fe, s in want.items():
             cur = self._s.entries.get(fe)
@@ -255,10 +272,10 @@ class NodePortMaps:
     def _adopt(self) -> int:
         """Rebuild the Python state from the maps (agent restart); delete what nothing reaches."""
         repaired = 0
-        heads: dict[tuple[int, Proto], NpSvcValue] = {}
-        slots: dict[tuple[int, Proto], dict[int, NpSvcValue]] = {}
+        heads: dict[Frontend, NpSvcValue] = {}
+        slots: dict[Frontend, dict[int, NpSvcValue]] = {}
         for k, v in self._svc.items():
-            fe = (socket.ntohs(k.port), Proto(k.proto))
+            fe = (ip_of(k.addr), socket.ntohs(k.port), Proto(k.proto))
             if k.slot == 0:
                 heads[fe] = v
             else:
@@ -275,12 +292,13 @@ class NodePortMaps:
                 if i in got
             )
             svc = NodePortService(
-                fe[0],
                 fe[1],
+                fe[2],
                 backends,
                 local=bool(head.flags & SVC_F_LOCAL),
                 maglev=bool(head.flags & SVC_F_MAGLEV),
                 affinity_timeout=head.affinity_timeout if head.flags & SVC_F_AFFINITY else None,
+                address=fe[0],
             )
             self._s.entries[fe] = NodePortEntry(svc, int(head.id))
             self._s.ids.add(int(head.id))

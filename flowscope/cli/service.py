@@ -162,7 +162,8 @@ NODEPORT_DIR = "nodeport"
 def nodeport_rows_from(node: str, services: Iterable[tuple]) -> list[FrontendRow]:
     """Rows from np_services entries ((key, value) ctypes pairs). Backends sit in the slots
     themselves (no backend ids: the id column is the slot's); a remote backend is reached with
-    SNAT to the node's IP; the frontend is every address of the node (0.0.0.0, as Cilium)."""
+    SNAT to the node's IP; a NodePort's frontend is every address of the node (0.0.0.0, as
+    Cilium), a LoadBalancer's is its address."""
     from dataplane.maps.netorder import ip_of
     from dataplane.maps.nodeportmap import (
         BE_F_REMOTE,
@@ -175,17 +176,17 @@ def nodeport_rows_from(node: str, services: Iterable[tuple]) -> list[FrontendRow
     heads: dict = {}
     slots: dict = {}
     for k, v in services:
-        fe = (socket.ntohs(k.port), int(k.proto))
+        fe = (int(k.addr), socket.ntohs(k.port), int(k.proto))
         if k.slot == 0:
             heads[fe] = v
         else:
             slots.setdefault(fe, {})[int(k.slot)] = v
     rows = []
-    for (port, proto_number), head in sorted(heads.items()):
+    for (addr, port, proto_number), head in sorted(heads.items()):
         proto = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP"}.get(
             proto_number, str(proto_number)
         )
-        got = slots.get((port, proto_number), {})
+        got = slots.get((addr, port, proto_number), {})
         backend_rows = []
         for index in range(1, int(head.count) + 1):
             be = got.get(index)
@@ -209,10 +210,10 @@ def nodeport_rows_from(node: str, services: Iterable[tuple]) -> list[FrontendRow
                 node,
                 "nodeport",
                 int(head.id),
-                NODE_ANY,
+                str(ip_of(addr)) if addr else NODE_ANY,
                 port,
                 proto,
-                "NodePort",
+                "LoadBalancer" if addr else "NodePort",
                 tuple(backend_rows),
                 flags=flags,
             )
@@ -261,9 +262,9 @@ def with_owners(
     owners = frontend_owners(services)
     out = []
     for row in rows:
-        owner = owners.get((row.ip, row.port, row.protocol)) or owners.get(
-            (NODE_ANY, row.port, row.protocol)
-        )
+        owner = owners.get((row.ip, row.port, row.protocol))
+        if owner is None and row.ip == NODE_ANY:
+            owner = owners.get((NODE_ANY, row.port, row.protocol))
         if owner is None:
             out.append(row)
         else:

@@ -1,6 +1,7 @@
 """ServiceSync with NodePort: NodePort services in the store -> the uplink's NodePort maps (fake)
 with remote backends marked, Local policy, Maglev and affinity; the node IP's socket frontend for
-the hairpin; Maglev tables rebuilt only for the services whose backends changed."""
+the hairpin; Maglev tables rebuilt only for the services whose backends changed; LoadBalancer
+addresses on the uplink and at pod sockets."""
 
 from __future__ import annotations
 
@@ -110,3 +111,22 @@ async def test_maglev_tables_are_rebuilt_only_for_services_whose_backends_change
         await store.apply([slice_for("two", EPS[:1])], internal=True)
         await until(lambda: len(nodeport.lookup(30091, "TCP").service.backends) == 1)
         assert nodeport.maglev_builds == 3  # "one" kept its table
+
+
+async def test_a_loadbalancer_address_reaches_the_uplink_maps_and_pod_sockets(kv) -> None:
+    store = ObjectStore(kv, service_cidr="10.0.0.0/16")
+    await store.apply([nodeport_service("lb", 30095, type="LoadBalancer")])
+    await store.apply([slice_for("lb", EPS)], internal=True)
+    lb_ip = "10.225.0.7"
+    async with running(kv) as (sync, sockets, nodeport):
+        await until(lambda: nodeport.lookup(30095, "TCP") is not None)
+        assert nodeport.lookup(80, "TCP", lb_ip) is None  # no address assigned yet
+        await store.update_status(
+            "Service", "default", "lb", {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}
+        )
+        await until(lambda: nodeport.lookup(80, "TCP", lb_ip) is not None)
+        at_lb = nodeport.lookup(80, "TCP", lb_ip).service
+        assert at_lb.backends == nodeport.lookup(30095, "TCP").service.backends
+        assert str(at_lb) == f"LoadBalancer {lb_ip}:80/TCP"
+        assert sockets.lookup(lb_ip, 80, "TCP") is not None  # pods are translated at the socket
+        assert sync.problem is None

@@ -8,6 +8,7 @@ import ctypes as ct
 import os
 import socket
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 
 import pytest
 
@@ -16,6 +17,7 @@ from dataplane.maps.bpfmap import BpfMap, MapError
 from dataplane.maps.lbmap import FakeTable, KernelTable, Proto
 from dataplane.maps.maglevmap import MAGLEV_MAP, TABLE_SIZE
 from dataplane.maps.nodeportmap import (
+    NODE_ADDRESS,
     SERVICES_MAP,
     NodePortBackend,
     NodePortMaps,
@@ -55,7 +57,13 @@ def _tables(kind: str, services: int, maglev: int) -> tuple[list, list[int]]:
     from probes import libbpf
 
     fds = [
-        libbpf.map_create(libbpf.BPF_MAP_TYPE_HASH, "t_np_svc", 8, 20, services),
+        libbpf.map_create(
+            libbpf.BPF_MAP_TYPE_HASH,
+            "t_np_svc",
+            ct.sizeof(nodeportmap.NpSvcKey),
+            ct.sizeof(nodeportmap.NpSvcValue),
+            services,
+        ),
         libbpf.map_create(
             libbpf.BPF_MAP_TYPE_HASH, "t_np_mag", 4, ct.sizeof(maglevmap.MaglevTable), maglev, 1
         ),
@@ -93,16 +101,33 @@ def test_slots_hold_the_backends_and_the_head_their_count(tables) -> None:
     maps = NodePortMaps(svc_t, mag_t)
     svc = NodePortService(30080, "TCP", backends(1, 2) + backends(3, remote=True), local=False)
     entry = maps.upsert(svc)
-    head = svc_t.get(svc_key(30080, Proto.TCP))
+    head = svc_t.get(svc_key(NODE_ADDRESS, 30080, Proto.TCP))
     assert (head.count, head.id, head.flags) == (3, entry.id, 0)
-    third = svc_t.get(svc_key(30080, Proto.TCP, 3))
+    third = svc_t.get(svc_key(NODE_ADDRESS, 30080, Proto.TCP, 3))
     assert (third.port, third.flags) == (socket.htons(80), nodeportmap.BE_F_REMOTE)
     maps.upsert(NodePortService(30080, "TCP", backends(1)))
-    assert svc_t.get(svc_key(30080, Proto.TCP, 2)) is None  # slots beyond the count go
+    assert (
+        svc_t.get(svc_key(NODE_ADDRESS, 30080, Proto.TCP, 2)) is None
+    )  # slots beyond the count go
     assert maps.lookup(30080, "tcp").id == entry.id  # the id is stable across updates
     assert maps.usage()[SERVICES_MAP][0] == 2
-    assert maps.delete(30080, "TCP") and svc_t.get(svc_key(30080, Proto.TCP)) is None
+    assert maps.delete(30080, "TCP") and svc_t.get(svc_key(NODE_ADDRESS, 30080, Proto.TCP)) is None
     assert list(svc_t.items()) == []
+
+
+def test_a_loadbalancer_address_and_a_nodeport_of_the_same_port_are_two_frontends(tables) -> None:
+    svc_t, mag_t = tables()
+    maps = NodePortMaps(svc_t, mag_t)
+    node_port = NodePortService(30080, "TCP", backends(1))
+    lb = NodePortService(30080, "TCP", backends(2, 3), address="10.225.0.7")
+    maps.sync([node_port, lb])
+    assert svc_t.get(svc_key(IPv4Address("10.225.0.7"), 30080, Proto.TCP)).count == 2
+    assert svc_t.get(svc_key(NODE_ADDRESS, 30080, Proto.TCP)).count == 1
+    assert maps.lookup(30080, "TCP", "10.225.0.7").service == lb
+    assert str(lb) == "LoadBalancer 10.225.0.7:30080/TCP"
+    maps.sync([node_port])
+    assert svc_t.get(svc_key(IPv4Address("10.225.0.7"), 30080, Proto.TCP)) is None
+    assert maps.lookup(30080, "TCP").service == node_port
 
 
 def test_maglev_table_is_rebuilt_only_when_backends_change(tables) -> None:
@@ -127,15 +152,20 @@ def test_a_restarted_agent_adopts_services_and_drops_debris(tables) -> None:
     want = [
         NodePortService(30080, "TCP", backends(1, 2, remote=True), affinity_timeout=60),
         NodePortService(30081, "TCP", backends(3), maglev=True, local=True),
+        NodePortService(30081, "TCP", backends(4), address="10.225.0.7"),  # a LoadBalancer
     ]
     first.sync(want)
-    ids = {e.service.port: e.id for e in first.entries()}
-    svc_t.put(svc_key(30090, Proto.TCP, 4), nodeportmap.NpSvcValue())  # slot of no service
+    ids = {e.service.frontend: e.id for e in first.entries()}
+    svc_t.put(
+        svc_key(NODE_ADDRESS, 30090, Proto.TCP, 4), nodeportmap.NpSvcValue()
+    )  # slot of no service
     mag_t.put(ct.c_uint32(999), maglevmap.MaglevTable())  # table of no service
 
     again = NodePortMaps(svc_t, mag_t)
-    assert again.services() == want
-    assert {e.service.port: e.id for e in again.entries()} == ids
+    assert sorted(again.services(), key=lambda s: s.frontend) == sorted(
+        want, key=lambda s: s.frontend
+    )
+    assert {e.service.frontend: e.id for e in again.entries()} == ids
     assert again.repaired == 2
     assert again.sync(want) == (0, 0)  # nothing to write, no Maglev rebuild
     assert again.maglev_builds == 0

@@ -29,14 +29,16 @@ SERVICES = [
     NodePortService(
         30053, "UDP", (NodePortBackend("10.244.1.5", 53),), local=True, affinity_timeout=60
     ),
+    NodePortService(80, "TCP", (NodePortBackend("10.244.1.5", 80),), address="10.225.0.7"),
 ]
 WEB = {
     "metadata": {"name": "web", "namespace": "y"},
     "spec": {
-        "type": "NodePort",
+        "type": "LoadBalancer",
         "clusterIP": "10.0.0.10",
         "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}],
     },
+    "status": {"loadBalancer": {"ingress": [{"ip": "10.225.0.7"}]}},
 }
 
 
@@ -47,6 +49,7 @@ def test_rows_show_each_nodeport_with_its_backends_and_settings() -> None:
     assert [(r.frontend, r.type, r.flags) for r in rows] == [
         ("0.0.0.0:30053/UDP", "NodePort", ("eTP=Local", "affinity=60s")),
         ("0.0.0.0:30080/TCP", "NodePort", ("maglev",)),
+        ("10.225.0.7:80/TCP", "LoadBalancer", ()),
     ]
     assert [(b.address, b.state) for b in rows[1].backends] == [
         ("10.244.1.5:80/TCP", "active"),
@@ -54,7 +57,11 @@ def test_rows_show_each_nodeport_with_its_backends_and_settings() -> None:
     ]
     assert rows[1].id == maps.lookup(30080, "TCP").id
     named = with_owners(rows, [WEB])
-    assert named[1].service == "y/web" and named[0].service == ""
+    assert [(r.service, r.type) for r in named] == [
+        ("", "NodePort"),
+        ("y/web", "NodePort"),
+        ("y/web", "LoadBalancer"),
+    ]
     text = format_table(named, node_column=False).splitlines()
     assert text[0].split()[:3] == ["ID", "Frontend", "Service"]
     assert "0.0.0.0:30080/TCP" in text[2] and "y/web [maglev]" in text[2]
@@ -76,8 +83,8 @@ def test_rows_from_the_pinned_kernel_map() -> None:
     try:
         n.maps.sync(SERVICES)
         rows = nodeport_rows(paths, "node-1")
-        assert [(r.port, len(r.backends)) for r in rows] == [(30053, 1), (30080, 2)]
-        assert n.maps.services() == sorted(SERVICES, key=lambda s: s.port)  # nothing written
+        assert [(r.port, len(r.backends)) for r in rows] == [(30053, 1), (30080, 2), (80, 1)]
+        assert n.maps.services() == sorted(SERVICES, key=lambda s: s.frontend)  # nothing written
     finally:
         n.unpin()
         n.close()

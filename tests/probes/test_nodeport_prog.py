@@ -1,6 +1,6 @@
 """np_ingress/np_egress on crafted packets through BPF_PROG_TEST_RUN: DNAT to a local backend
 (client address kept), DNAT+SNAT to a remote one (redirected out of the uplink), reverse NAT of
-both kinds of reply, eTP Local without a backend, ClientIP affinity, Maglev keeping connections
+both kinds of reply, LoadBalancer addresses, eTP Local without a backend, ClientIP affinity, Maglev keeping connections
 when a backend goes, the overlay masquerade bypass, and malformed packets passed untouched.
 
 test_run gives the program a CHECKSUM_NONE skb, so every rewritten packet must verify from
@@ -132,6 +132,42 @@ def test_a_frontend_without_backends_drops_and_other_traffic_passes(np_: NodePor
         tcp(CLIENT, 40000, OTHER_NODE, NODEPORT),  # another node's address
         tcp(CLIENT, 40000, NODE, DEFAULT_SNAT_MIN + 5),  # no such SNAT connection
     ):
+        verdict, data = run(np_, INGRESS_PROG, other)
+        assert (verdict, data) == (PASS, other)
+
+
+LB_IP = "10.225.0.7"  # a LoadBalancer address the fabric routes to the nodes
+
+
+@pytest.mark.privileged
+def test_a_loadbalancer_address_is_translated_and_replies_leave_from_it(np_: NodePort) -> None:
+    np_.maps.sync(
+        [
+            service(LOCAL, port=80, address=LB_IP),
+            service(REMOTE, port=443, address=LB_IP),
+            service(REMOTE),  # a NodePort on the node's own address, beside them
+        ]
+    )
+    verdict, data = run(np_, INGRESS_PROG, tcp(CLIENT, 40000, LB_IP, 80))
+    pkt = P.parse(data)
+    assert verdict == PASS and (pkt.src, pkt.dst, pkt.dport) == (CLIENT, LOCAL_POD, 80)
+    verdict, data = run(np_, EGRESS_PROG, tcp(LOCAL_POD, 80, CLIENT, 40000, P.SYN | P.ACK))
+    back = P.parse(data)
+    assert (back.src, back.sport, back.dst) == (LB_IP, 80, CLIENT)
+    assert back.ip_csum_ok and back.l4_csum_ok
+
+    # a remote backend: SNAT to the node, and the reply leaves from the LoadBalancer address
+    verdict, data = run(np_, INGRESS_PROG, tcp(CLIENT, 40001, LB_IP, 443))
+    out = P.parse(data)
+    assert verdict == REDIRECT and (out.src, out.dst, out.dport) == (NODE, REMOTE_POD, 8080)
+    verdict, data = run(np_, INGRESS_PROG, tcp(REMOTE_POD, 8080, NODE, out.sport, P.SYN | P.ACK))
+    back = P.parse(data)
+    assert verdict == REDIRECT
+    assert (back.src, back.sport, back.dst, back.dport) == (LB_IP, 443, CLIENT, 40001)
+    assert back.ip_csum_ok and back.l4_csum_ok
+
+    # the LoadBalancer's ports are its own: not NodePorts, and no other port of the address
+    for other in (tcp(CLIENT, 40002, NODE, 80), tcp(CLIENT, 40002, LB_IP, NODEPORT)):
         verdict, data = run(np_, INGRESS_PROG, other)
         assert (verdict, data) == (PASS, other)
 
