@@ -147,7 +147,12 @@ def test_a_connection_to_a_cluster_ip_shows_client_service_and_backend(lab: Lab)
 
     # the packets: client -> backend on the wire, named after the service
     def packets() -> list[dict]:
-        got = flows(lab, "--pod", f"{NS}/client", "--node", "node-1", "--service", f"{NS}/web")
+        # hubble pairs the ends of --pod and --service (source pod with source service): the
+        # requests are from the client to the service, the replies from the service to it
+        got = [
+            *flows(lab, "--node", "node-1", "--from-pod", f"{NS}/client", "--to-service", "web"),
+            *flows(lab, "--node", "node-1", "--to-pod", f"{NS}/client", "--from-service", "web"),
+        ]
         return [f for f in got if f.get("Type") != "SOCK"]
 
     pkts = until(packets, "packet flows naming the service")
