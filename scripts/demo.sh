@@ -8,8 +8,8 @@ FS=(.venv/bin/flowscope --cluster "${DEMO_CLUSTER:-demo}")
 IPAM=${DEMO_IPAM:-overlay}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "lab up: 3 nodes, $IPAM IPAM"
-"${FS[@]}" lab up --nodes 3 --ipam "$IPAM"
+step "lab up: 3 nodes, $IPAM IPAM, a Kafka broker the agents publish their flows to"
+"${FS[@]}" lab up --nodes 3 --ipam "$IPAM" --kafka
 
 step "apply examples/ (namespaces, NetworkPolicies, pods, a service)"
 "${FS[@]}" apply -f examples/
@@ -61,6 +61,12 @@ step "live flows: the datapath's verdicts on every node (flowscope observe)"
 "${FS[@]}" observe --last 12 --namespace backend --print-node-name
 step "drops only"
 "${FS[@]}" observe --last 6 --verdict DROPPED --namespace backend
+
+step "the same flows streamed through Kafka: every node publishes to the lab's broker"
+KAFKA=$(.venv/bin/python -c 'import sys; from flowscope import clusterinfo; from dataplane.lab import kafka
+print(kafka.of(clusterinfo.load(sys.argv[1])).bootstrap)' "${DEMO_CLUSTER:-demo}")
+echo "broker: $KAFKA (topics flowscope.flows, flowscope.lost, flowscope.nodes)"
+"${FS[@]}" observe --kafka "$KAFKA" --last 8 --namespace backend --print-node-name
 
 step "the outside world (overlay: masqueraded to the node's address)"
 "${FS[@]}" lab exec "${fe[0]}" -- python3 -c \

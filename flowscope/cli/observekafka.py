@@ -16,6 +16,7 @@ Malformed records on the topic are skipped; their count (and any sequence gap) g
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
@@ -114,6 +115,8 @@ async def observe_kafka(args: argparse.Namespace) -> int:
     from flowscope.flow.kafkaread import KafkaFlowReader
     from flowscope.flow.printer import Printer
 
+    # aiokafka tells of every subscription and rebalance at INFO: not the user's business
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if args.follow and args.last:
         raise UsageError(
             "--last: not with --kafka --follow (a topic has no 'newest N' to start from)",
