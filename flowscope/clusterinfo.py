@@ -40,6 +40,12 @@ class ClusterInfo:
         return bool(self.extra.get("policy_audit_mode", False))
 
     @property
+    def lb_pool(self) -> IPv4Network | None:
+        """Where LoadBalancer Services get their addresses (None: a cluster made before pools)."""
+        value = self.extra.get("lb_pool")
+        return IPv4Network(value) if value else None
+
+    @property
     def policy_map_entries(self) -> int | None:
         """The most policy entries one endpoint may have (None: the datapath's default)."""
         value = self.extra.get("policy_map_entries")

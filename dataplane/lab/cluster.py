@@ -46,6 +46,7 @@ class UpOptions:
     ipam: str = "overlay"
     vnet_cidr: IPv4Network = topology.DEFAULT_VNET_CIDR
     pod_cidr: IPv4Network | None = None
+    lb_pool: IPv4Network = topology.DEFAULT_LB_POOL
     timeout: float = 60.0
     policy_audit_mode: bool = False  # cluster-wide: would-be policy drops pass as AUDIT
     policy_map_entries: int | None = None  # per endpoint; None: the datapath's default
@@ -149,6 +150,8 @@ def _check_same_shape(info: ClusterInfo, opts: UpOptions, plan: topology.LabPlan
         differences.append(f"--vnet-cidr {info.vnet_cidr}")
     if info.pod_cidr != plan.pod_cidr:
         differences.append(f"--pod-cidr {info.pod_cidr}")
+    if info.lb_pool not in (None, plan.lb_pool):
+        differences.append(f"--lb-pool {info.lb_pool}")
     if info.policy_audit_mode != opts.policy_audit_mode:
         differences.append("--policy-audit-mode" if info.policy_audit_mode else "no audit mode")
     if differences:
@@ -166,7 +169,9 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
             hint="use 1-20 lowercase letters, digits and '-', starting and ending alphanumeric",
         )
     paths = ClusterPaths(opts.name)
-    plan = topology.plan(opts.name, opts.nodes, opts.ipam, opts.vnet_cidr, opts.pod_cidr)
+    plan = topology.plan(
+        opts.name, opts.nodes, opts.ipam, opts.vnet_cidr, opts.pod_cidr, lb_pool=opts.lb_pool
+    )
     existing: ClusterInfo | None = None
     if paths.state_file.exists():
         existing = clusterinfo.load(opts.name)
@@ -178,6 +183,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     for node in plan.nodes:
         fabric.build_node(paths, plan, node)
     fabric.build_world(paths, plan)
+    fabric.route_lb_pool(paths, plan)
     for node in plan.nodes:
         paths.node_cgroup(node.name).mkdir(parents=True, exist_ok=True)
 
@@ -245,6 +251,7 @@ def _start_store(
         nodes=tuple(NodeInfo(n.name, n.ip, paths.node_netns(n.name)) for n in plan.nodes),
         extra={
             "world_ip": str(plan.world_ip),
+            "lb_pool": str(plan.lb_pool),
             "policy_audit_mode": opts.policy_audit_mode,
             "policy_map_entries": opts.policy_map_entries,
         },

@@ -97,6 +97,20 @@ def build_world(paths: ClusterPaths, plan: LabPlan) -> None:
     _attach_leg(paths, world_netns(paths), WORLD_IFNAME, plan.world_ip, plan)
 
 
+def route_lb_pool(paths: ClusterPaths, plan: LabPlan) -> None:
+    """LoadBalancer addresses reach the nodes through the router, spread over all of them by
+    the flow's hash (ECMP, as Azure's load balancer spreads over its backend pool); each node's
+    uplink program (probes/nodeport.c) translates the addresses it holds frontends for. On the
+    nodes the pool is unreachable: a packet for an address or port no Service holds is refused
+    there instead of being routed back to the router and around again."""
+    hops = [{"gateway": str(node.ip)} for node in plan.nodes]
+    with IPRoute(netns=paths.fabric_netns) as ipr:
+        ipr.route("replace", dst=str(plan.lb_pool), multipath=hops)
+    for node in plan.nodes:
+        with IPRoute(netns=paths.node_netns(node.name)) as ipr:
+            ipr.route("replace", dst=str(plan.lb_pool), type="unreachable")
+
+
 def teardown(paths: ClusterPaths) -> list[str]:
     """Remove every namespace of the cluster (their links and routes go with them)."""
     removed = []

@@ -16,6 +16,9 @@ from flowscope.errors import UsageError
 DEFAULT_VNET_CIDR = IPv4Network("10.224.0.0/16")
 DEFAULT_OVERLAY_POD_CIDR = IPv4Network("10.244.0.0/16")
 DEFAULT_SERVICE_CIDR = IPv4Network("10.0.0.0/16")
+# LoadBalancer Service addresses: outside the VNET, routed by the fabric to the nodes (as an Azure
+# load balancer's frontend IPs are reached through it, not on the node subnet)
+DEFAULT_LB_POOL = IPv4Network("10.226.0.0/24")
 FIRST_NODE_OFFSET = 4  # Azure reserves the first addresses of a subnet
 RESERVED_PREFIX = 24  # the VNET's first /24 holds router, nodes and outside hosts, never pods
 MAX_NODES = 200
@@ -38,6 +41,7 @@ class LabPlan:
     gateway: IPv4Address
     world_ip: IPv4Address
     nodes: tuple[NodePlan, ...]
+    lb_pool: IPv4Network = DEFAULT_LB_POOL
 
     @property
     def reserved(self) -> IPv4Network:
@@ -55,6 +59,7 @@ def plan(
     vnet_cidr: IPv4Network = DEFAULT_VNET_CIDR,
     pod_cidr: IPv4Network | None = None,
     service_cidr: IPv4Network = DEFAULT_SERVICE_CIDR,
+    lb_pool: IPv4Network = DEFAULT_LB_POOL,
 ) -> LabPlan:
     if ipam not in ("vnet", "overlay"):
         raise UsageError(f"--ipam: {ipam!r} is not a mode; use vnet or overlay")
@@ -80,6 +85,16 @@ def plan(
     for label, cidr in (("--vnet-cidr", vnet_cidr), ("--pod-cidr", pod_cidr)):
         if cidr is not None and service_cidr.overlaps(cidr):
             raise UsageError(f"{label}: {cidr} overlaps the service CIDR {service_cidr}")
+    for label, cidr in (
+        ("VNET", vnet_cidr),
+        ("pod CIDR", pod_cidr),
+        ("service CIDR", service_cidr),
+    ):
+        if cidr is not None and lb_pool.overlaps(cidr):
+            raise UsageError(
+                f"--lb-pool: {lb_pool} overlaps the {label} {cidr}; LoadBalancer addresses "
+                f"need a range of their own (default {DEFAULT_LB_POOL})"
+            )
     base = vnet_cidr.network_address
     reserved_last = int(base) + 2 ** (32 - RESERVED_PREFIX) - 2
     if FIRST_NODE_OFFSET + nodes > reserved_last - int(base):
@@ -99,4 +114,5 @@ def plan(
         gateway=IPv4Address(int(base) + 1),
         world_ip=IPv4Address(reserved_last),
         nodes=node_plans,
+        lb_pool=lb_pool,
     )

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="overlay: private pod CIDR (default 10.244.0.0/16); vnet: a separate pod subnet",
     )
     p.add_argument("--vnet-cidr", type=IPv4Network, default=IPv4Network("10.224.0.0/16"))
+    p.add_argument(
+        "--lb-pool",
+        type=IPv4Network,
+        help="addresses for LoadBalancer Services, routed to the nodes (default 10.226.0.0/24)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for nodes")
     p.add_argument(
         "--policy-audit-mode",
@@ -109,7 +114,7 @@ def _say(message: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from dataplane.lab import cluster
+    from dataplane.lab import cluster, topology
 
     opts = cluster.UpOptions(
         name=_name(args),
@@ -117,6 +122,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ipam=args.ipam,
         vnet_cidr=args.vnet_cidr,
         pod_cidr=args.pod_cidr,
+        lb_pool=args.lb_pool or topology.DEFAULT_LB_POOL,
         timeout=args.timeout,
         policy_audit_mode=args.policy_audit_mode,
         policy_map_entries=args.policy_map_entries,

@@ -2,7 +2,8 @@
 (probes/nodeport.c): reached from the world and from another node at every node's IP,
 externalTrafficPolicy Cluster (any node answers, remote backends through SNAT) and Local (the
 client's address kept, only nodes with a backend answer), ClientIP affinity, Maglev, UDP, the
-hairpin through the node's IP, and not one iptables or nftables rule in any node."""
+hairpin through the node's IP, a LoadBalancer address from the lab's pool (routed to the nodes
+by the fabric, translated on their uplinks), and not one iptables or nftables rule in any node."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.e2e.test_lab import pod_yaml
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
-CLUSTER, LOCAL, STICKY, MAGLEV, UDP = 30080, 30081, 30082, 30083, 30084
+CLUSTER, LOCAL, STICKY, MAGLEV, UDP, LB_NODEPORT = 30080, 30081, 30082, 30083, 30084, 30085
 
 
 def _service(name: str, node_port: int, extra: str = "", meta: str = "") -> str:
@@ -56,6 +57,7 @@ spec:
   selector: {app: web}
   ports: [{port: 53, targetPort: 81, protocol: UDP, nodePort: 30084}]
 """,
+        _service("lb", LB_NODEPORT).replace("type: NodePort", "type: LoadBalancer"),
     ]
 )
 
@@ -192,7 +194,7 @@ def test_service_list_shows_each_nodes_nodeport_maps(np_lab: NodePortLab) -> Non
         (r["node"], r["port"]): r for r in rows if r["source"] == "nodeport" and r["port"] >= 30080
     }
     assert set(nodeport) == {
-        (n, p) for n in np_lab.node_ips for p in (CLUSTER, LOCAL, STICKY, MAGLEV, UDP)
+        (n, p) for n in np_lab.node_ips for p in (CLUSTER, LOCAL, STICKY, MAGLEV, UDP, LB_NODEPORT)
     }
     cluster = nodeport[("node-1", CLUSTER)]
     assert (cluster["type"], cluster["service"], cluster["ip"]) == (
@@ -224,3 +226,42 @@ def test_no_iptables_or_nftables_rules_in_any_node(np_lab: NodePortLab) -> None:
             if line and not line.startswith(("#", "*", ":", "COMMIT"))
         ]
         assert rules == [], (node, ipt.stdout)
+
+
+def _lb_address(np_lab: NodePortLab) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        svc = json.loads(np_lab.lab.run("get", "service", "lb", "-n", "np", "-o", "json").stdout)
+        ingress = (svc.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+        if ingress:
+            return ingress[0]["ip"]
+        assert time.monotonic() < deadline, "the LoadBalancer Service never got an address"
+        time.sleep(0.2)
+
+
+def test_a_loadbalancer_gets_a_pool_address_that_the_world_and_pods_reach(
+    np_lab: NodePortLab,
+) -> None:
+    ip = _lb_address(np_lab)
+    assert ip.startswith("10.226.0."), ip  # the lab's default pool
+    wide = np_lab.lab.run("get", "services", "-n", "np", "-o", "wide").stdout
+    assert any(
+        line.split()[:4] == ["lb", "LoadBalancer", line.split()[2], ip]
+        for line in wide.splitlines()
+    ), wide
+    deadline = time.monotonic() + 30
+    got = np_lab.answers(np_lab.world, ip, 80, 12)
+    while set(got) != {"web-a", "web-b"}:  # the nodes' uplink maps follow the status
+        assert time.monotonic() < deadline, got
+        got = np_lab.answers(np_lab.world, ip, 80, 12)
+    # from a pod: translated at its socket, as for a ClusterIP
+    assert np_lab.lab.probe("np/web-b", f"{ip}:80")["connected"]
+    # a port the address does not serve is refused by the node, not routed around
+    started = time.monotonic()
+    assert np_lab.get(np_lab.world, ip, 81) is None
+    assert time.monotonic() - started < 0.9  # refused (unreachable), not a timeout
+    rows = json.loads(np_lab.lab.run("service", "list", "-o", "json").stdout)
+    lb_rows = [r for r in rows if r["source"] == "nodeport" and r["ip"] == ip]
+    assert {(r["node"], r["port"], r["type"], r["service"]) for r in lb_rows} == {
+        (n, 80, "LoadBalancer", "np/lb") for n in np_lab.node_ips
+    }

@@ -20,6 +20,7 @@ def test_vnet_plan_takes_pods_from_vnet_unless_a_pod_subnet_is_given() -> None:
     assert topology.plan("lab", 2, "vnet").pod_cidr is None
     plan = topology.plan("lab", 2, "vnet", pod_cidr=IPv4Network("10.225.0.0/16"))
     assert plan.pod_cidr == IPv4Network("10.225.0.0/16")
+    assert not plan.lb_pool.overlaps(plan.pod_cidr)  # the README's example pod subnet fits
 
 
 def test_cluster_names_never_prefix_each_other(tmp_path, monkeypatch) -> None:
@@ -41,6 +42,9 @@ def test_cluster_names_never_prefix_each_other(tmp_path, monkeypatch) -> None:
         ({"pod_cidr": IPv4Network("10.224.128.0/17")}, "--pod-cidr"),
         ({"vnet_cidr": IPv4Network("10.224.0.0/24")}, "--vnet-cidr"),
         ({"ipam": "vnet", "vnet_cidr": IPv4Network("10.0.0.0/8")}, "--vnet-cidr"),  # services
+        ({"lb_pool": IPv4Network("10.224.0.0/24")}, "--lb-pool: .* overlaps the VNET"),
+        ({"lb_pool": IPv4Network("10.244.1.0/24")}, "--lb-pool: .* overlaps the pod CIDR"),
+        ({"lb_pool": IPv4Network("10.0.0.0/24")}, "--lb-pool: .* overlaps the service CIDR"),
     ],
 )
 def test_bad_plans_name_the_option(kwargs: dict, field: str) -> None:
