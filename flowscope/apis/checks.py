@@ -349,3 +349,138 @@ def endpoint_slice(obj: dict) -> list[FieldError]:
             fields.FieldError("endpoints", "Too many", detail="must have at most 1000 items")
         )
     return errs
+
+
+# --- apps/v1 workloads ---
+
+DEPLOYMENT_STRATEGIES = ("RollingUpdate", "Recreate")
+
+
+def _non_negative(path: str, value: Any) -> list[FieldError]:
+    if isinstance(value, int) and value < 0:
+        return [fields.invalid(path, value, "must be greater than or equal to 0")]
+    return []
+
+
+def _int_or_percent(path: str, value: Any) -> tuple[list[FieldError], int | None]:
+    """maxSurge/maxUnavailable: a count >= 0 or "N%"; the errors, and the percent if one."""
+    if isinstance(value, int):
+        return _non_negative(path, value), None
+    if isinstance(value, str):
+        digits = value.removesuffix("%")
+        if not value.endswith("%") or not digits.isdigit():
+            return [
+                fields.invalid(
+                    path,
+                    value,
+                    "a valid percent string must be a numeric string "
+                    "followed by an ending '%' (e.g. '1%',  or '93%')",
+                )
+            ], None
+        return [], int(digits)
+    return [], None
+
+
+def _pod_template(obj: dict, path: str, selector: Any, *, restart: str | None) -> list[FieldError]:
+    """A workload's spec.template: present, labelled to match the selector, a valid pod spec."""
+    template = _map(obj, "spec").get("template")
+    if not isinstance(template, dict):
+        return [fields.required(path)]
+    errs: list[FieldError] = []
+    tmeta = _map(template, "metadata")
+    tlabels = tmeta.get("labels") or {}
+    errs += labels.label_map_errors(tlabels, child(path, "metadata.labels"))
+    selects = isinstance(selector, dict) and selector and isinstance(tlabels, dict)
+    if selects and not labels.from_label_selector(selector).matches(tlabels):
+        errs.append(
+            fields.invalid(
+                child(path, "metadata.labels"),
+                tlabels,
+                "`selector` does not match template `labels`",
+            )
+        )
+    # the pod checks speak of spec.*: the same fields here live under <path>.spec.*
+    for e in pod({"spec": template.get("spec") or {}}):
+        errs.append(fields.FieldError(f"{path}.{e.path}", e.type, e.value, e.detail))
+    policy = _map(template, "spec").get("restartPolicy")
+    if restart is not None and policy is not None and policy != restart:
+        errs.append(fields.unsupported(child(path, "spec.restartPolicy"), policy, (restart,)))
+    return errs
+
+
+def _replicated(obj: dict) -> list[FieldError]:
+    """What Deployments and ReplicaSets share: replicas, selector, template, minReadySeconds."""
+    spec = _map(obj, "spec")
+    errs = _non_negative("spec.replicas", spec.get("replicas"))
+    errs += _non_negative("spec.minReadySeconds", spec.get("minReadySeconds"))
+    selector = spec.get("selector")
+    if selector is None:
+        errs.append(fields.required("spec.selector"))
+    elif not selector.get("matchLabels") and not selector.get("matchExpressions"):
+        what = str(obj.get("kind") or "").lower()
+        errs.append(
+            fields.invalid("spec.selector", selector, f"empty selector is invalid for {what}")
+        )
+    else:
+        errs += labels.selector_errors(selector, "spec.selector")
+    errs += _pod_template(obj, "spec.template", selector, restart="Always")
+    return errs
+
+
+def deployment(obj: dict) -> list[FieldError]:
+    spec = _map(obj, "spec")
+    errs = _replicated(obj)
+    errs += _non_negative("spec.revisionHistoryLimit", spec.get("revisionHistoryLimit"))
+    # checked as the apiserver does, after defaulting: an absent deadline is 600 seconds
+    deadline = spec.get("progressDeadlineSeconds", 600)
+    min_ready = spec.get("minReadySeconds") or 0
+    if isinstance(deadline, int) and deadline <= min_ready:
+        errs.append(
+            fields.invalid(
+                "spec.progressDeadlineSeconds",
+                deadline,
+                "must be greater than minReadySeconds",
+            )
+        )
+    strategy = _map(spec, "strategy")
+    stype = strategy.get("type")
+    if stype is not None and stype not in DEPLOYMENT_STRATEGIES:
+        errs.append(fields.unsupported("spec.strategy.type", stype, DEPLOYMENT_STRATEGIES))
+    rolling = strategy.get("rollingUpdate")
+    if rolling is not None and stype == "Recreate":
+        errs.append(
+            fields.forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            )
+        )
+    elif isinstance(rolling, dict):
+        p = "spec.strategy.rollingUpdate"
+        surge = rolling.get("maxSurge")
+        unavailable = rolling.get("maxUnavailable")
+        surge_errs, _ = _int_or_percent(child(p, "maxSurge"), surge)
+        unavail_errs, unavail_pct = _int_or_percent(child(p, "maxUnavailable"), unavailable)
+        errs += surge_errs + unavail_errs
+        if unavail_pct is not None and unavail_pct > 100:
+            errs.append(
+                fields.invalid(
+                    child(p, "maxUnavailable"), unavailable, "must not be greater than 100%"
+                )
+            )
+        if _is_zero(surge) and _is_zero(unavailable):
+            errs.append(
+                fields.invalid(
+                    child(p, "maxUnavailable"),
+                    unavailable,
+                    "may not be 0 when `maxSurge` is 0",
+                )
+            )
+    return errs
+
+
+def _is_zero(value: Any) -> bool:
+    return value in (0, "0%")
+
+
+def replica_set(obj: dict) -> list[FieldError]:
+    return _replicated(obj)

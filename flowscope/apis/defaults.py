@@ -64,3 +64,36 @@ def network_policy(obj: dict[str, Any]) -> None:
     for direction in ("ingress", "egress"):
         for rule in spec.get(direction) or ():
             _ports_protocol(rule.get("ports"))
+
+
+def _pod_template(spec: dict[str, Any]) -> None:
+    template = spec.get("template")
+    if isinstance(template, dict):
+        pod(template)
+
+
+def deployment(obj: dict[str, Any]) -> None:
+    # apps/v1 SetDefaults_Deployment
+    spec = obj.setdefault("spec", {})
+    if spec.get("replicas") is None:
+        spec["replicas"] = 1
+    strategy = spec.setdefault("strategy", {})
+    if not strategy.get("type"):
+        strategy["type"] = "RollingUpdate"
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.get("rollingUpdate") or {}
+        rolling.setdefault("maxUnavailable", "25%")
+        rolling.setdefault("maxSurge", "25%")
+        strategy["rollingUpdate"] = rolling
+    if spec.get("revisionHistoryLimit") is None:
+        spec["revisionHistoryLimit"] = 10
+    if spec.get("progressDeadlineSeconds") is None:
+        spec["progressDeadlineSeconds"] = 600
+    _pod_template(spec)
+
+
+def replica_set(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if spec.get("replicas") is None:
+        spec["replicas"] = 1
+    _pod_template(spec)

@@ -53,6 +53,8 @@ _POD_IMMUTABLE_MESSAGE = (
 )
 
 ResourceKind = str | Kind
+# apps/v1 made the workloads' selectors immutable: a changed one would orphan the pods
+_IMMUTABLE_SELECTOR = ("Deployment", "ReplicaSet")
 
 
 @dataclass(frozen=True)
@@ -531,6 +533,9 @@ class ObjectStore:
                 kept = had.get((p.get("port"), p.get("protocol")))
                 if kept and not p.get("nodePort"):
                     p["nodePort"] = kept
+        selector = (spec or {}).get("selector")
+        if kind.kind in _IMMUTABLE_SELECTOR and selector != old_spec.get("selector"):
+            errs.append(fields.invalid("spec.selector", selector, "field is immutable"))
         if spec is not None and spec != old_spec:
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
         return new

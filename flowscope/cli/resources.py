@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("delete", help="delete objects by manifest or by kind and name")
-    p.add_argument("resource", nargs="?", metavar="KIND", help="pods, svc, ns, netpol, ...")
+    p.add_argument(
+        "resource", nargs="?", metavar="KIND", help="pods, deploy, rs, svc, ns, netpol, ..."
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace", help="namespace (default: default)")
@@ -67,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.__class__ = _Intermixed
 
     p = sub.add_parser("get", help="show objects as tables, YAML, JSON or names")
-    p.add_argument("resource", metavar="KIND[,KIND...]", help="pods, svc, ns, netpol, no, ...")
+    p.add_argument(
+        "resource", metavar="KIND[,KIND...]", help="pods, deploy, rs, svc, ns, netpol, no, ..."
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-n", "--namespace", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
@@ -283,6 +287,47 @@ def _slice_row(s: dict, wide: bool) -> list[str]:
     return [*row, age(s["metadata"].get("creationTimestamp"))]
 
 
+def _template_columns(obj: dict) -> list[str]:
+    """-o wide's CONTAINERS, IMAGES and SELECTOR of a Deployment or ReplicaSet."""
+    spec = obj.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or ()
+    selector = labels.from_label_selector(spec.get("selector") or {})
+    return [
+        ",".join(c.get("name", "") for c in containers) or "<none>",
+        ",".join(c.get("image", "") for c in containers) or "<none>",
+        str(selector) or "<none>",
+    ]
+
+
+def _count(obj: dict, key: str) -> int:
+    return int((obj.get("status") or {}).get(key) or 0)
+
+
+def _desired(obj: dict) -> int:
+    replicas = (obj.get("spec") or {}).get("replicas")
+    return 1 if replicas is None else int(replicas)
+
+
+def _deployment_row(d: dict, wide: bool) -> list[str]:
+    row = [
+        f"{_count(d, 'readyReplicas')}/{_desired(d)}",
+        str(_count(d, "updatedReplicas")),
+        str(_count(d, "availableReplicas")),
+        age(d["metadata"].get("creationTimestamp")),
+    ]
+    return row + (_template_columns(d) if wide else [])
+
+
+def _replicaset_row(rs: dict, wide: bool) -> list[str]:
+    row = [
+        str(_desired(rs)),
+        str(_count(rs, "replicas")),
+        str(_count(rs, "readyReplicas")),
+        age(rs["metadata"].get("creationTimestamp")),
+    ]
+    return row + (_template_columns(rs) if wide else [])
+
+
 Row = Callable[[dict, bool], list[str]]
 _TABLES: dict[str, tuple[list[str], list[str], Row]] = {
     # kind: (columns after NAME, extra wide columns, row function)
@@ -300,6 +345,16 @@ _TABLES: dict[str, tuple[list[str], list[str], Row]] = {
     "Namespace": (["STATUS", "AGE"], [], _namespace_row),
     "NetworkPolicy": (["POD-SELECTOR", "AGE"], [], _netpol_row),
     "EndpointSlice": (["ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], [], _slice_row),
+    "Deployment": (
+        ["READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ["CONTAINERS", "IMAGES", "SELECTOR"],
+        _deployment_row,
+    ),
+    "ReplicaSet": (
+        ["DESIRED", "CURRENT", "READY", "AGE"],
+        ["CONTAINERS", "IMAGES", "SELECTOR"],
+        _replicaset_row,
+    ),
 }
 
 

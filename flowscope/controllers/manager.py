@@ -1,25 +1,30 @@
 """The controller manager: informers for what the controllers read, and one level-triggered loop.
 
-Every change to a Node, Pod, Service or EndpointSlice marks the world dirty; the loop then runs
-every controller's pure decision function over the caches and writes what differs. Writes show
-up as watch events again, and the next round finds nothing to do: the loop converges.
+Every change to a watched kind marks the world dirty; the loop then runs every controller's pure
+decision function over the caches and writes what differs. Writes show up as watch events again,
+and the next round finds nothing to do: the loop converges. The workload controllers
+(Deployments, ReplicaSets) skip an owner until the caches show its last writes (expectations),
+and the loop also wakes when a pod becomes available after minReadySeconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from datetime import UTC, datetime
 from typing import Any
 
 from flowscope.apis.objectstore import ObjectStore, now
 from flowscope.apis.refs import ObjectRef
-from flowscope.controllers import endpointslices, scheduler
+from flowscope.controllers import deployments, endpointslices, garbage, replicasets, scheduler
+from flowscope.controllers.expectations import Expectations
 from flowscope.errors import FlowscopeError, NotFound
 from flowscope.store.kv import KV
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("Node", "Pod", "Service", "EndpointSlice")
+WATCHED = ("Node", "Pod", "Service", "EndpointSlice", "Deployment", "ReplicaSet")
 _DEBOUNCE = 0.02  # seconds: let a burst of events (an apply of many pods) land before a round
 _RETRY = 0.5  # seconds before retrying a round that failed to write
 IDENTITY_GC_INTERVAL = 60.0  # seconds between identity GC rounds
@@ -33,6 +38,8 @@ class Informers:
         self.store = store
         self.objects: dict[str, dict[ObjectRef, dict[str, Any]]] = {k: {} for k in WATCHED}
         self.dirty = asyncio.Event()
+        self.expectations = Expectations()
+        self.wake_in: float | None = None  # a round wants to run again this soon, events or not
         self._tasks: list[asyncio.Task] = []
 
     def list(self, kind: str) -> list[dict[str, Any]]:
@@ -58,6 +65,7 @@ class Informers:
                         self.objects[kind].pop(ref, None)
                     else:
                         self.objects[kind][ref] = ev.object
+                    self.expectations.observe(ref, deleted=ev.type == "DELETED")
                     start = ev.revision + 1
                     self.dirty.set()
                 return
@@ -115,6 +123,100 @@ async def run_endpointslice_round(store: ObjectStore, informers: Informers) -> i
     return len(changes.apply) + len(changes.delete)
 
 
+async def run_deployment_round(store: ObjectStore, informers: Informers) -> int:
+    waiting = informers.expectations.waiting(informers.objects)
+    changes = deployments.reconcile(
+        informers.list("Deployment"), informers.list("ReplicaSet"), now(), skip=waiting
+    )
+    for rs in changes.create:
+        informers.expectations.expect(_owner(rs), present=[ObjectRef.of(rs)])
+    if changes.create:
+        await store.apply(changes.create, internal=True)
+    for scale in changes.scale:
+
+        def mutate(rs: dict[str, Any], scale=scale) -> dict[str, Any]:
+            rs.setdefault("spec", {})["replicas"] = scale.replicas
+            if scale.revision is not None:
+                annotations = rs["metadata"].setdefault("annotations", {})
+                annotations[deployments.REVISION_ANNOTATION] = scale.revision
+            return rs
+
+        try:
+            rs = await store.update("ReplicaSet", scale.ref.namespace, scale.ref.name, mutate)
+        except NotFound:
+            continue
+        generation = int(rs["metadata"].get("generation") or 1)
+        informers.expectations.expect(_owner(rs), generations={scale.ref: generation})
+        log.info(
+            "scaled replicaset %s/%s to %d", scale.ref.namespace, scale.ref.name, scale.replicas
+        )
+    if changes.delete:
+        await store.delete(changes.delete, ignore_not_found=True)
+    for ref, status in changes.status.items():
+        try:
+            await store.update_status("Deployment", ref.namespace, ref.name, status)
+        except NotFound:
+            continue
+    return len(changes.create) + len(changes.scale) + len(changes.delete) + len(changes.status)
+
+
+def _owner(obj: dict[str, Any]) -> ObjectRef:
+    """The controller of an object a workload controller wrote, as an ObjectRef."""
+    ref = next(r for r in obj["metadata"]["ownerReferences"] if r.get("controller"))
+    return ObjectRef(ref["kind"], obj["metadata"].get("namespace") or "default", ref["name"])
+
+
+_rand = random.SystemRandom()
+
+
+async def run_replicaset_round(store: ObjectStore, informers: Informers) -> int:
+    waiting = informers.expectations.waiting(informers.objects)
+    changes = replicasets.reconcile(
+        informers.list("ReplicaSet"),
+        informers.list("Pod"),
+        datetime.now(UTC),
+        _rand,
+        skip=waiting,
+    )
+    for owner, refs in changes.creating.items():
+        informers.expectations.expect(owner, present=refs)
+    for owner, refs in changes.deleting.items():
+        informers.expectations.expect(owner, absent=refs)
+    if changes.create:
+        await store.apply(changes.create)
+    if changes.delete:
+        await store.delete(changes.delete, ignore_not_found=True)
+    for ref, status in changes.status.items():
+        try:
+            await store.update_status("ReplicaSet", ref.namespace, ref.name, status)
+        except NotFound:
+            continue
+    if changes.create or changes.delete:
+        log.info(
+            "replicasets: %d pods created, %d deleted", len(changes.create), len(changes.delete)
+        )
+    informers.wake_in = changes.wake_in
+    return len(changes.create) + len(changes.delete) + len(changes.status)
+
+
+async def run_garbage_round(store: ObjectStore, informers: Informers) -> int:
+    """Delete what lost its owners (confirmed against the store: the caches may lag)."""
+    doomed = []
+    for orphan in garbage.orphans({k: informers.list(k) for k in informers.objects}):
+        alive = False
+        for ref, uid in orphan.owners:
+            owner = await store.get(ref.kind, ref.namespace, ref.name)
+            if owner is not None and owner["metadata"].get("uid") == uid:
+                alive = True
+                break
+        if not alive:
+            doomed.append(orphan.dependent)
+    if doomed:
+        await store.delete(doomed, ignore_not_found=True)
+        log.info("garbage collector: deleted %s", ", ".join(r.display() for r in doomed))
+    return len(doomed)
+
+
 async def collect_identities(kv: KV, every: float, unused_for: float) -> None:
     """Delete identities no node has used for `unused_for` seconds (Cilium's identity GC).
 
@@ -133,8 +235,16 @@ async def collect_identities(kv: KV, every: float, unused_for: float) -> None:
             log.info("identity gc: deleted %s", ", ".join(map(str, deleted)))
 
 
+def _next_wake(informers: Informers) -> float | None:
+    waits = [
+        w for w in (informers.wake_in, informers.expectations.next_deadline()) if w is not None
+    ]
+    return min(waits) + _DEBOUNCE if waits else None
+
+
 async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
-    """Run the scheduler, the EndpointSlice controller and identity GC until `stop_event`."""
+    """Run the workload controllers (Deployments, ReplicaSets, garbage collection), the
+    scheduler, the EndpointSlice controller and identity GC until `stop_event`."""
     store = ObjectStore(kv)
     informers = Informers(store)
     await informers.start()
@@ -145,7 +255,9 @@ async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
         while not stop_event.is_set():
             stop = asyncio.ensure_future(stop_event.wait())
             dirty = asyncio.ensure_future(informers.dirty.wait())
-            await asyncio.wait({stop, dirty}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {stop, dirty}, timeout=_next_wake(informers), return_when=asyncio.FIRST_COMPLETED
+            )
             stop.cancel()
             dirty.cancel()
             if stop_event.is_set():
@@ -153,6 +265,9 @@ async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
             await asyncio.sleep(_DEBOUNCE)
             informers.dirty.clear()
             try:
+                await run_deployment_round(store, informers)
+                await run_replicaset_round(store, informers)
+                await run_garbage_round(store, informers)
                 await run_scheduler_round(store, informers)
                 await run_endpointslice_round(store, informers)
             except FlowscopeError as e:

@@ -88,13 +88,15 @@ def test_wrong_type_is_an_error() -> None:
 
 
 def test_unknown_kind_lists_the_supported_ones() -> None:
-    out = problems("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    out = problems("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: d}\n")
     assert len(out) == 1
     assert out[0].startswith(
-        'pods.yaml document 1 (Deployment d): no matches for kind "Deployment" in version "apps/v1"'
+        'pods.yaml document 1 (StatefulSet d): no matches for kind "StatefulSet" in version '
+        '"apps/v1"'
     )
     assert "supported kinds: Namespace (v1), Node (v1), Pod (v1), Service (v1), " in out[0]
     assert "NetworkPolicy (networking.k8s.io/v1)" in out[0]
+    assert "Deployment (apps/v1), ReplicaSet (apps/v1)" in out[0]
 
 
 def test_known_kind_in_the_wrong_version() -> None:

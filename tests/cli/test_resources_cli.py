@@ -131,8 +131,8 @@ def test_bad_document_fails_the_whole_apply(cli: CLI, tmp_path: Path) -> None:
             "STDIN document 1: invalid YAML: line 4",
         ),
         (
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
-            'no matches for kind "Deployment" in version "apps/v1"; supported kinds: Namespace',
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: d}\n",
+            'no matches for kind "StatefulSet" in version "apps/v1"; supported kinds: Namespace',
         ),
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: dup}\nspec: {finalizerz: []}\n",
@@ -167,9 +167,9 @@ def test_not_found_messages_like_kubectl(cli: CLI) -> None:
     g = cli("get", "svc", "nope")
     assert g.returncode == 1
     assert g.stderr.strip() == 'Error from server (NotFound): services "nope" not found'
-    k = cli("get", "deployments")
+    k = cli("get", "statefulsets")
     assert (
-        k.returncode == 2 and 'the server doesn\'t have a resource type "deployments"' in k.stderr
+        k.returncode == 2 and 'the server doesn\'t have a resource type "statefulsets"' in k.stderr
     )
 
 
