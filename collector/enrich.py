@@ -1,4 +1,5 @@
-"""Give the datapath's numbers names: IPs and identities become pods, namespaces and labels;
+"""Give the datapath's numbers names: IPs and identities become pods, namespaces, labels and
+workloads (the pod's Deployment or ReplicaSet, from the pod's ipcache record);
 policy cookies become the policies that allowed a flow (Hubble's *_allowed_by); service
 frontends become the Services they belong to (destination_service); cgroup ids become the
 pods that own them (the socket LB's client).
@@ -74,6 +75,7 @@ class Enricher:
                 namespace=record.namespace,
                 labels=labels,
                 pod_name=record.pod,
+                workloads=(record.workload,) if record.workload else (),
                 cluster_name=self.cluster,
             )
         return Endpoint(

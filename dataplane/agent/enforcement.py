@@ -50,6 +50,7 @@ from dataplane.policy.compiler import (
 )
 from dataplane.policy.entry import EndpointPolicy
 from flowscope.apis import kinds
+from flowscope.apis.owners import workload_of
 from flowscope.clusterinfo import ClusterInfo
 from flowscope.errors import FlowscopeError
 from flowscope.store.kv import KV
@@ -232,11 +233,12 @@ class Enforcement:
         await self.datapath.attach_endpoint(host_ifname)
 
     async def endpoint_added(self, endpoint: Endpoint) -> None:
-        pod = await self._fetch_pod(endpoint)
+        pod, pod_obj = await self._fetch_pod(endpoint)
         ns_labels = namespace_labels(self.namespaces.items.values())
         identity = await self.allocator.allocate(security_labels(pod, ns_labels))
         self.identities[identity.id] = identity
-        revision = await ipcache_records.publish(self.kv, self._record(endpoint, identity))
+        record = self._record(endpoint, identity, pod_obj)
+        revision = await ipcache_records.publish(self.kv, record)
         async with self._lock:
             self.local[endpoint.key] = LocalEndpoint(endpoint, identity)
             self._local_changes += 1
@@ -470,15 +472,22 @@ class Enforcement:
         obj = self.pods.items.get(f"{ep.pod_namespace}/{ep.pod_name}")
         return pod_info(obj) if obj else None
 
-    async def _fetch_pod(self, ep: Endpoint) -> PodInfo:
-        """The pod behind a new endpoint, read from the store itself (the mirror may lag)."""
+    async def _fetch_pod(self, ep: Endpoint) -> tuple[PodInfo, dict[str, Any] | None]:
+        """The pod behind a new endpoint (and its object), read from the store itself (the
+        mirror may lag)."""
         kv = await self.kv.get(kinds.get("Pod").key(ep.pod_namespace, ep.pod_name))
         if kv is None:
             # a runtime without the Kubernetes args: the pod is known by namespace only
-            return PodInfo(namespace=ep.pod_namespace or "default", name=ep.pod_name, ip=ep.ip)
-        return pod_info(json.loads(kv.value))
+            info = PodInfo(namespace=ep.pod_namespace or "default", name=ep.pod_name, ip=ep.ip)
+            return info, None
+        obj = json.loads(kv.value)
+        return pod_info(obj), obj
 
-    def _record(self, ep: Endpoint, identity: Identity) -> IPRecord:
+    def _record(
+        self, ep: Endpoint, identity: Identity, pod: dict[str, Any] | None = None
+    ) -> IPRecord:
+        if pod is None:
+            pod = self.pods.items.get(f"{ep.pod_namespace}/{ep.pod_name}")
         return IPRecord(
             ip=ep.ip,
             identity=identity.id,
@@ -486,6 +495,7 @@ class Enforcement:
             host_ip=self.info.node(self.node).ip,
             namespace=ep.pod_namespace,
             pod=ep.pod_name,
+            workload=workload_of(pod) if pod else None,
         )
 
     async def _wait_propagated(self, revision: int) -> None:
