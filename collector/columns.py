@@ -41,27 +41,49 @@ from flowscope.flow.model import Endpoint, Flow, Policy
 V = TypeVar("V")
 
 _U64 = np.uint64
-_EMPTY = _U64(0xFFFF_FFFF_FFFF_FFFF)  # no second key word is this: the keys' high bits are 0
+_EMPTY = _U64(0xFFFF_FFFF_FFFF_FFFF)  # no key's last word is this: their high bits are 0
 _MIX1 = _U64(0x9E37_79B9_7F4A_7C15)
 _MIX2 = _U64(0xC2B2_AE3D_27D4_EB4F)
+_MIX3 = _U64(0x1656_67B1_9E37_79F9)
 _SHIFT32 = _U64(32)
 _IPPROTO_TCP, _IPPROTO_UDP = 6, 17
+# as plain numbers: numpy compares a column with an IntEnum member far slower
+_FROM_ENDPOINT = np.uint8(ObservationPoint.FROM_ENDPOINT)
+_FORWARDED = np.uint8(Verdict.FORWARDED)
+_CT_NEW = np.uint8(CtState.NEW)
+_LOW32 = 0xFFFF_FFFF
+# struct flow_event as 64-bit words: src_identity and dst_identity are one, saddr and daddr
+# another (little-endian: the source in the low half)
+_WORDS = EVENT_DTYPE.itemsize // 8
+_IDENTITIES = EVENT_DTYPE.fields["src_identity"][1] // 8
+_ADDRESSES = EVENT_DTYPE.fields["saddr"][1] // 8
+assert EVENT_DTYPE.fields["dst_identity"][1] == _IDENTITIES * 8 + 4
+assert EVENT_DTYPE.fields["daddr"][1] == _ADDRESSES * 8 + 4
 _NO_NAME = -1  # in an index column: the event has no such name (no policy, no service)
 
 _address = functools.lru_cache(maxsize=65536)(lambda value: str(ip_of(value)))
 
 
 class KeyIndex(Generic[V]):
-    """Numbers for keys of two 64-bit words, and a value made once per key.
+    """Numbers for keys of a few 64-bit words, and a value made once per key.
 
-    `lookup` answers a whole column of keys at once: a direct-mapped table of 2**bits slots
+    `lookup` answers whole columns of keys at once: a direct-mapped table of 2**bits slots
     (numpy arrays) answers the keys it holds; the others go to an exact dict, and the keys never
-    seen get their value from `make(word1, word2)`. `values[number]` is that value. `values` is
-    only appended to, and replaced by a new list (never emptied) when the index starts over (past
-    `limit` keys, or `reset()`), so a holder of the old list keeps its names."""
+    seen get their value from `make(*words)`. `values[number]` is that value. `values` is only
+    appended to, and replaced by a new list (never emptied) when the index starts over (past
+    `limit` keys, or `reset()`), so a holder of the old list keeps its names. The last word of
+    a key must be below 2**64 - 1 (that marks an empty slot)."""
 
-    def __init__(self, make: Callable[[int, int], V], *, bits: int = 16, limit: int = 65536):
+    def __init__(
+        self,
+        make: Callable[..., V],
+        *,
+        words: int = 2,
+        bits: int = 16,
+        limit: int = 65536,
+    ):
         self._make = make
+        self._width = words
         self._bits = bits
         self._shift = _U64(64 - bits)
         self.limit = limit
@@ -69,44 +91,63 @@ class KeyIndex(Generic[V]):
 
     def reset(self) -> None:
         size = 1 << self._bits
-        self._words1 = np.zeros(size, _U64)
-        self._words2 = np.full(size, _EMPTY, _U64)
+        self._words = [np.zeros(size, _U64) for _ in range(self._width)]
+        self._words[-1][:] = _EMPTY
         self._numbers = np.zeros(size, np.int32)
-        self._exact: dict[tuple[int, int], int] = {}
+        self._exact: dict[tuple[int, ...], int] = {}
         self.values: list[V] = []
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def lookup(self, words1: np.ndarray, words2: np.ndarray) -> np.ndarray:
+    def lookup(self, *words: np.ndarray) -> np.ndarray:
         """The number of each key (uint64 columns of equal length), as an int32 column."""
         if len(self.values) >= self.limit:
             self.reset()
-        slots = ((words1 ^ (words2 * _MIX2)) * _MIX1) >> self._shift
+        slots = _mix(words, _MIX1)
+        slots >>= self._shift
+        slots = slots.view(np.int64)  # numpy indexes with int64 without converting first
         numbers = self._numbers[slots]
-        hit = (self._words1[slots] == words1) & (self._words2[slots] == words2)
+        hit = self._words[0][slots] == words[0]
+        for table, column in zip(self._words[1:], words[1:], strict=True):
+            hit &= table[slots] == column
         if hit.all():
             return numbers
         missed = np.flatnonzero(~hit)
-        m1, m2 = words1[missed], words2[missed]
-        found = np.empty(len(missed), np.int32)
-        exact, values = self._exact, self.values
-        seen: dict[tuple[int, int], int] = {}
-        for i, key in enumerate(zip(m1.tolist(), m2.tolist(), strict=True)):
-            number = seen.get(key)
-            if number is None:
-                number = exact.get(key)
-                if number is None:
-                    number = exact[key] = len(values)
-                    values.append(self._make(*key))
-                seen[key] = number
-            found[i] = number
+        keys = [column[missed] for column in words]
+        numbers[missed] = found = self._numbers_of(keys)
         where = slots[missed]
-        self._words1[where] = m1
-        self._words2[where] = m2
+        for table, column in zip(self._words, keys, strict=True):
+            table[where] = column
         self._numbers[where] = found
-        numbers[missed] = found
         return numbers
+
+    def _numbers_of(self, keys: list[np.ndarray]) -> np.ndarray:
+        """The numbers of keys the table did not hold, from the exact dict (made if new);
+        Python work per distinct key: the rows are grouped first by a second hash, checked."""
+        _, first, inverse = np.unique(_mix(keys, _MIX2), return_index=True, return_inverse=True)
+        if all((column[first][inverse] == column).all() for column in keys):
+            distinct = zip(*(column[first].tolist() for column in keys), strict=True)
+            return np.array([self._number(k) for k in distinct], np.int32)[inverse]
+        # two keys of one second hash: rare enough for a row by row answer
+        every = zip(*(column.tolist() for column in keys), strict=True)
+        return np.array([self._number(k) for k in every], np.int32)
+
+    def _number(self, key: tuple[int, ...]) -> int:
+        number = self._exact.get(key)
+        if number is None:
+            number = self._exact[key] = len(self.values)
+            self.values.append(self._make(*key))
+        return number
+
+
+def _mix(words: tuple[np.ndarray, ...] | list[np.ndarray], seed: np.uint64) -> np.ndarray:
+    """A 64-bit hash of each row of key words (multiply-xor; numpy wraps uint64 products)."""
+    mixed = words[0] * seed
+    for column in words[1:]:
+        mixed ^= column
+        mixed *= _MIX3
+    return mixed  # the top bits depend on every bit of every word
 
 
 class FlowBatch:
@@ -118,13 +159,12 @@ class FlowBatch:
         "_records",
         "allowed",
         "allowed_names",
-        "destination",
         "endpoints",
+        "ends",
         "events",
         "link_names",
         "links",
         "node",
-        "source",
         "wall_offset",
     )
 
@@ -134,9 +174,8 @@ class FlowBatch:
         *,
         node: str,
         wall_offset: int,
-        endpoints: list[Endpoint],
-        source: np.ndarray,
-        destination: np.ndarray,
+        endpoints: list[tuple[Endpoint, Endpoint]],
+        ends: np.ndarray,
         allowed_names: list[tuple[Policy, ...]],
         allowed: np.ndarray,
         link_names: list[Link],
@@ -145,9 +184,8 @@ class FlowBatch:
         self.events = events  # EVENT_DTYPE, owned by the batch
         self.node = node
         self.wall_offset = wall_offset
-        self.endpoints = endpoints  # source/destination index these
-        self.source = source
-        self.destination = destination
+        self.endpoints = endpoints  # (source, destination) pairs, indexed by ends
+        self.ends = ends
         self.allowed_names = allowed_names  # allowed indexes these, or is _NO_NAME
         self.allowed = allowed
         self.link_names = link_names  # links indexes these, or is _NO_NAME
@@ -174,10 +212,11 @@ class FlowBatch:
         if flow is None:
             allowed = int(self.allowed[index])
             link = int(self.links[index])
+            source, destination = self.endpoints[self.ends[index]]
             flow = self._records[index] = named_flow(
                 self.event(index),
-                self.endpoints[self.source[index]],
-                self.endpoints[self.destination[index]],
+                source,
+                destination,
                 self.allowed_names[allowed] if allowed != _NO_NAME else (),
                 self.link_names[link] if link != _NO_NAME else None,
                 self.node,
@@ -210,13 +249,27 @@ class DatapathNamer:
         self.wall_offset = wall_offset
         self.translations = links
         self._version: Any = object()
-        self.endpoints: KeyIndex[Endpoint] = KeyIndex(self._endpoint)
+        # both ends of an event at once, keyed by its identities, addresses, endpoint id and
+        # observation point (which end the endpoint id belongs to)
+        self.endpoints: KeyIndex[tuple[Endpoint, Endpoint]] = KeyIndex(self._ends, words=3)
         self.policies: KeyIndex[tuple[Policy, ...]] = KeyIndex(self._allowed, bits=10)
         self.connections: KeyIndex[tuple[str, str, int, int]] = KeyIndex(self._connection)
 
-    def _endpoint(self, address_identity: int, endpoint_id: int) -> Endpoint:
-        address = _address(address_identity >> 32)
-        return self.enricher.endpoint(address, address_identity & 0xFFFF_FFFF, endpoint_id)
+    def _ends(self, identities: int, addresses: int, local: int) -> tuple[Endpoint, Endpoint]:
+        endpoint_id, from_endpoint = local >> 8, (local & 0xFF) == _FROM_ENDPOINT
+        endpoint = self.enricher.endpoint
+        return (
+            endpoint(
+                _address(addresses & _LOW32),
+                identities & _LOW32,
+                endpoint_id if from_endpoint else 0,
+            ),
+            endpoint(
+                _address(addresses >> 32),
+                identities >> 32,
+                0 if from_endpoint else endpoint_id,
+            ),
+        )
 
     def _allowed(self, cookie: int, direction: int) -> tuple[Policy, ...]:
         return self.enricher.allowed_by(cookie, policy_direction(direction))
@@ -242,20 +295,15 @@ class DatapathNamer:
             self.policies.reset()
             self._version = version
         n = len(events)
-        # both ends in one lookup: sources first, then destinations
+        # the record as 64-bit words: both identities are one word, both addresses another
+        words = np.ascontiguousarray(events).view(_U64).reshape(n, _WORDS)
         local = events["endpoint_id"].astype(_U64)
-        from_endpoint = events["obs_point"] == ObservationPoint.FROM_ENDPOINT
-        none = np.zeros(n, _U64)
-        address = np.concatenate((events["saddr"], events["daddr"])).astype(_U64)
-        identity = np.concatenate((events["src_identity"], events["dst_identity"]))
-        words1 = (address << _SHIFT32) | identity
-        words2 = np.concatenate(
-            (np.where(from_endpoint, local, none), np.where(from_endpoint, none, local))
-        )
-        ends = self.endpoints.lookup(words1, words2)
+        local <<= _U64(8)
+        local |= events["obs_point"]
+        ends = self.endpoints.lookup(words[:, _IDENTITIES], words[:, _ADDRESSES], local)
         endpoints = self.endpoints.values
         allowed = np.full(n, _NO_NAME, np.int32)
-        new = (events["verdict"] == Verdict.FORWARDED) & (events["ct_state"] == CtState.NEW)
+        new = (events["verdict"] == _FORWARDED) & (events["ct_state"] == _CT_NEW)
         if new.any():
             rows = np.flatnonzero(new)
             allowed[rows] = self.policies.lookup(
@@ -268,8 +316,7 @@ class DatapathNamer:
             node=self.node,
             wall_offset=self.wall_offset,
             endpoints=endpoints,
-            source=ends[:n],
-            destination=ends[n:],
+            ends=ends,
             allowed_names=self.policies.values,
             allowed=allowed,
             link_names=link_names,

@@ -31,7 +31,6 @@ from probes import libbpf
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
-_U64 = struct.Struct("<Q")
 _HDR_LEN = struct.Struct("<I")
 
 
@@ -49,16 +48,21 @@ class RingBuffer:
             self.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self._data = memoryview(self._producer)[page:]
+        # The positions, read and written as whole aligned 64-bit words (numpy does one load or
+        # store; struct goes byte by byte, and a torn consumer position read by the kernel looks
+        # like a full ring: it refused records while the ring was nearly empty).
+        self._consumer_pos = np.frombuffer(self._consumer, np.uint64, count=1)
+        self._producer_pos = np.frombuffer(self._producer, np.uint64, count=1)
         self._bytes = np.frombuffer(self._producer, np.uint8, offset=page)  # both mappings
         self._buffers: dict[tuple[np.dtype, int], np.ndarray] = {}
 
     def pending_bytes(self) -> int:
-        return _U64.unpack_from(self._producer, 0)[0] - _U64.unpack_from(self._consumer, 0)[0]
+        return int(self._producer_pos[0]) - int(self._consumer_pos[0])
 
     def drain(self, max_records: int = 1 << 16) -> list[bytes]:
         """Every committed record (up to max_records), oldest first; frees their space."""
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(self._producer, 0)[0]
+        cons = int(self._consumer_pos[0])
+        prod = int(self._producer_pos[0])
         out: list[bytes] = []
         data, mask = self._data, self._mask
         while cons < prod and len(out) < max_records:
@@ -70,13 +74,16 @@ class RingBuffer:
             if not header & _DISCARD:
                 out.append(bytes(data[off + _HDR : off + _HDR + length]))
             cons += (length + _HDR + 7) & ~7
-        _U64.pack_into(self._consumer, 0, cons)
+        self._consumer_pos[0] = cons
         return out
 
-    def drain_array(self, dtype: np.dtype, max_records: int = 1 << 16) -> np.ndarray:
+    def drain_array(
+        self, dtype: np.dtype, max_records: int = 1 << 16, *, copy: bool = False
+    ) -> np.ndarray:
         """Every committed record (up to max_records), oldest first, as an array of `dtype`
-        (one record each); frees their space. The array is a view of a buffer reused by the
-        next call with the same dtype and max_records: copy what must outlive it.
+        (one record each); frees their space. Without `copy` the array is a view of a buffer
+        reused by the next call with the same dtype and max_records; with it, a new array of
+        the caller's own (either way the records are copied out of the ring once).
 
         Stops before the first record still reserved (BUSY): records after it may be committed
         but wait for it, so the stream keeps the kernel's order. Raises ValueError when a record
@@ -84,43 +91,45 @@ class RingBuffer:
         dtype = np.dtype(dtype)
         size = dtype.itemsize
         slot = (size + _HDR + 7) & ~7
-        key = (dtype, max_records)
-        buffer = self._buffers.get(key)
-        if buffer is None:
-            buffer = self._buffers[key] = np.empty(max_records, dtype)
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(self._producer, 0)[0]
+        cons = int(self._consumer_pos[0])
+        prod = int(self._producer_pos[0])
         count = min((prod - cons) // slot, max_records, self.size // slot)
+        if copy:
+            buffer = np.empty(count, dtype)
+        else:
+            key = (dtype, max_records)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = np.empty(max_records, dtype)
         if count == 0:
             return buffer[:0]
-        layout = np.dtype(
-            {"names": ["header", "record"], "formats": ["<u4", dtype], "offsets": [0, _HDR]}
-            | {"itemsize": slot}
-        )
-        # the data area is mapped twice in a row: a run that wraps is still one slice
-        slots = np.frombuffer(self._bytes, layout, count=count, offset=cons & self._mask)
-        headers = slots["header"].copy()  # read once: the kernel may commit meanwhile
-        busy = np.flatnonzero(headers & _BUSY)
-        if len(busy):
-            count = int(busy[0])
-            headers = headers[:count]
-            slots = slots[:count]
-        lengths = headers & ~np.uint32(_DISCARD)
-        if len(lengths) and not (lengths == size).all():
-            bad = int(lengths[lengths != size][0])
-            raise ValueError(
-                f"ring buffer record of {bad} bytes where {size}-byte records were expected "
-                "(a producer of another version?)"
-            )
-        kept = (headers & _DISCARD) == 0
-        if kept.all():
+        # Strided views of the ring: the data area is mapped twice in a row, so a run that
+        # wraps is still one slice. Records as opaque bytes (numpy copies a void item with one
+        # memcpy, a structured one field by field).
+        start = cons & self._mask
+        headers = np.ndarray((count,), "<u4", self._bytes, start, (slot,)).copy()
+        records = np.ndarray((count,), f"V{size}", self._bytes, start + _HDR, (slot,))
+        into = buffer.view(f"V{size}")
+        if (headers == size).all():  # all committed, none discarded: the usual batch
             out = buffer[:count]
-            out[...] = slots["record"]
+            into[:count] = records
         else:
+            busy = np.flatnonzero(headers & _BUSY)
+            if len(busy):  # the kernel has yet to commit it: stop there
+                count = int(busy[0])
+                headers, records = headers[:count], records[:count]
+            lengths = headers & ~np.uint32(_DISCARD)
+            if not (lengths == size).all():
+                bad = int(lengths[lengths != size][0])
+                raise ValueError(
+                    f"ring buffer record of {bad} bytes where {size}-byte records were "
+                    "expected (a producer of another version?)"
+                )
+            kept = (headers & _DISCARD) == 0
             out = buffer[: int(kept.sum())]
-            out[...] = slots["record"][kept]
-        del slots
-        _U64.pack_into(self._consumer, 0, cons + count * slot)
+            into[: len(out)] = records[kept]
+        del records
+        self._consumer_pos[0] = cons + count * slot
         return out
 
     async def wait_readable(self, timeout: float | None = None) -> bool:
@@ -139,7 +148,7 @@ class RingBuffer:
         if self.fd < 0:
             return
         self._data.release()
-        self._bytes = None
+        del self._bytes, self._consumer_pos, self._producer_pos  # they export the mappings
         self._producer.close()
         self._consumer.close()
         os.close(self.fd)

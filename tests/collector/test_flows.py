@@ -223,8 +223,8 @@ class FakeRing:
     def drain(self, max_records: int = 1 << 16) -> list[bytes]:
         return self.batches.pop(0) if self.batches else []
 
-    def drain_array(self, dtype, max_records: int = 1 << 16):
-        return np.frombuffer(b"".join(self.drain(max_records)), dtype)
+    def drain_array(self, dtype, max_records: int = 1 << 16, *, copy: bool = False):
+        return np.frombuffer(b"".join(self.drain(max_records)), dtype).copy()
 
     async def wait_readable(self, timeout: float | None = None) -> bool:
         await asyncio.sleep(0.001)
