@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from collector import node
 from collector.datapath_flows import datapath_flow
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
@@ -47,11 +48,10 @@ from probes.bpfloader import CompiledObject
 from probes.ringbuf import RingBuffer
 
 SOURCE = Path(__file__).with_name("collector_flood.c")
-# The datapath's ring is 4 MiB (~58k events: 58 ms of 1M events/s). On this shared 2-core
-# machine the collector's thread was seen kept off the CPU for up to ~115 ms by other work,
-# which a 4 MiB ring does not ride out at 1M events/s: the bench uses 16 MiB (the agent's
-# Datapath.load takes events_bytes).
-EVENTS_BYTES = 16 << 20
+# The datapath's ring as the agent loads it: 4 MiB, ~58k events, 58 ms of 1M events/s. On this
+# shared 2-core machine the collector's thread was seen kept off the CPU for up to ~100 ms by
+# other work; at the higher rates that overflows the ring, and those losses are reported.
+EVENTS_BYTES = 4 << 20
 PODS = 16  # source addresses the flood spreads over (POD_SPREAD in the program)
 SLICE = 0.001  # seconds of events per test run
 TARGET_RATE = 1_000_000
@@ -270,7 +270,7 @@ def columnar_drain(ring: RingBuffer) -> int:
 def run(
     rates: tuple[int, ...] = (TARGET_RATE,),
     seconds: float = 3.0,
-    cost_events: int = 100_000,
+    cost_events: int = 50_000,
     log: Callable[[str], None] = print,
 ) -> Results:
     flood = Flood()
@@ -296,23 +296,31 @@ def run(
 def report(results: Results) -> list[str]:
     lines = []
     for r in results.runs:
-        met = r.events_per_s >= TARGET_RATE and r.cpu_percent <= TARGET_CPU and r.lost == 0
         lines.append(
             f"kernel -> collector at {r.rate_asked:,}/s asked: {r.events_per_s:,.0f} events/s, "
             f"collector CPU {r.cpu_percent:.1f}% of a core, lost {r.lost} "
-            f"(produced {r.produced:,} = collected {r.collected:,} + lost {r.lost}); "
-            f"target >= {TARGET_RATE:,}/s at <= {TARGET_CPU:g}% with 0 lost: "
-            f"{'met' if met else 'NOT met'}"
+            f"(produced {r.produced:,} = collected {r.collected:,} + lost {r.lost})"
         )
+    met = [
+        r
+        for r in results.runs
+        if r.events_per_s >= TARGET_RATE and r.cpu_percent <= TARGET_CPU and r.lost == 0
+    ]
+    lines.append(
+        f"target >= {TARGET_RATE:,} events/s at <= {TARGET_CPU:g}% of a core with 0 lost: "
+        + (f"met (at {met[0].events_per_s:,.0f}/s)" if met else "NOT met")
+    )
     lines.append(
         f"CPU per event: columnar {results.columnar_ns:.0f} ns, per-record path "
-        f"{results.baseline_ns:.0f} ns: {results.speedup:.1f}x less "
+        f"{results.baseline_ns:.0f} ns: {results.speedup:.0f}x less "
         f"({results.cost_events:,} events drained from a filled ring)"
     )
     return lines
 
 
 def main() -> None:
-    results = run((TARGET_RATE, 2 * TARGET_RATE), log=lambda line: print("  " + line, flush=True))
+    print(f"  ring {EVENTS_BYTES >> 20} MiB, busy poll {node.BUSY_POLL * 1e3:g} ms", flush=True)
+    rates = (TARGET_RATE * 5 // 4, TARGET_RATE * 5 // 2)  # the producer lags a little: ask more
+    results = run(rates, log=lambda line: print("  " + line, flush=True))
     for line in report(results):
         print(line)
