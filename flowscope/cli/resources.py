@@ -370,7 +370,8 @@ def table(kind: Kind, objs: list[dict], *, wide: bool, all_ns: bool, prefix: boo
     rows = [header]
     for o in objs:
         meta = o["metadata"]
-        name = f"{kind.singular}/{meta['name']}" if prefix else meta["name"]
+        # several kinds at once: kubectl's qualified names (pod/web, deployment.apps/web)
+        name = qualified(ObjectRef(kind.kind, None, meta["name"])) if prefix else meta["name"]
         ns = [meta.get("namespace", "")] if all_ns and kind.namespaced else []
         rows.append([*ns, name, *row_fn(o, wide)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -209,5 +209,5 @@ def test_get_columns_as_kubectl_shows_them() -> None:
         "IMAGES",
         "SELECTOR",
     ]
-    assert row[:4] == ["replicaset/web-7d9c", "3", "3", "2"]
+    assert row[:4] == ["replicaset.apps/web-7d9c", "3", "3", "2"]
     assert row[5:] == ["web", "agnhost", "app=web"]
