@@ -39,6 +39,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from collector.flowencoder import ResponseEncoder
 from collector.flowstream import FlowStream, Follower
 from collector.kafkaconfig import KafkaConfig
 from collector.ring import RingEntry
@@ -176,6 +177,7 @@ class Publisher:
         self._batch_first = 0
         self._batch_started = 0.0
         self._spooled = asyncio.Event()
+        self._encoder = ResponseEncoder()
         self._side: deque[tuple[str, bytes]] = deque(maxlen=SIDE_QUEUE)
         self._echo: deque[LostEvent] = deque(maxlen=64)  # ours, coming back through the stream
         self._spool_events: dict[int, int] = {}  # seq -> count of spool-drop events not acked
@@ -312,7 +314,7 @@ class Publisher:
         lost_topic_event: LostEvent | None = None,
     ) -> int:
         """Pack one record; its seq."""
-        data = record_to_response(record).SerializeToString()
+        data = self._encoder.encode(record)
         if self._batch and (
             len(self._batch) >= self.config.batch_flows
             or self._batch_bytes + len(data) > self.config.batch_bytes

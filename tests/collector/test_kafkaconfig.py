@@ -25,7 +25,7 @@ def test_the_labs_record_is_a_config() -> None:
     assert config.topics == Topics("flowscope.flows", "flowscope.lost", "flowscope.nodes")
     assert config.security_protocol == "PLAINTEXT"
     kwargs = config.producer_kwargs()
-    assert kwargs["compression_type"] == "lz4"
+    assert kwargs["compression_type"] == "zstd"
     assert kwargs["enable_idempotence"] is False  # Tansu has no idempotent producer
     assert kwargs["bootstrap_servers"] == "127.0.0.1:39092"
 
@@ -38,14 +38,14 @@ def test_no_kafka_anywhere_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_file_wins_over_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "kafka.toml"
     path.write_text(
-        '[kafka]\nbootstrap = ["b1:9093", "b2:9093"]\ncompression = "zstd"\n'
+        '[kafka]\nbootstrap = ["b1:9093", "b2:9093"]\ncompression = "lz4"\n'
         'batch_flows = 500\n[kafka.topics]\nflows = "team.flows"\n'
     )
     extra = {"kafka": {"bootstrap": "127.0.0.1:1"}}
     config = kafkaconfig.for_agent(extra, path)
     assert config is not None and config.bootstrap == ("b1:9093", "b2:9093")
     assert config.bootstrap_servers == "b1:9093,b2:9093"
-    assert config.compression == "zstd" and config.batch_flows == 500
+    assert config.compression == "lz4" and config.batch_flows == 500
     assert config.topics.flows == "team.flows" and config.topics.lost == "flowscope.lost"
     monkeypatch.setenv(kafkaconfig.CONFIG_ENV, str(path))
     assert kafkaconfig.for_agent(extra) == config
