@@ -139,7 +139,8 @@ async def throughput(bootstrap: str, spool: Path, flows: int) -> None:
     rate = flows / wall
     print(
         f"throughput: {flows} flows in {wall:.2f} s = {rate:,.0f} flows/s into Kafka, "
-        f"{stats.batches} Kafka records ({flows / max(stats.batches, 1):.0f} flows each), {cfg.compression}"
+        f"{stats.batches} Kafka records ({flows / max(stats.batches, 1):.0f} flows each), "
+        f"{cfg.compression}"
     )
     print(
         f"  CPU: {cpu / wall:.0%} of a core = {cpu / wall / (rate / 10_000):.1%} of a core per "
