@@ -60,6 +60,10 @@ class Expectations:
         e.absent.update(absent)
         e.generations.update(generations or {})
 
+    def forget(self, owner: ObjectRef) -> None:
+        """The owner's writes failed: nothing of them is coming."""
+        self._by_owner.pop(owner, None)
+
     def observe(self, ref: ObjectRef, *, deleted: bool) -> None:
         """The informer saw `ref` created (or changed) or deleted."""
         for e in self._by_owner.values():

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 WATCHED = ("Node", "Pod", "Service", "EndpointSlice", "Deployment", "ReplicaSet")
 _DEBOUNCE = 0.02  # seconds: let a burst of events (an apply of many pods) land before a round
 _RETRY = 0.5  # seconds before retrying a round that failed to write
+_MAX_RETRY = 10.0  # ... doubling while it keeps failing, up to this
 IDENTITY_GC_INTERVAL = 60.0  # seconds between identity GC rounds
 IDENTITY_UNUSED_FOR = 900.0  # an identity unused this long is deleted (Cilium: 15 min)
 
@@ -128,10 +129,15 @@ async def run_deployment_round(store: ObjectStore, informers: Informers) -> int:
     changes = deployments.reconcile(
         informers.list("Deployment"), informers.list("ReplicaSet"), now(), skip=waiting
     )
+    failed: list[str] = []
     for rs in changes.create:
+        # one at a time: a ReplicaSet that cannot be written holds up no other Deployment
         informers.expectations.expect(_owner(rs), present=[ObjectRef.of(rs)])
-    if changes.create:
-        await store.apply(changes.create, internal=True)
+        try:
+            await store.apply([rs], internal=True)
+        except FlowscopeError as e:
+            informers.expectations.forget(_owner(rs))
+            failed.append(f"{_owner(rs).display()}: {e}")
     for scale in changes.scale:
 
         def mutate(rs: dict[str, Any], scale=scale) -> dict[str, Any]:
@@ -157,6 +163,8 @@ async def run_deployment_round(store: ObjectStore, informers: Informers) -> int:
             await store.update_status("Deployment", ref.namespace, ref.name, status)
         except NotFound:
             continue
+    if failed:
+        raise FlowscopeError("cannot create ReplicaSets: " + "; ".join(failed))
     return len(changes.create) + len(changes.scale) + len(changes.delete) + len(changes.status)
 
 
@@ -182,8 +190,14 @@ async def run_replicaset_round(store: ObjectStore, informers: Informers) -> int:
         informers.expectations.expect(owner, present=refs)
     for owner, refs in changes.deleting.items():
         informers.expectations.expect(owner, absent=refs)
-    if changes.create:
-        await store.apply(changes.create)
+    failed: list[str] = []
+    for owner, refs in changes.creating.items():
+        made = [p for p in changes.create if ObjectRef.of(p) in set(refs)]
+        try:  # each ReplicaSet's pods on their own: one that cannot be written holds up no other
+            await store.apply(made)
+        except FlowscopeError as e:
+            informers.expectations.forget(owner)
+            failed.append(f"{owner.display()}: {e}")
     if changes.delete:
         await store.delete(changes.delete, ignore_not_found=True)
     for ref, status in changes.status.items():
@@ -196,6 +210,8 @@ async def run_replicaset_round(store: ObjectStore, informers: Informers) -> int:
             "replicasets: %d pods created, %d deleted", len(changes.create), len(changes.delete)
         )
     informers.wake_in = changes.wake_in
+    if failed:
+        raise FlowscopeError("cannot create pods: " + "; ".join(failed))
     return len(changes.create) + len(changes.delete) + len(changes.status)
 
 
@@ -235,6 +251,15 @@ async def collect_identities(kv: KV, every: float, unused_for: float) -> None:
             log.info("identity gc: deleted %s", ", ".join(map(str, deleted)))
 
 
+ROUNDS = (
+    ("deployment", run_deployment_round),
+    ("replicaset", run_replicaset_round),
+    ("garbage collector", run_garbage_round),
+    ("scheduler", run_scheduler_round),
+    ("endpointslice", run_endpointslice_round),
+)
+
+
 def _next_wake(informers: Informers) -> float | None:
     waits = [
         w for w in (informers.wake_in, informers.expectations.next_deadline()) if w is not None
@@ -251,6 +276,7 @@ async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
     identity_gc = asyncio.create_task(
         collect_identities(kv, IDENTITY_GC_INTERVAL, IDENTITY_UNUSED_FOR), name="identity-gc"
     )
+    retry = _RETRY
     try:
         while not stop_event.is_set():
             stop = asyncio.ensure_future(stop_event.wait())
@@ -264,17 +290,21 @@ async def run_controllers(kv: KV, stop_event: asyncio.Event) -> None:
                 break
             await asyncio.sleep(_DEBOUNCE)
             informers.dirty.clear()
-            try:
-                await run_deployment_round(store, informers)
-                await run_replicaset_round(store, informers)
-                await run_garbage_round(store, informers)
-                await run_scheduler_round(store, informers)
-                await run_endpointslice_round(store, informers)
-            except FlowscopeError as e:
-                # a conflict or a namespace deleted under us: the caches catch up, try again
-                log.warning("controller round failed: %s; retrying", e)
-                await asyncio.sleep(_RETRY)
+            failed = False
+            for name, run_round in ROUNDS:
+                try:
+                    await run_round(store, informers)
+                except FlowscopeError as e:
+                    # a conflict, a namespace deleted under us, an object that cannot be written:
+                    # the other controllers go on; this one tries again, backing off while it fails
+                    log.warning("%s round failed: %s; retrying in %.1fs", name, e, retry)
+                    failed = True
+            if failed:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _MAX_RETRY)
                 informers.dirty.set()
+            else:
+                retry = _RETRY
     finally:
         identity_gc.cancel()
         await informers.stop()

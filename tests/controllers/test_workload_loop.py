@@ -178,3 +178,28 @@ spec: {containers: [{name: c, image: x}]}
             fake_kubelet.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fake_kubelet
+
+
+async def test_a_deployment_whose_replicaset_cannot_be_written_holds_up_nothing_else(
+    kv: KV,
+) -> None:
+    counts: list[int] = []
+    # a valid name (<= 253) whose ReplicaSet's, with "-<hash>", is not
+    long = manifest(1)
+    long["metadata"]["name"] = "w" * 250
+    async with controllers(kv) as store:
+        fake_kubelet = asyncio.create_task(kubelet(store, counts))
+        try:
+            await store.apply([long, manifest(2)])
+
+            async def others_ran() -> bool:
+                pods = await store.list("Pod", "default")
+                return len(pods) == 2 and all(p["spec"].get("nodeName") for p in pods)
+
+            await eventually(others_ran, "the other Deployment's pods made and bound")
+            sets = await store.list("ReplicaSet", "default")
+            assert [r["metadata"]["name"].rsplit("-", 1)[0] for r in sets] == ["web"]
+        finally:
+            fake_kubelet.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fake_kubelet
