@@ -211,3 +211,39 @@ def test_get_columns_as_kubectl_shows_them() -> None:
     ]
     assert row[:4] == ["replicaset.apps/web-7d9c", "3", "3", "2"]
     assert row[5:] == ["web", "agnhost", "app=web"]
+
+
+KUBECTL_CREATE = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  creationTimestamp: null
+  labels:
+    app: web
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: web
+  strategy: {}
+  template:
+    metadata:
+      creationTimestamp: null
+      labels:
+        app: web
+    spec:
+      containers:
+      - image: nginx
+        name: nginx
+        resources: {}
+status: {}
+"""
+
+
+async def test_what_kubectl_create_deployment_writes_applies(kv: KV) -> None:
+    """`kubectl create deployment web --image=nginx --dry-run=client -o yaml`, as it prints it."""
+    (result,) = await ObjectStore(kv).apply([yaml.safe_load(KUBECTL_CREATE)])
+    assert str(result) == "deployment.apps/web created"
+    stored = await ObjectStore(kv).get("Deployment", "default", "web")
+    assert stored is not None and stored["spec"]["strategy"]["type"] == "RollingUpdate"
