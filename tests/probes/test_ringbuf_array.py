@@ -104,7 +104,7 @@ def test_a_busy_record_stops_the_batch_until_it_is_committed(loaded):
     """A record reserved but not yet committed (the program is still running on another CPU)
     holds back the records committed after it, so that the batch keeps the kernel's order."""
     inst, ring = loaded
-    for _attempt in range(20):
+    for _attempt in range(50):
         emit(inst, 64)
         slow = threading.Thread(target=emit, args=(inst, BUSY_LEN))
         slow.start()
