@@ -59,7 +59,8 @@ _IDENTITIES = EVENT_DTYPE.fields["src_identity"][1] // 8
 _ADDRESSES = EVENT_DTYPE.fields["saddr"][1] // 8
 assert EVENT_DTYPE.fields["dst_identity"][1] == _IDENTITIES * 8 + 4
 assert EVENT_DTYPE.fields["daddr"][1] == _ADDRESSES * 8 + 4
-_NO_NAME = -1  # in an index column: the event has no such name (no policy, no service)
+_NO_NAME = -1
+_ROW_BLOCK = 256  # in an index column: the event has no such name (no policy, no service)
 
 _address = functools.lru_cache(maxsize=65536)(lambda value: str(ip_of(value)))
 
@@ -157,6 +158,7 @@ class FlowBatch:
     __slots__ = (
         "_lines",
         "_records",
+        "_rows",
         "allowed",
         "allowed_names",
         "endpoints",
@@ -191,6 +193,7 @@ class FlowBatch:
         self.link_names = link_names  # links indexes these, or is _NO_NAME
         self.links = links
         self._records: list[Flow | None] | None = None
+        self._rows: dict[int, list[tuple]] | None = None  # blocks of events as Python values
         self._lines: list[bytes | None] | None = None
 
     def __len__(self) -> int:
@@ -202,8 +205,16 @@ class FlowBatch:
         return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
 
     def event(self, index: int) -> FlowEvent:
-        row = self.events[index]
-        return FlowEvent.from_values(dict(zip(EVENT_DTYPE.names, row.tolist(), strict=True)))
+        # rows come out of numpy a block at a time: one tolist() per block costs far less than
+        # one per row, and readers mostly walk the ring in order
+        block, at = divmod(index, _ROW_BLOCK)
+        if self._rows is None:
+            self._rows = {}
+        rows = self._rows.get(block)
+        if rows is None:
+            start = block * _ROW_BLOCK
+            rows = self._rows[block] = self.events[start : start + _ROW_BLOCK].tolist()
+        return FlowEvent.from_values(dict(zip(EVENT_DTYPE.names, rows[at], strict=True)))
 
     def record(self, index: int) -> Flow:
         if self._records is None:
