@@ -5,11 +5,14 @@
    and acknowledged; flows/s, the process's CPU per 10k flows/s, and the topic read back (count,
    missing seqs, duplicates) to show lost = 0 end to end from the stream. The issue's target is
    >= 100k events/s per node at <= 5% of a core per 10k/s, kernel to Kafka.
-2. outage: steady traffic, the broker stopped (SIGSTOP) for --outage seconds (the issue: 60),
+2. kernel -> Kafka: events made in the kernel (bench.collector's flood: the datapath's own
+   event into its own ring) at a paced rate, drained by the real collector into a FlowStream,
+   published; produced = flows in Kafka with nothing lost anywhere, or the run says LOSS.
+3. outage: steady traffic, the broker stopped (SIGSTOP) for --outage seconds (the issue: 60),
    continued, the spool replayed; then every flow fed in must be in Kafka exactly once (the
    reader drops duplicates by seq), in order. Prints the spool's peak and the time to drain.
 
-    python -m bench.kafka [--flows N] [--outage SECONDS] [--rate FLOWS_PER_S]
+    python -m bench.kafka [--flows N] [--outage SECONDS] [--rate FLOWS_PER_S] [--kernel-rates R,..]
 
 One process: the feeder, the publisher and (afterwards) the reader share one event loop and one
 core, as in the agent (minus the collector's own work).
@@ -208,10 +211,124 @@ async def outage(info, proc, spool: Path, seconds: float, rate: int) -> None:
     )
 
 
-async def run(flows: int, seconds: float, rate: int) -> None:
+async def in_kafka(bootstrap: str, node: str) -> tuple[int, int]:
+    """(flows, distinct seqs) of `node` on the flows topic, counted off the FlowBatch records
+    without building a Flow (the reader's decoding would take longer than the run)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from flowscope.proto import kafka_pb2
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    flows, seqs = 0, set()
+    try:
+        tps = [TopicPartition("flowscope.flows", p) for p in consumer.partitions_for_topic(
+            "flowscope.flows") or ()]  # fmt: skip
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    batch = kafka_pb2.FlowBatch.FromString(rec.value)
+                    if batch.node_name != node:
+                        continue
+                    for i, resp in enumerate(batch.responses):
+                        if batch.first_seq + i not in seqs:
+                            seqs.add(batch.first_seq + i)
+                            flows += resp.WhichOneof("response_types") == "flow"
+    finally:
+        await consumer.stop()
+    return flows, len(seqs)
+
+
+async def kernel_to_kafka(bootstrap: str, spool: Path, flood, rate: int, seconds: float) -> bool:
+    """Events made in the kernel (bench.collector's flood: the datapath's own event into its
+    own ring) -> the real collector -> FlowStream -> publisher -> Kafka; True when nothing was
+    lost anywhere and every event is a flow in Kafka."""
+    import threading
+
+    from bench.collector import SLICE, collector_of
+
+    node = f"node-k{rate}"
+    stream = FlowStream(node_name=node)
+    collector = collector_of(stream)
+    pub = Publisher(stream, KafkaConfig.from_dict({"bootstrap": bootstrap}), spool)
+    pub.start()
+    ring = flood.ring()
+    lost_before = flood.lost()
+    produced = 0
+    done = threading.Event()
+
+    def producer() -> None:
+        nonlocal produced
+        per_slice = max(1, int(rate * SLICE))
+        start = time.monotonic()
+        for i in range(max(1, round(seconds / SLICE))):
+            flood.produce(per_slice)
+            produced += per_slice
+            pause = start + (i + 1) * SLICE - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        done.set()
+
+    tasks = [
+        asyncio.create_task(pub.run()),
+        asyncio.create_task(collector.run_datapath(ring, lambda: flood.lost() - lost_before)),
+    ]
+    wall0, cpu0 = time.monotonic(), time.thread_time()
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    try:
+        while not done.is_set():
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            s = pub.stats()
+            collected = collector.stats.sources["datapath"]
+            if (
+                collected.records + collected.lost >= produced
+                and s.packed >= collected.records
+                and s.acked >= s.packed
+            ):
+                break
+            await asyncio.sleep(0.01)
+        wall, cpu = time.monotonic() - wall0, time.thread_time() - cpu0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        thread.join()
+        ring.close()
+    await pub.close()
+    stats = pub.stats()
+    kernel_lost = flood.lost() - lost_before
+    flows, _ = await in_kafka(bootstrap, node)
+    ok = kernel_lost == 0 and stats.lost == 0 and flows == produced
+    cpu_share = cpu / wall
+    print(
+        f"kernel -> Kafka at {rate:,}/s asked: {produced:,} events made, {flows:,} flows in "
+        f"Kafka ({flows / wall:,.0f}/s end to end), lost: kernel ring {kernel_lost}, publisher "
+        f"{stats.lost} -> {'0 lost' if ok else 'LOSS'}; collector+publisher thread "
+        f"{cpu_share:.0%} of a core = {cpu_share / (flows / wall / 10_000):.1%} per 10k/s"
+    )
+    return ok
+
+
+async def run(flows: int, seconds: float, rate: int, kernel_rates: tuple[int, ...]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-kafka") as tmp:
         async with broker(Path(tmp)) as (info, proc):
             await throughput(info.bootstrap, Path(tmp) / "spool-t", flows)
+            if kernel_rates:
+                from bench.collector import Flood
+
+                flood = Flood()
+                try:
+                    for r in kernel_rates:
+                        spool = Path(tmp) / f"spool-k{r}"
+                        await kernel_to_kafka(info.bootstrap, spool, flood, r, 5.0)
+                finally:
+                    flood.close()
             if seconds > 0:
                 await outage(info, proc, Path(tmp) / "spool-o", seconds, rate)
 
@@ -221,11 +338,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flows", type=int, default=100_000)
     parser.add_argument("--outage", type=float, default=60.0, help="seconds (0: skip)")
     parser.add_argument("--rate", type=int, default=5000, help="flows/s during the outage run")
+    parser.add_argument(
+        "--kernel-rates",
+        default="20000,50000,100000",
+        help="events/s made in the kernel for the kernel -> Kafka runs (comma-separated; '': skip)",
+    )
     args = parser.parse_args([] if argv is None else argv)  # `make bench`: the defaults
     import logging
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the outage's connect errors
-    asyncio.run(run(args.flows, args.outage, args.rate))
+    rates = tuple(int(r) for r in args.kernel_rates.split(",") if r)
+    asyncio.run(run(args.flows, args.outage, args.rate, rates))
 
 
 if __name__ == "__main__":
