@@ -288,7 +288,7 @@ async def kernel_to_kafka(bootstrap: str, spool: Path, flood, rate: int, seconds
             collected = collector.stats.sources["datapath"]
             if (
                 collected.records + collected.lost >= produced
-                and s.packed >= collected.records
+                and s.packed + s.overflowed >= collected.records
                 and s.acked >= s.packed
             ):
                 break
