@@ -221,6 +221,8 @@ class FlowStream:
 
     def publish_batch(self, batch: Chunk) -> None:
         """Add a batch of records built on demand (collector.columns.FlowBatch): O(1)."""
+        if not len(batch):
+            return
         self.ring.append_chunk(batch)
         for follower in self._followers:
             follower.offer_chunk(batch)

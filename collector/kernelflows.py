@@ -22,6 +22,7 @@ from flowscope.flow.model import (
     SCTP,
     TCP,
     UDP,
+    Endpoint,
     EventType,
     Flow,
     FlowType,
@@ -55,13 +56,28 @@ def monotonic_to_wall_offset() -> int:
 
 
 def kernel_flow(event: KernelEvent, enricher: Enricher, node: str, wall_offset: int) -> Flow:
+    return named_kernel_flow(event, kernel_ends(event, enricher), node, wall_offset)
+
+
+Ends = tuple[Endpoint | None, Endpoint | None]
+
+
+def kernel_ends(event: KernelEvent, enricher: Enricher) -> Ends:
+    """The endpoints of an event's two addresses (names as they are now: the collector takes
+    them when it collects the event and builds the flow later, when a reader asks)."""
+    if event.saddr is None or event.daddr is None:
+        return None, None
+    saddr, daddr = _unmapped(event.saddr), _unmapped(event.daddr)
+    return enricher.by_ip(str(saddr)), enricher.by_ip(str(daddr))
+
+
+def named_kernel_flow(event: KernelEvent, ends: Ends, node: str, wall_offset: int) -> Flow:
     ip = l4 = None
-    src = dst = None
+    src, dst = ends
     if event.saddr is not None and event.daddr is not None:
         saddr, daddr = _unmapped(event.saddr), _unmapped(event.daddr)
         version = IPVersion.IPv4 if saddr.version == 4 else IPVersion.IPv6
         ip = IP(str(saddr), str(daddr), version)
-        src, dst = enricher.by_ip(str(saddr)), enricher.by_ip(str(daddr))
     if event.protocol == _IPPROTO_TCP:
         l4 = TCP(event.sport, event.dport)
     elif event.protocol == _IPPROTO_UDP:

@@ -30,7 +30,13 @@ from typing import NamedTuple
 from collector.columns import DatapathNamer
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
-from collector.kernelflows import kernel_flow, monotonic_to_wall_offset, reportable
+from collector.kernelflows import (
+    kernel_ends,
+    monotonic_to_wall_offset,
+    named_kernel_flow,
+    reportable,
+)
+from collector.ring import DeferredChunk
 from collector.socklb_flows import translation_flow
 from collector.translations import RecentTranslations
 from dataplane.maps import flowevent
@@ -129,12 +135,16 @@ class NodeCollector:
         return _Source("socket-lb", ring, self._record_drain("socket-lb", ring, to_flows), lost)
 
     async def run_tracepoints(self, probes) -> None:
-        def to_flows(records: list[bytes]) -> list[Flow]:
-            return [
-                kernel_flow(ev, self.enricher, self.node, self._wall_offset)
+        node, offset = self.node, self._wall_offset
+
+        def to_flows(records: list[bytes]) -> DeferredChunk:
+            # named now, built when read: a TCP state change per connection end adds up
+            named = [
+                (ev, kernel_ends(ev, self.enricher))
                 for ev in probes.decode(records)
                 if reportable(ev, self.datapath_device)
             ]
+            return DeferredChunk(named, lambda item: named_kernel_flow(*item, node, offset))
 
         drain = self._record_drain("tracepoints", probes.ring, to_flows)
         await self._run(_Source("tracepoints", probes.ring, drain, probes.lost_events))
@@ -157,7 +167,10 @@ class NodeCollector:
             await asyncio.sleep(0)
 
     def _record_drain(
-        self, name: str, ring: RingBuffer, to_flows: Callable[[list[bytes]], list[Flow]]
+        self,
+        name: str,
+        ring: RingBuffer,
+        to_flows: Callable[[list[bytes]], list[Flow] | DeferredChunk],
     ) -> Callable[[SourceStats], int]:
         """A drain of a ring of variable-size records, record by record."""
 
@@ -166,7 +179,11 @@ class NodeCollector:
             while records := ring.drain(BATCH):
                 taken += len(records)
                 try:
-                    self.stream.publish(to_flows(records))
+                    flows = to_flows(records)
+                    if isinstance(flows, DeferredChunk):
+                        self.stream.publish_batch(flows)
+                    else:
+                        self.stream.publish(flows)
                 except Exception:  # a record we cannot name must not stop the collector
                     log.exception("could not decode %d %s records", len(records), name)
                     self.stream.publish_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, len(records))

@@ -249,3 +249,45 @@ def test_an_empty_batch_names_nothing() -> None:
     stream = FlowStream(10)
     stream.publish_batch(batch)
     assert stream.seen == 0 and len(stream.ring) == 0  # nothing appended
+
+
+class FakeProbes:
+    """The tracepoint probes as the collector uses them: a ring and its decoder."""
+
+    def __init__(self, events: list) -> None:
+        self.ring = FakeRing([[b"x"] * len(events)])
+        self.events = events
+
+    def decode(self, records: list[bytes]) -> list:
+        return self.events[: len(records)]
+
+    def lost_events(self) -> int:
+        return 0
+
+
+async def test_kernel_events_are_named_when_collected_and_built_when_read() -> None:
+    from dataplane.maps.kernelevent import Kind
+    from tests.collector.test_flows import kernel
+
+    directory = Directory()
+    stream = FlowStream(100)
+    collector = NodeCollector("n", Enricher(directory, "lab"), stream)
+    state = kernel(kind=Kind.STATE, protocol=6, old_state="TCP_SYN_SENT", new_state="TCP_CLOSE")
+    benign = kernel(drop_reason_name="QUEUE_PURGE")
+    probes = FakeProbes([state, benign, kernel()])
+    task = asyncio.create_task(collector.run_tracepoints(probes))
+    try:
+        for _ in range(200):
+            if len(stream.ring) >= 2:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+    chunk = stream.ring.last(1)[0].chunk
+    assert chunk._records == [None, None]  # nothing built yet
+    directory.records[A] = IPRecord(IPv4Address(A), ID_A, "node-1", NODE_IP, "x", "a-2")
+    directory.version = 1
+    records = [e.record for e in stream.ring.last()]
+    assert [r.summary for r in records] == ["TCP state SYN_SENT -> CLOSE", "UDP"]
+    assert [r.source.pod_name for r in records] == ["a", "a"]  # the names of collection time
+    assert collector.stats.sources["tracepoints"].records == 3
