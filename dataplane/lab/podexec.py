@@ -27,14 +27,21 @@ def exec_in_pod(sandbox: Sandbox, argv: Sequence[str]) -> int:
 
 def fork_in_pod(sandbox: Sandbox, fn: Callable[[], Any]) -> tuple[int, int]:
     """Start `fn` in a child that has joined the pod; returns (pid, fd to read its JSON result)."""
-    resolv_conf = sandbox.resolv_conf
+    return fork_in(sandbox.netns_path, str(sandbox.cgroup), sandbox.resolv_conf, fn)
+
+
+def fork_in(
+    netns_path: str, cgroup: str | None, resolv_conf: str | None, fn: Callable[[], Any]
+) -> tuple[int, int]:
+    """Start `fn` in a child inside `netns_path` (and `cgroup`, with `resolv_conf`, when given):
+    a pod, or a lab host that is not one (the outside world)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
         code = 0
         try:
             os.close(read_fd)
-            enter(sandbox.netns_path, str(sandbox.cgroup), resolv_conf)
+            enter(netns_path, cgroup, resolv_conf)
             payload = json.dumps({"ok": fn()}).encode()
         except BaseException as exc:
             payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()

@@ -12,6 +12,8 @@ from flowscope import clusterinfo
 from flowscope.connect import cluster_store
 from flowscope.errors import FlowscopeError, NotFound, UsageError
 
+WORLD_SOURCE = "world"  # `lab probe world TARGET`: from the lab's outside host
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     lab = sub.add_parser("lab", help="a cluster of network namespaces on this machine")
@@ -72,8 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(func=cmd_exec)
 
-    p = lab_sub.add_parser("probe", help="connect from a pod to a target; exit 0 if answered")
-    p.add_argument("pod", metavar="NS/POD")
+    p = lab_sub.add_parser(
+        "probe", help="connect from a pod (or the outside host) to a target; exit 0 if answered"
+    )
+    p.add_argument(
+        "pod", metavar="NS/POD|world", help="a pod, or `world`: the lab's host outside the cluster"
+    )
     p.add_argument(
         "target",
         metavar="TARGET:PORT",
@@ -263,25 +269,36 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import asyncio
 
     from dataplane.lab.cluster import pod_sandbox
-    from dataplane.lab.podexec import collect, fork_in_pod
+    from dataplane.lab.fabric import world_netns
+    from dataplane.lab.netns import NETNS_DIR
+    from dataplane.lab.podexec import collect, fork_in, fork_in_pod
     from dataplane.lab.probe import probe, probe_name
 
     target, port = split_target(args.target)
+    from_world = args.pod == WORLD_SOURCE
+    info = clusterinfo.load(args.cluster)
 
     async def lookup():
-        info = clusterinfo.load(args.cluster)
         async with cluster_store(info) as store:
-            return pod_sandbox(info, await _pod(store, args.pod)), await resolve_target(
-                store, target
-            )
+            sandbox = None if from_world else pod_sandbox(info, await _pod(store, args.pod))
+            return sandbox, await resolve_target(store, target)
 
     sandbox, ip = asyncio.run(lookup())
-    source = "/".join(_split_pod(args.pod))
+    if from_world and ip is None:
+        raise UsageError(
+            f"{args.target!r}: the outside host has no cluster DNS; give an IP "
+            "(a node's, a LoadBalancer's) or NS/POD"
+        )
+    source = WORLD_SOURCE if from_world else "/".join(_split_pod(args.pod))
     if ip is None:
         run = functools.partial(probe_name, source, target, target)
     else:
         run = functools.partial(probe, source, target, ip)
-    pid, fd = fork_in_pod(sandbox, lambda: run(port, args.protocol, args.timeout))
+    if sandbox is None:
+        netns_path = str(NETNS_DIR / world_netns(info.paths))
+        pid, fd = fork_in(netns_path, None, None, lambda: run(port, args.protocol, args.timeout))
+    else:
+        pid, fd = fork_in_pod(sandbox, lambda: run(port, args.protocol, args.timeout))
     result = collect(pid, fd)
     where = f"{result['ip'] or '?'}:{port}/{args.protocol}"
     if args.output == "json":

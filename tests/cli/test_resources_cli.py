@@ -207,3 +207,17 @@ def test_age_like_kubectl() -> None:
         "5h3m",
     ]
     assert [ago(hours=30), ago(days=3, hours=4), ago(days=40)] == ["30h", "3d4h", "40d"]
+
+
+def test_the_deployment_example_applies(cli: CLI) -> None:
+    ns = unique("shop")
+    text = "---\n".join(p.read_text() for p in sorted((EXAMPLES / "deployments").glob("*.yaml")))
+    r = cli("apply", "-f", "-", stdin=text.replace("shop", ns))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"namespace/{ns} created",
+        "deployment.apps/web created",
+        "service/web created",
+    ]
+    svc = json.loads(cli("get", "service", "web", "-n", ns, "-o", "json").stdout)
+    assert svc["spec"]["type"] == "LoadBalancer"

@@ -254,8 +254,9 @@ def test_a_loadbalancer_gets_a_pool_address_that_the_world_and_pods_reach(
     while set(got) != {"web-a", "web-b"}:  # the nodes' uplink maps follow the status
         assert time.monotonic() < deadline, got
         got = np_lab.answers(np_lab.world, ip, 80, 12)
-    # from a pod: translated at its socket, as for a ClusterIP
+    # from a pod: translated at its socket, as for a ClusterIP; `lab probe world` as a user would
     assert np_lab.lab.probe("np/web-b", f"{ip}:80")["connected"]
+    assert np_lab.lab.probe("world", f"{ip}:80")["answer"] in ("web-a", "web-b")
     # a port the address does not serve is refused by the node, not routed around
     started = time.monotonic()
     assert np_lab.get(np_lab.world, ip, 81) is None

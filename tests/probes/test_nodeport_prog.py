@@ -1,7 +1,8 @@
 """np_ingress/np_egress on crafted packets through BPF_PROG_TEST_RUN: DNAT to a local backend
 (client address kept), DNAT+SNAT to a remote one (redirected out of the uplink), reverse NAT of
-both kinds of reply, LoadBalancer addresses, eTP Local without a backend, ClientIP affinity, Maglev keeping connections
-when a backend goes, the overlay masquerade bypass, and malformed packets passed untouched.
+both kinds of reply, LoadBalancer addresses, eTP Local without a backend, ClientIP affinity,
+Maglev keeping connections when a backend goes, the overlay masquerade bypass, and malformed
+packets passed untouched.
 
 test_run gives the program a CHECKSUM_NONE skb, so every rewritten packet must verify from
 scratch (the incremental checksum arithmetic is what is tested)."""
