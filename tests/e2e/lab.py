@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -106,3 +107,35 @@ class Lab:
         )
         out = self.run("lab", "exec", pod, "--", "python3", "-c", script).stdout
         return out.strip().rpartition(":")[0]
+
+
+def client_and_server(namespace: str) -> str:
+    """A namespace with two pods on different nodes: `server` (app=server) on node-1 and
+    `client` (app=client) on node-2, both answering on port 80."""
+    pods = "".join(
+        f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: main, image: agnhost, ports: [{{containerPort: 80}}]}}]
+"""
+        for name, node in (("server", "node-1"), ("client", "node-2"))
+    )
+    return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n{pods}"
+
+
+@contextlib.contextmanager
+def running_lab(name: str, *up_args: str, workload: str = "", pods: int = 0) -> Iterator[Lab]:
+    """`lab up NAME UP_ARGS`, `workload` applied and `pods` of it running; down afterwards,
+    also when the test fails."""
+    lab = Lab(name)
+    try:
+        lab.run("lab", "up", *up_args, timeout=180)
+        if workload:
+            lab.apply(workload)
+            lab.wait_running(pods)
+        yield lab
+    finally:
+        lab.run("lab", "down", check=False, timeout=120)

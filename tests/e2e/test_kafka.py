@@ -15,40 +15,19 @@ from dataplane.lab import daemons, kafka
 from dataplane.lab.cluster import agent_daemon
 from flowscope import clusterinfo
 from tests.conftest import unique
-from tests.e2e.lab import Lab, until
+from tests.e2e.lab import Lab, client_and_server, running_lab, until
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
-WORKLOAD = """apiVersion: v1
-kind: Namespace
-metadata: {name: kfk}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: kfk, labels: {app: server}}
-spec:
-  nodeName: node-1
-  containers: [{name: main, image: agnhost, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: kfk, labels: {app: client}}
-spec:
-  nodeName: node-2
-  containers: [{name: main, image: agnhost, ports: [{containerPort: 80}]}]
-"""
+WORKLOAD = client_and_server("kfk")
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("h3kfk"))
-    try:
-        lab.run("lab", "up", "--nodes", "2", "--ipam", "overlay", "--kafka", timeout=180)
-        lab.apply(WORKLOAD)
-        lab.wait_running(2)
+    with running_lab(
+        unique("h3kfk"), "--nodes", "2", "--ipam", "overlay", "--kafka", workload=WORKLOAD, pods=2
+    ) as lab:
         yield lab
-    finally:
-        lab.run("lab", "down", check=False, timeout=120)
 
 
 def bootstrap(lab: Lab) -> str:

@@ -18,40 +18,19 @@ from flowscope import clusterinfo
 from flowscope.flow.timestamp import format_rfc3339
 from flowscope.paths import ClusterPaths
 from tests.conftest import unique
-from tests.e2e.lab import Lab, until
+from tests.e2e.lab import Lab, client_and_server, running_lab, until
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
-WORKLOAD = """apiVersion: v1
-kind: Namespace
-metadata: {name: obs}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: obs, labels: {app: server}}
-spec:
-  nodeName: node-1
-  containers: [{name: main, image: agnhost, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: obs, labels: {app: client}}
-spec:
-  nodeName: node-2
-  containers: [{name: main, image: agnhost, ports: [{containerPort: 80}]}]
-"""
+WORKLOAD = client_and_server("obs")
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("h2obs"))
-    try:
-        lab.run("lab", "up", "--nodes", "2", "--ipam", "overlay", timeout=180)
-        lab.apply(WORKLOAD)
-        lab.wait_running(2)
+    with running_lab(
+        unique("h2obs"), "--nodes", "2", "--ipam", "overlay", workload=WORKLOAD, pods=2
+    ) as lab:
         yield lab
-    finally:
-        lab.run("lab", "down", check=False, timeout=120)
 
 
 def responses(lab: Lab, *args: str) -> list[dict]:
