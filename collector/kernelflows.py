@@ -72,40 +72,73 @@ def kernel_ends(event: KernelEvent, enricher: Enricher) -> Ends:
 
 
 def named_kernel_flow(event: KernelEvent, ends: Ends, node: str, wall_offset: int) -> Flow:
-    ip = l4 = None
-    src, dst = ends
+    ip = None
     if event.saddr is not None and event.daddr is not None:
         saddr, daddr = _unmapped(event.saddr), _unmapped(event.daddr)
         version = IPVersion.IPv4 if saddr.version == 4 else IPVersion.IPv6
         ip = IP(str(saddr), str(daddr), version)
-    if event.protocol == _IPPROTO_TCP:
-        l4 = TCP(event.sport, event.dport)
-    elif event.protocol == _IPPROTO_UDP:
-        l4 = UDP(event.sport, event.dport)
-    elif event.protocol == _IPPROTO_SCTP:
-        l4 = SCTP(event.sport, event.dport)
+    return build_kernel_flow(
+        event.kind,
+        event.time_ns + wall_offset,
+        ip,
+        event.protocol,
+        event.sport,
+        event.dport,
+        event.ifindex,
+        ends,
+        event.drop_reason_name or str(event.drop_reason),
+        event.old_state,
+        event.new_state,
+        node,
+    )
+
+
+def build_kernel_flow(
+    kind: int,
+    time_ns: int,
+    ip: IP | None,
+    protocol: int,
+    sport: int,
+    dport: int,
+    ifindex: int,
+    ends: Ends,
+    drop_reason: str,
+    old_state: str | None,
+    new_state: str | None,
+    node: str,
+) -> Flow:
+    """The flow of a kernel event from its values, names found and time on the wall clock
+    (the one builder of both the per-event and the columnar path: the same flows either way)."""
+    l4 = None
+    src, dst = ends
+    if protocol == _IPPROTO_TCP:
+        l4 = TCP(sport, dport)
+    elif protocol == _IPPROTO_UDP:
+        l4 = UDP(sport, dport)
+    elif protocol == _IPPROTO_SCTP:
+        l4 = SCTP(sport, dport)
     common = dict(
-        time_ns=event.time_ns + wall_offset,
+        time_ns=time_ns,
         ip=ip,
         l4=l4,
         source=src,
         destination=dst,
         node_name=node,
-        interface=NetworkInterface(event.ifindex, "") if event.ifindex else None,
+        interface=NetworkInterface(ifindex, "") if ifindex else None,
     )
-    if event.kind is Kind.DROP:
+    if kind == Kind.DROP:
         return Flow(
             verdict=Verdict.DROPPED,
             type=FlowType.L3_L4,
             event_type=EventType(MessageType.DROP, 0),
-            kernel_drop_reason=event.drop_reason_name or str(event.drop_reason),
-            summary=_PROTOCOL_NAMES.get(event.protocol, f"IP protocol {event.protocol}"),
+            kernel_drop_reason=drop_reason,
+            summary=_PROTOCOL_NAMES.get(protocol, f"IP protocol {protocol}"),
             **common,
         )
-    if event.kind is Kind.STATE:
-        summary = f"TCP state {_state(event.old_state)} -> {_state(event.new_state)}"
+    if kind == Kind.STATE:
+        summary = f"TCP state {_state(old_state)} -> {_state(new_state)}"
     else:
-        summary = f"TCP retransmit in {_state(event.new_state)}"
+        summary = f"TCP retransmit in {_state(new_state)}"
     return Flow(verdict=Verdict.TRACED, type=FlowType.SOCK, summary=summary, **common)
 
 

@@ -7,12 +7,14 @@ LB (one TRANSLATED event per service translation). Events the kernel could not q
 are counted there per CPU; the collector turns each increase into a LostEvent record, so a gap in
 the stream is always visible.
 
-The datapath's ring is the hot one: its fixed-size records come out as one numpy array per
-drain (RingBuffer.drain_array), are named per distinct key and appended to the flow ring as one
-columnar batch (collector.columns), with no Python work per event. While events keep coming the
-ring is polled on a short timer (BUSY_POLL) rather than woken by the kernel at every record; an
-idle ring is waited on (epoll) so that an idle node costs nothing. The two other rings are low
-volume and are read record by record.
+Every ring holds fixed-size records: each drain comes out as one numpy array
+(RingBuffer.drain_array), is named per distinct key and appended to the flow ring as one
+columnar batch whose Flow objects are built when read (collector.columns for the datapath,
+collector.kernelcolumns for the tracepoints, collector.translationcolumns for the socket LB),
+with no Python work per event: a connection flood makes a datapath event or two, four TCP state
+changes and a translation per connection. While events keep coming a ring is polled on a short
+timer (BUSY_POLL) rather than woken by the kernel at every record; an idle ring is waited on
+(epoll) so that an idle node costs nothing.
 
 The socket LB's ring is drained by the datapath's task, just before each datapath batch: a
 connect() is translated before its first packet leaves, so the translation is known (in
@@ -22,27 +24,29 @@ connect() is translated before its first packet leaves, so the translation is kn
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
 
 from collector.columns import DatapathNamer
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
-from collector.kernelflows import (
-    kernel_ends,
-    monotonic_to_wall_offset,
-    named_kernel_flow,
-    reportable,
-)
-from collector.ring import DeferredChunk
-from collector.socklb_flows import translation_flow
+from collector.kernelcolumns import KernelNamer
+from collector.kernelflows import monotonic_to_wall_offset
+from collector.ring import Chunk
+from collector.translationcolumns import TranslationNamer
 from collector.translations import RecentTranslations
-from dataplane.maps import flowevent
-from flowscope.flow.model import Flow, LostEventSource
+from dataplane.maps import flowevent, kernelevent
+from flowscope.flow.model import LostEventSource
 from probes import socklb
 from probes.ringbuf import RingBuffer
+
+if TYPE_CHECKING:
+    from probes.tracepoints import TracepointProbes
 
 log = logging.getLogger(__name__)
 
@@ -105,48 +109,33 @@ class NodeCollector:
     def drain_datapath(self, ring: RingBuffer, stats: SourceStats | None = None) -> int:
         """Move every committed datapath event into the stream, a columnar batch per drain;
         the events taken (the collector's loop calls this; so does the benchmark)."""
-        taken = 0
-        while True:
-            events = ring.drain_array(flowevent.EVENT_DTYPE, ARRAY_BATCH, copy=True)
-            count = len(events)
-            if not count:
-                break
-            taken += count
-            try:
-                self.stream.publish_batch(self.namer.batch(events))
-            except Exception:  # a record we cannot name must not stop the collector
-                log.exception("could not decode %d datapath records", count)
-                self.stream.publish_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, count)
-            if count < ARRAY_BATCH:
-                break
-        if stats is not None:
-            stats.records += taken
-        return taken
+        read = functools.partial(ring.drain_array, flowevent.EVENT_DTYPE, copy=True)
+        return self._drain_batches("datapath", read, ARRAY_BATCH, self.namer.batch, stats)
 
     async def run_socket_lb(self, ring: RingBuffer, lost: Callable[[], int]) -> None:
         """Drain the socket LB's ring alone (when there is no datapath ring to pair it with)."""
         await self._run(self._socket_lb_source(ring, lost))
 
     def _socket_lb_source(self, ring: RingBuffer, lost: Callable[[], int]) -> _Source:
-        def to_flows(records: list[bytes]) -> list[Flow]:
-            args = (self.enricher, self.node, self._wall_offset, self.translations)
-            return [translation_flow(t, *args) for t in socklb.decode_events(records)]
+        namer = TranslationNamer(self.enricher, self.node, self._wall_offset, self.translations)
+        read = functools.partial(socklb.read_events, ring)
 
-        return _Source("socket-lb", ring, self._record_drain("socket-lb", ring, to_flows), lost)
+        def drain(stats: SourceStats) -> int:
+            return self._drain_batches("socket-lb", read, BATCH, namer.batch, stats)
 
-    async def run_tracepoints(self, probes) -> None:
-        node, offset = self.node, self._wall_offset
+        return _Source("socket-lb", ring, drain, lost)
 
-        def to_flows(records: list[bytes]) -> DeferredChunk:
-            # named now, built when read: a TCP state change per connection end adds up
-            named = [
-                (ev, kernel_ends(ev, self.enricher))
-                for ev in probes.decode(records)
-                if reportable(ev, self.datapath_device)
-            ]
-            return DeferredChunk(named, lambda item: named_kernel_flow(*item, node, offset))
+    async def run_tracepoints(self, probes: TracepointProbes) -> None:
+        """Drain the tracepoint probes' ring (probes.ring, probes.reason_names and
+        probes.lost_events are all this uses)."""
+        namer = KernelNamer(
+            self.enricher, self.node, self._wall_offset, probes.reason_names, self.datapath_device
+        )
+        read = functools.partial(probes.ring.drain_array, kernelevent.EVENT_DTYPE, copy=True)
 
-        drain = self._record_drain("tracepoints", probes.ring, to_flows)
+        def drain(stats: SourceStats) -> int:
+            return self._drain_batches("tracepoints", read, BATCH, namer.batch, stats)
+
         await self._run(_Source("tracepoints", probes.ring, drain, probes.lost_events))
 
     async def _run(self, source: _Source, first: list[_Source] | None = None) -> None:
@@ -166,33 +155,33 @@ class NodeCollector:
                 busy = self._drain(s) > 0 or busy
             await asyncio.sleep(0)
 
-    def _record_drain(
+    def _drain_batches(
         self,
         name: str,
-        ring: RingBuffer,
-        to_flows: Callable[[list[bytes]], list[Flow] | DeferredChunk],
-    ) -> Callable[[SourceStats], int]:
-        """A drain of a ring of variable-size records, record by record."""
-
-        def drain(stats: SourceStats) -> int:
-            taken = 0
-            while records := ring.drain(BATCH):
-                taken += len(records)
-                try:
-                    flows = to_flows(records)
-                    if isinstance(flows, DeferredChunk):
-                        self.stream.publish_batch(flows)
-                    else:
-                        self.stream.publish(flows)
-                except Exception:  # a record we cannot name must not stop the collector
-                    log.exception("could not decode %d %s records", len(records), name)
-                    self.stream.publish_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, len(records))
-                if len(records) < BATCH:
-                    break
+        read: Callable[[int], np.ndarray],
+        limit: int,
+        batch: Callable[[np.ndarray], Chunk],
+        stats: SourceStats | None,
+    ) -> int:
+        """Move every committed record of a ring into the stream: `read(limit)` drains up to
+        `limit` records as one array, `batch` names it. Returns the records taken."""
+        taken = 0
+        while True:
+            events = read(limit)
+            count = len(events)
+            if not count:
+                break
+            taken += count
+            try:
+                self.stream.publish_batch(batch(events))
+            except Exception:  # a record we cannot name must not stop the collector
+                log.exception("could not decode %d %s records", count, name)
+                self.stream.publish_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, count)
+            if count < limit:
+                break
+        if stats is not None:
             stats.records += taken
-            return taken
-
-        return drain
+        return taken
 
     def _drain(self, source: _Source) -> int:
         stats = self.stats.sources[source.name]

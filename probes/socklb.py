@@ -6,7 +6,7 @@ The node agent's whole use of it:
     lb.attach(paths.cgroup_dir)        # every pod socket below the cluster's cgroup
     lb.maps.upsert_service(Service(vip, port, proto, backends=[Backend(ip, port)], ...))
     lb.maps.delete_service(frontend); lb.maps.services()   # `flowscope service list`
-    lb.stats(); lb.ring().drain() -> decode_events(...)    # TRANSLATED events
+    lb.stats(); read_events(lb.ring()) -> array        # TRANSLATED events (collector)
     on shutdown: lb.close()          (programs stay attached, maps stay pinned: still translating)
     on cluster removal: lb.detach(); lb.unpin(); lb.close()
 
@@ -135,13 +135,28 @@ class Translation:
     cgroup_id: int = 0  # the connecting task's cgroup (0 from a version 1 program)
 
 
+def to_array(records: list[bytes]) -> np.ndarray:
+    """Ring buffer records (as RingBuffer.drain returns them) as one EVENT_DTYPE array; a
+    shorter (version 1) record reads with cgroup_id 0."""
+    size = EVENT_DTYPE.itemsize
+    joined = b"".join(r[:size].ljust(size, b"\0") for r in records)
+    return np.frombuffer(joined, dtype=EVENT_DTYPE).copy()
+
+
+def read_events(ring: RingBuffer, max_records: int = 1 << 16) -> np.ndarray:
+    """Drain the TRANSLATED ring into one EVENT_DTYPE array (a new one, the caller's), in one
+    copy; record by record only when the ring holds records of another size (version 1 ones
+    from a program of an older agent, still attached while the new one takes over)."""
+    try:
+        return ring.drain_array(EVENT_DTYPE, max_records, copy=True)
+    except ValueError:
+        return to_array(ring.drain(max_records))
+
+
 def decode_events(records: list[bytes]) -> list[Translation]:
-    """Decode ring buffer records (as RingBuffer.drain returns them)."""
+    """Decode ring buffer records (as RingBuffer.drain returns them) one object each."""
     if not records:
         return []
-    size = EVENT_DTYPE.itemsize
-    # a shorter (version 1) record reads with cgroup_id 0
-    arr = np.frombuffer(b"".join(r[:size].ljust(size, b"\0") for r in records), dtype=EVENT_DTYPE)
     return [
         Translation(
             ktime_ns=int(e["ktime_ns"]),
@@ -158,7 +173,7 @@ def decode_events(records: list[bytes]) -> list[Translation]:
             affinity=bool(int(e["flags"]) & EVENT_F_AFFINITY),
             cgroup_id=int(e["cgroup_id"]),
         )
-        for e in arr
+        for e in to_array(records)
     ]
 
 

@@ -3,9 +3,11 @@
 One fixed 80-byte record for three kinds: a packet the kernel dropped (skb:kfree_skb, with the
 kernel's drop reason), a TCP state change (sock:inet_sock_set_state) and a TCP retransmit
 (tcp:tcp_retransmit_skb). The ctypes mirror has the C layout exactly (checked against bcc by
-tests/maps/test_kernelevent.py); records come off the ring buffer as bytes and are decoded in one
-numpy call per batch (`to_array`), then, only where a Python object per event is wanted, into
-frozen `KernelEvent`s.
+tests/maps/test_kernelevent.py), and so has EVENT_DTYPE, its numpy twin: the ring is drained as one
+structured array per batch (RingBuffer.drain_array), kept as columns by the collector
+(collector.kernelcolumns: `address_keys` turns both address columns into keys without Python
+work per record), and turned into frozen `KernelEvent`s only where a Python object per event is
+wanted (`decode`).
 
 Drop reason numbers are the running kernel's `enum skb_drop_reason`, which changes between
 kernel versions (6.1: NO_SOCKET = 2; 6.18: NO_SOCKET = 3); names come from the tracepoint's own
@@ -115,12 +117,55 @@ def to_array(records: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(records), dtype=EVENT_DTYPE).copy()
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_V4_MAPPED = np.uint64(0xFFFF << 32)  # ::ffff:a.b.c.d as two big-endian words: (0, this | v4)
+_SHIFT32 = np.uint64(32)
+NO_ADDRESS, V4, V6 = 0, 1, 2  # address_keys' kinds
+
+
+def address_keys(events: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An address column ("saddr" or "daddr") as keys: (high word, low word, kind), uint64
+    columns. IPv4 addresses and IPv6 ones mapped from IPv4 (a dual-stack socket's IPv4 peer)
+    both read as the mapped form (0, 0xffff_a.b.c.d) of kind V4, other IPv6 addresses as their
+    two big-endian halves of kind V6, and records of no known family as (0, 0, NO_ADDRESS)."""
+    n = len(events)
+    raw = np.ascontiguousarray(events[field]).view(">u8").reshape(n, 2)
+    high, low = raw[:, 0].astype(np.uint64), raw[:, 1].astype(np.uint64)
+    family = events["family"]
+    v4 = family == AF_INET
+    v6 = family == AF_INET6
+    kind = np.zeros(n, np.uint64)
+    kind[v6] = V6
+    kind[v6 & (high == 0) & ((low >> _SHIFT32) == np.uint64(0xFFFF))] = V4
+    kind[v4] = V4
+    low[v4] = (high[v4] >> _SHIFT32) | _V4_MAPPED
+    high[v4] = 0
+    none = ~(v4 | v6)
+    high[none] = 0
+    low[none] = 0
+    return high, low, kind
+
+
+def address_of(high: int, low: int, kind: int) -> Address | None:
+    """The address of an address_keys key (IPv4 for the mapped form)."""
+    if kind == V4:
+        return ipaddress.IPv4Address(low & 0xFFFF_FFFF)
+    if kind == V6:
+        return ipaddress.IPv6Address(high << 64 | low)
+    return None
+
+
 def _addr(raw: np.ndarray, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if family == AF_INET:
         return ipaddress.IPv4Address(bytes(raw[:4]))
     if family == AF_INET6:
         return ipaddress.IPv6Address(bytes(raw))
     return None
+
+
+def state_name(value: int) -> str | None:
+    """A TCP state number as the kernel prints it (None for 0, the number for an unknown one)."""
+    return _state(value)
 
 
 def _state(value: int) -> str | None:

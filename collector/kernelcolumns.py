@@ -1,0 +1,242 @@
+"""The tracepoint probes' events (kernel drops, TCP state changes, retransmits) named a batch at a
+time and kept as columns until someone reads them, as collector.columns does for the datapath.
+
+A connection flood makes about four of these per connection (ESTABLISHED and CLOSE at each end),
+so the collector's path does no Python work per event:
+- the batch is the ring's records as one structured array (kernelevent.EVENT_DTYPE, drained with
+  RingBuffer.drain_array);
+- the events that say nothing new (`kernelflows.reportable`: benign drops, the datapath's own tc
+  drops on an endpoint's veth) are left out by a mask: drop reasons compared as numbers, the
+  datapath's devices asked once per distinct (namespace, interface) of the batch's tc drops;
+- both addresses of every event are numbered by one KeyIndex of addresses; an address seen for
+  the first time (or since the agent's directory changed) is named once, by the enricher's
+  by_ip, and the batch keeps the names of its collection time;
+- Flow objects (and their JSON lines) are built when a reader asks, once, by the same builder as
+  the per-event path (kernelflows.build_kernel_flow): the flows are those of kernel_flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from collector.columns import KeyIndex
+from collector.enrich import Enricher
+from collector.kernelflows import BENIGN_DROP_REASONS, TC_DROP_REASONS, build_kernel_flow
+from dataplane.maps.kernelevent import EVENT_DTYPE, Kind, address_keys, address_of, state_name
+from flowscope.flow.model import IP, Endpoint, Flow, IPVersion
+
+_U64 = np.uint64
+_SHIFT32 = _U64(32)
+_DROP, _STATE = np.uint8(Kind.DROP), np.uint8(Kind.STATE)
+_KINDS = np.array([int(k) for k in Kind], np.uint8)
+# the values a flow needs, in this order, read out of numpy a block of rows at a time
+ROW_FIELDS = (
+    "kind",
+    "ktime_ns",
+    "protocol",
+    "sport",
+    "dport",
+    "ifindex",
+    "drop_reason",
+    "old_state",
+    "new_state",
+)
+_ROW_BLOCK = 256
+
+
+class AddressName(NamedTuple):
+    """An address as flows print it, and its endpoint when it was collected."""
+
+    ip: str
+    version: IPVersion
+    endpoint: Endpoint
+
+
+class KernelBatch:
+    """One drain of the tracepoints' ring, reportable events only: the records and the names of
+    both their addresses, as columns. A chunk of the flow ring (collector.ring)."""
+
+    __slots__ = (
+        "_lines",
+        "_records",
+        "_rows",
+        "addresses",
+        "destinations",
+        "events",
+        "node",
+        "reason_names",
+        "sources",
+        "wall_offset",
+    )
+
+    def __init__(
+        self,
+        events: np.ndarray,
+        *,
+        node: str,
+        wall_offset: int,
+        reason_names: Mapping[int, str],
+        addresses: list[AddressName | None],
+        sources: np.ndarray,
+        destinations: np.ndarray,
+    ) -> None:
+        self.events = events  # EVENT_DTYPE, owned by the batch
+        self.node = node
+        self.wall_offset = wall_offset
+        self.reason_names = reason_names
+        self.addresses = addresses  # sources and destinations index this (None: no address)
+        self.sources = sources
+        self.destinations = destinations
+        self._records: list[Flow | None] | None = None
+        self._rows: dict[int, list[tuple]] | None = None
+        self._lines: list[bytes | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def time_ns(self) -> np.ndarray:
+        """Each event's time, nanoseconds since the epoch."""
+        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
+
+    def _row(self, index: int) -> tuple:
+        block, at = divmod(index, _ROW_BLOCK)
+        if self._rows is None:
+            self._rows = {}
+        rows = self._rows.get(block)
+        if rows is None:
+            start = block * _ROW_BLOCK
+            part = self.events[start : start + _ROW_BLOCK]
+            rows = self._rows[block] = part[list(ROW_FIELDS)].tolist()
+        return rows[at]
+
+    def record(self, index: int) -> Flow:
+        if self._records is None:
+            self._records = [None] * len(self.events)
+        flow = self._records[index]
+        if flow is None:
+            flow = self._records[index] = self._build(index)
+        return flow
+
+    def _build(self, index: int) -> Flow:
+        kind, ktime, protocol, sport, dport, ifindex, reason, old, new = self._row(index)
+        source = self.addresses[self.sources[index]]
+        destination = self.addresses[self.destinations[index]]
+        if source is None or destination is None:
+            ip, ends = None, (None, None)
+        else:
+            ip = IP(source.ip, destination.ip, source.version)
+            ends = (source.endpoint, destination.endpoint)
+        return build_kernel_flow(
+            kind,
+            ktime + self.wall_offset,
+            ip,
+            protocol,
+            sport,
+            dport,
+            ifindex,
+            ends,
+            self.reason_names.get(reason) or str(reason),
+            state_name(old) if kind == Kind.STATE else None,
+            None if kind == Kind.DROP else state_name(new),
+            self.node,
+        )
+
+    def line(self, index: int) -> bytes:
+        if self._lines is None:
+            self._lines = [None] * len(self.events)
+        line = self._lines[index]
+        if line is None:
+            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
+        return line
+
+
+class KernelNamer:
+    """Names batches of the tracepoints' events for one node's collector (one per collector: it
+    remembers the addresses it has named, and starts over when the agent's directory changes).
+
+    `datapath_device(netns inode, ifindex)`: whether that interface carries the datapath's
+    programs (their tc drops were reported by the datapath, with its reason)."""
+
+    def __init__(
+        self,
+        enricher: Enricher,
+        node: str,
+        wall_offset: int,
+        reason_names: Mapping[int, str],
+        datapath_device: Callable[[int, int], bool] = lambda _netns, _ifindex: False,
+    ) -> None:
+        self.enricher = enricher
+        self.node = node
+        self.wall_offset = wall_offset
+        self.reason_names = reason_names
+        self.datapath_device = datapath_device
+        self._benign = _numbers(reason_names, BENIGN_DROP_REASONS)
+        self._tc = _numbers(reason_names, TC_DROP_REASONS)
+        self._version: Any = object()
+        self.addresses: KeyIndex[AddressName | None] = KeyIndex(self._address, words=3, bits=12)
+
+    def _address(self, high: int, low: int, kind: int) -> AddressName | None:
+        address = address_of(high, low, kind)
+        if address is None:
+            return None
+        text = str(address)
+        version = IPVersion.IPv4 if address.version == 4 else IPVersion.IPv6
+        return AddressName(text, version, self.enricher.by_ip(text))
+
+    def reportable(self, events: np.ndarray) -> np.ndarray:
+        """kernelflows.reportable of every event, as a boolean column (events of an unknown
+        kind are left out too, as kernelevent.decode does)."""
+        kind = events["kind"]
+        keep = np.isin(kind, _KINDS)
+        drop = kind == _DROP
+        if not drop.any():
+            return keep
+        reason = events["drop_reason"]
+        keep &= ~(drop & np.isin(reason, self._benign))
+        tc = np.flatnonzero(keep & drop & np.isin(reason, self._tc))
+        if len(tc):
+            where = events["netns"][tc].astype(_U64) << _SHIFT32
+            where |= events["ifindex"][tc]
+            distinct, position = np.unique(where, return_inverse=True)
+            own = np.array(
+                [self.datapath_device(w >> 32, w & 0xFFFF_FFFF) for w in distinct.tolist()],
+                bool,
+            )
+            keep[tc[own[position]]] = False
+        return keep
+
+    def batch(self, events: np.ndarray) -> KernelBatch:
+        """Name the reportable `events` (EVENT_DTYPE; the batch keeps them, or a copy of the
+        reportable ones: pass a copy of a reused buffer)."""
+        keep = self.reportable(events)
+        if not keep.all():
+            events = events[keep]
+        version = self.enricher.directory.version
+        if version != self._version:  # names may have changed: find them again
+            self.addresses.reset()
+            self._version = version
+        n = len(events)
+        source, destination = address_keys(events, "saddr"), address_keys(events, "daddr")
+        numbers = self.addresses.lookup(
+            *(np.concatenate(pair) for pair in zip(source, destination, strict=True))
+        )
+        return KernelBatch(
+            events,
+            node=self.node,
+            wall_offset=self.wall_offset,
+            reason_names=self.reason_names,
+            addresses=self.addresses.values,
+            sources=numbers[:n],
+            destinations=numbers[n:],
+        )
+
+
+def _numbers(reason_names: Mapping[int, str], names: frozenset[str]) -> np.ndarray:
+    return np.array(sorted(n for n, name in reason_names.items() if name in names), np.uint32)
+
+
+assert EVENT_DTYPE.names is not None and set(ROW_FIELDS) <= set(EVENT_DTYPE.names)

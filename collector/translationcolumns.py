@@ -1,0 +1,152 @@
+"""The socket LB's TRANSLATED events named a batch at a time and kept as columns until someone
+reads them (as collector.columns does for the datapath's events).
+
+One connect() makes one event; a connection flood makes thousands a second that share a few
+(client cgroup, frontend, backend) keys. Per batch:
+- each distinct key is named once (client pod by cgroup, the frontend's Service, both
+  endpoints: socklb_flows.translation_names). Names are found again at every batch, never kept
+  across batches: a cgroup may become a pod's and a Service may change without a version to
+  follow;
+- each distinct key's link is remembered in the RecentTranslations table at once, in the order
+  of the key's last event and at that event's time: the table ends as it would after one
+  remember per event, before the datapath's next batch is named (collector.node drains this ring
+  first);
+- Flow objects are built when a reader asks, once, by the per-event path's builder
+  (socklb_flows.named_translation_flow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collector.columns import KeyIndex
+from collector.enrich import Enricher
+from collector.socklb_flows import TranslationNames, named_translation_flow, translation_names
+from collector.translations import RecentTranslations
+from dataplane.maps.netorder import ip_of
+from flowscope.flow.model import Flow
+from probes.socklb import EVENT_DTYPE
+
+_U64 = np.uint64
+_ROW_FIELDS = ["ktime_ns", "sock_cookie", "cgroup_id"]
+_ROW_BLOCK = 256
+
+
+class TranslationBatch:
+    """One drain of the socket LB's ring: the records and the names of their keys, as columns.
+    A chunk of the flow ring (collector.ring)."""
+
+    __slots__ = ("_lines", "_records", "_rows", "events", "keys", "names", "node", "wall_offset")
+
+    def __init__(
+        self,
+        events: np.ndarray,
+        *,
+        node: str,
+        wall_offset: int,
+        names: list[TranslationNames],
+        keys: np.ndarray,
+    ) -> None:
+        self.events = events  # probes.socklb.EVENT_DTYPE, owned by the batch
+        self.node = node
+        self.wall_offset = wall_offset
+        self.names = names  # keys indexes this
+        self.keys = keys
+        self._records: list[Flow | None] | None = None
+        self._rows: dict[int, list[tuple]] | None = None
+        self._lines: list[bytes | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def time_ns(self) -> np.ndarray:
+        """Each event's time, nanoseconds since the epoch."""
+        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
+
+    def record(self, index: int) -> Flow:
+        if self._records is None:
+            self._records = [None] * len(self.events)
+        flow = self._records[index]
+        if flow is None:
+            block, at = divmod(index, _ROW_BLOCK)
+            if self._rows is None:
+                self._rows = {}
+            rows = self._rows.get(block)
+            if rows is None:
+                part = self.events[block * _ROW_BLOCK : (block + 1) * _ROW_BLOCK]
+                rows = self._rows[block] = part[_ROW_FIELDS].tolist()
+            ktime, cookie, cgroup = rows[at]
+            flow = self._records[index] = named_translation_flow(
+                self.names[self.keys[index]], ktime + self.wall_offset, cookie, cgroup, self.node
+            )
+        return flow
+
+    def line(self, index: int) -> bytes:
+        if self._lines is None:
+            self._lines = [None] * len(self.events)
+        line = self._lines[index]
+        if line is None:
+            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
+        return line
+
+
+class TranslationNamer:
+    """Names batches of TRANSLATED events for one node's collector and records their links."""
+
+    def __init__(
+        self,
+        enricher: Enricher,
+        node: str,
+        wall_offset: int,
+        links: RecentTranslations | None = None,
+    ) -> None:
+        self.enricher = enricher
+        self.node = node
+        self.wall_offset = wall_offset
+        self.links = links
+
+    def _names(self, cgroup: int, addresses: int, ports: int) -> TranslationNames:
+        return translation_names(
+            self.enricher,
+            cgroup,
+            str(ip_of(addresses >> 32)),
+            ports >> 32,
+            str(ip_of(addresses & 0xFFFF_FFFF)),
+            (ports >> 16) & 0xFFFF,
+            ports & 0xFF,
+        )
+
+    def batch(self, events: np.ndarray) -> TranslationBatch:
+        """Name `events` (probes.socklb.EVENT_DTYPE; the batch keeps the array: pass a copy of a
+        reused buffer) and remember their links."""
+        index: KeyIndex[TranslationNames] = KeyIndex(self._names, words=3, bits=8)
+        addresses = events["vip"].astype(_U64) << _U64(32)
+        addresses |= events["backend_ip"]
+        ports = events["vport"].astype(_U64) << _U64(32)
+        ports |= events["backend_port"].astype(_U64) << _U64(16)
+        ports |= events["proto"]
+        keys = index.lookup(events["cgroup_id"].astype(_U64), addresses, ports)
+        names = index.values
+        if self.links is not None and len(events):
+            self._remember(events, names, keys)
+        return TranslationBatch(
+            events, node=self.node, wall_offset=self.wall_offset, names=names, keys=keys
+        )
+
+    def _remember(
+        self, events: np.ndarray, names: list[TranslationNames], keys: np.ndarray
+    ) -> None:
+        assert self.links is not None
+        n = len(keys)
+        distinct, from_end = np.unique(keys[::-1], return_index=True)
+        last = n - 1 - from_end  # each key's last event
+        order = np.argsort(last)
+        times = events["ktime_ns"][last[order]].tolist()
+        for key, time in zip(distinct[order].tolist(), times, strict=True):
+            found = names[key]
+            if found.link_key is not None:
+                self.links.remember(found.link_key, found.link, time + self.wall_offset)
+
+
+assert EVENT_DTYPE.names is not None and set(_ROW_FIELDS) <= set(EVENT_DTYPE.names)
