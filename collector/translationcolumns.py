@@ -3,7 +3,7 @@ reads them (as collector.columns does for the datapath's events).
 
 One connect() makes one event; a connection flood makes thousands a second that share a few
 (client cgroup, frontend, backend) keys. Per batch:
-- each distinct key is named once (client pod by cgroup, the frontend's Service, both
+- each distinct key of the batch is named once (client pod by cgroup, the frontend's Service, both
   endpoints: socklb_flows.translation_names). Names are found again at every batch, never kept
   across batches: a cgroup may become a pod's and a Service may change without a version to
   follow;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from collector.columns import KeyIndex
 from collector.enrich import Enricher
 from collector.socklb_flows import TranslationNames, named_translation_flow, translation_names
 from collector.translations import RecentTranslations
@@ -120,18 +119,23 @@ class TranslationNamer:
     def batch(self, events: np.ndarray) -> TranslationBatch:
         """Name `events` (probes.socklb.EVENT_DTYPE; the batch keeps the array: pass a copy of a
         reused buffer) and remember their links."""
-        index: KeyIndex[TranslationNames] = KeyIndex(self._names, words=3, bits=8)
+        n = len(events)
         addresses = events["vip"].astype(_U64) << _U64(32)
         addresses |= events["backend_ip"]
         ports = events["vport"].astype(_U64) << _U64(32)
         ports |= events["backend_port"].astype(_U64) << _U64(16)
         ports |= events["proto"]
-        keys = index.lookup(events["cgroup_id"].astype(_U64), addresses, ports)
-        names = index.values
-        if self.links is not None and len(events):
-            self._remember(events, names, keys)
+        keys = np.stack((events["cgroup_id"].astype(_U64), addresses, ports), axis=1)
+        if n and (keys == keys[0]).all():  # the usual batch: one client, one service
+            distinct, numbers = keys[:1], np.zeros(n, np.intp)
+        else:
+            distinct, numbers = np.unique(keys, axis=0, return_inverse=True)
+            numbers = numbers.reshape(n)
+        names = [self._names(*key) for key in distinct.tolist()]
+        if self.links is not None and n:
+            self._remember(events, names, numbers)
         return TranslationBatch(
-            events, node=self.node, wall_offset=self.wall_offset, names=names, keys=keys
+            events, node=self.node, wall_offset=self.wall_offset, names=names, keys=numbers
         )
 
     def _remember(
@@ -139,8 +143,11 @@ class TranslationNamer:
     ) -> None:
         assert self.links is not None
         n = len(keys)
-        distinct, from_end = np.unique(keys[::-1], return_index=True)
-        last = n - 1 - from_end  # each key's last event
+        if len(names) == 1:
+            distinct, last = np.zeros(1, np.intp), np.array([n - 1])
+        else:
+            distinct, from_end = np.unique(keys[::-1], return_index=True)
+            last = n - 1 - from_end  # each key's last event
         order = np.argsort(last)
         times = events["ktime_ns"][last[order]].tolist()
         for key, time in zip(distinct[order].tolist(), times, strict=True):

@@ -14,10 +14,15 @@ from dataplane.maps.kernelevent import (
     AF_INET6,
     EVENT_DTYPE,
     EVENT_SIZE,
+    NO_ADDRESS,
+    V4,
+    V6,
     KernelEventStruct,
     Kind,
     TcpState,
     TpConfigStruct,
+    address_keys,
+    address_of,
     decode,
     drop_reason_names,
     to_array,
@@ -165,3 +170,41 @@ def test_to_array_refuses_records_of_another_size() -> None:
     with pytest.raises(ValueError, match="record 1 is 72 bytes, a kernel_event is 80"):
         to_array([good, good[:72]])
     assert len(to_array([])) == 0
+
+
+@pytest.mark.privileged
+def test_the_numpy_dtype_has_the_compiled_layout() -> None:
+    """The collector reads the ring with EVENT_DTYPE (drain_array): every field of the compiled
+    struct at its offset and size, and nothing else."""
+    from probes.tracepoints import compiled
+
+    generated = compiled(layout_check=True).maps["layout_kernel_event"].value_type
+    assert EVENT_DTYPE.itemsize == ct.sizeof(generated)
+    fields = {name: getattr(generated, name) for name, *_ in generated._fields_}
+    assert set(EVENT_DTYPE.names) == set(fields)
+    for name, described in fields.items():
+        dtype, offset = EVENT_DTYPE.fields[name][:2]
+        assert (name, offset, dtype.itemsize) == (name, described.offset, described.size)
+
+
+def test_address_keys_read_both_columns_as_one_form_of_each_address() -> None:
+    v4 = IPv4Address("10.1.2.3")
+    v6 = IPv6Address("fd00::1")
+    mapped = IPv6Address("::ffff:10.1.2.4")
+    records = [
+        _record(family=AF_INET, saddr=v4.packed, daddr=IPv4Address("10.1.2.4").packed),
+        _record(family=AF_INET6, saddr=mapped.packed, daddr=v6.packed),
+        _record(family=0, saddr=v4.packed, daddr=v4.packed),  # no family: no address
+        _record(family=AF_INET6, saddr=bytes(16), daddr=bytes(16)),  # :: is an address
+    ]
+    high, low, kind = address_keys(to_array(records))
+    keys = zip(high.tolist(), low.tolist(), kind.tolist(), strict=True)
+    sources = [v4, IPv4Address("10.1.2.4"), None, IPv6Address("::")]
+    destinations = [IPv4Address("10.1.2.4"), v6, None, IPv6Address("::")]
+    assert [address_of(*key) for key in keys] == sources + destinations
+    # the same IPv4 address is one key whichever way the record holds it
+    assert (high[1], low[1], kind[1]) == (high[4], low[4], kind[4])
+    assert kind.tolist() == [V4, V4, NO_ADDRESS, V6, V4, V6, NO_ADDRESS, V6]
+    # the one-pass path of an all-IPv4 batch gives the keys of the general one
+    fast = address_keys(to_array(records[:1]))
+    assert [c.tolist() for c in fast] == [[c[0], c[4]] for c in (high, low, kind)]

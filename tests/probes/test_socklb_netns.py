@@ -27,13 +27,22 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.lbmap import AFFINITY_MAP, AffinityKey, AffinityValue, Backend, Service
+from dataplane.maps.netorder import ip_of
 from flowscope.setns import enter_netns
-from probes.socklb import HOOK_CONNECT, HOOK_SENDMSG, SocketLB, decode_events
+from probes.socklb import (
+    EVENT_DTYPE,
+    HOOK_CONNECT,
+    HOOK_SENDMSG,
+    SocketLB,
+    decode_events,
+    read_events,
+)
 from tests.conftest import unique
 
 pytestmark = pytest.mark.privileged
@@ -414,6 +423,30 @@ def test_translated_events_name_service_and_backend(world: World) -> None:
     # the pod's cgroup names the client: its id is the cgroup directory's inode
     assert {e.cgroup_id for e in events} == {os.stat(world.cgroup).st_ino}
     assert world.lb.stats()["events"] == 2 and world.lb.lost_events() == 0
+
+
+def test_translated_events_drain_as_one_array(world: World) -> None:
+    """The collector's read (read_events: drain_array with the EVENT_DTYPE mirror) gives the
+    records the per-record decode gives, in order."""
+    world.lb.maps.upsert_service(Service(VIP, 80, "TCP", world.backends(1)))
+    world.lb.maps.upsert_service(Service(VIP, 53, "UDP", world.backends(1, UDP_PORT)))
+    ring = world.lb.ring()
+    try:
+        ring.drain()  # what earlier tests left
+        for _ in range(3):
+            world.pod.tcp()
+            world.pod.udp()
+        events = read_events(ring)
+        assert len(read_events(ring)) == 0  # taken
+    finally:
+        ring.close()
+    assert events.dtype == EVENT_DTYPE and len(events) == 6
+    assert events["vport"].tolist() == [80, 53] * 3
+    assert [str(ip_of(v)) for v in events["backend_ip"].tolist()] == [BACKEND_IPS[0]] * 6
+    assert set(events["cgroup_id"].tolist()) == {os.stat(world.cgroup).st_ino}
+    assert events["hook"].tolist() == [HOOK_CONNECT, HOOK_SENDMSG] * 3
+    assert len(set(events["sock_cookie"].tolist())) == 6
+    assert (np.diff(events["ktime_ns"].astype(np.int64)) > 0).all()
 
 
 def test_ten_thousand_services_still_translate(world: World) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
@@ -379,3 +380,50 @@ def test_unspecified_drops_only_when_asked(
     finally:
         everything.close()
         everything.unpin()
+
+
+def test_the_ring_drains_as_columns_named_as_the_per_event_path(
+    world: World, probes: TracepointProbes
+) -> None:
+    """What the node's collector does with the ring (drain_array, then the columnar naming of
+    collector.kernelcolumns) gives the flows of the per-event path on the same records."""
+    from collector.enrich import Enricher
+    from collector.kernelcolumns import KernelNamer
+    from collector.kernelflows import kernel_flow, reportable
+    from dataplane.maps.kernelevent import decode
+    from tests.collector.test_flows import Directory
+
+    probes.watch_netns(world.inode(world.a))
+    probes.watch_netns(world.inode(world.b))
+    cport, sport = tcp_exchange(world.a, world.b, B_IP)
+    u = sock(world.a, socket.SOCK_DGRAM)
+    u.sendto(b"anyone?", (B_IP, 9))  # NO_SOCKET in b
+    u.close()
+    arrays = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        arrays.append(probes.read_array())
+        got = decode(np.concatenate(arrays), probes.reason_names)
+        if any(e.dport == 9 for e in got) and ("TCP_FIN_WAIT2", "TCP_CLOSE") in states(got, cport):
+            break
+        time.sleep(0.02)
+    events = np.concatenate(arrays)
+    assert len(events) >= 8  # both ends' state changes and the drop
+
+    def device(_netns: int, _ifindex: int) -> bool:
+        return False
+
+    namer = KernelNamer(Enricher(Directory(), "lab"), "n", 10, probes.reason_names, device)
+    batch = namer.batch(events)
+    expected = [
+        kernel_flow(e, Enricher(Directory(), "lab"), "n", 10)
+        for e in decode(events, probes.reason_names)
+        if reportable(e, device)
+    ]
+    flows = [batch.record(i) for i in range(len(batch))]
+    assert flows == expected
+    summaries = {(f.l4.source_port, f.summary) for f in flows if f.l4 is not None}
+    assert (cport, "TCP state SYN_SENT -> ESTABLISHED") in summaries
+    assert (sport, "TCP state SYN_RECV -> ESTABLISHED") in summaries  # the server's end
+    drop = next(f for f in flows if f.kernel_drop_reason == "NO_SOCKET")
+    assert (drop.ip.source, drop.ip.destination, drop.l4.destination_port) == (A_IP, B_IP, 9)
