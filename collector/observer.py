@@ -12,6 +12,12 @@ History (Hubble's reading of a request):
 With follow and `until`, the stream ends when the clock passes `until`. Lost events pass every
 filter (a reader must learn that it missed something) but not the time window.
 
+Held records are found through the ring's columnar index (collector.ringcolumns): the columns
+of its batches are masked by the request's filters and time window first, and only the rows that
+pass are built and checked by the exact matcher, so a selective request over a full ring of
+cold batches builds a handful of flows, not 65,535. The result is the same as matching every
+record (the mask only ever passes more); `HistoryRequest.prefilter = False` skips it.
+
 A follower is the FlowStream's own bounded Follower: the collector never waits for a slow client;
 what the client's queue could not hold arrives as a LostEvent (OBSERVER_EVENTS_QUEUE) in its place.
 
@@ -28,21 +34,22 @@ import asyncio
 import contextlib
 import os
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.flowstream import FlowStream, remove_stale
 from collector.ring import RingEntry
+from collector.ringcolumns import RingIndex
 from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record
 from flowscope.flow.protoconv import record_to_response
-from flowscope.flow.protofilter import FilterError, FlowSelection, compile_selection
+from flowscope.flow.protofilter import FilterError, FlowColumns, FlowSelection, compile_selection
 from flowscope.paths import ClusterPaths
 from flowscope.proto import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -76,6 +83,7 @@ class HistoryRequest:
     until_ns: int | None
     selection: FlowSelection
     field_mask: field_mask_pb2.FieldMask | None
+    prefilter: bool = True  # mask the ring's columns before building flows (see above)
 
     def in_window(self, record: Record) -> bool:
         t = record.time_ns
@@ -85,6 +93,22 @@ class HistoryRequest:
 
     def wants(self, record: Record) -> bool:
         return self.in_window(record) and self.selection.matches(record)
+
+    def mask(self, columns: FlowColumns) -> np.ndarray:
+        """The rows that may be wanted (a superset of those `wants` accepts)."""
+        if not self.prefilter:
+            return np.ones(len(columns), bool)
+        keep = self.selection.prefilter(columns)
+        if self.since_ns is not None or self.until_ns is not None:
+            times = columns.time_ns
+            window = columns.opaque.copy()
+            inside = np.ones(len(columns), bool)
+            if self.since_ns is not None:
+                inside &= times >= self.since_ns
+            if self.until_ns is not None:
+                inside &= times <= self.until_ns
+            keep &= window | inside
+        return keep
 
     @property
     def history_wanted(self) -> bool:
@@ -122,48 +146,21 @@ def parse_request(req: observer_pb2.GetFlowsRequest) -> HistoryRequest:
     )
 
 
-def select_history(entries: list[RingEntry], request: HistoryRequest) -> list[RingEntry]:
-    """The held entries (oldest first) the request sends before any live ones."""
+def select_history(index: RingIndex, request: HistoryRequest) -> list[RingEntry]:
+    """The held entries (oldest first) the request sends before any live ones: the newest
+    `number` wanted (the oldest with `first`), all when number is 0."""
     if not request.history_wanted:
         return []
     n = request.number or None
-    if request.first:
-        picked = []
-        for entry in entries:
-            if request.wants(entry.record):
-                picked.append(entry)
-                if n is not None and len(picked) >= n:
-                    break
-        return picked
     picked = []
-    for entry in reversed(entries):
+    for entry in index.select(request.mask, newest_first=not request.first):
         if request.wants(entry.record):
             picked.append(entry)
             if n is not None and len(picked) >= n:
                 break
-    picked.reverse()
+    if not request.first:
+        picked.reverse()
     return picked
-
-
-class _LostTally:
-    """Totals of lost events by source, taken from the stream as a follower that keeps nothing.
-
-    FlowStream keeps no such totals; this tap sees every record published after it is attached
-    (through the same O(1) offer every follower gets) and the lost events still in the ring then.
-    """
-
-    def __init__(self, stream: FlowStream) -> None:
-        self.counts: Counter[int] = Counter()
-        for entry in stream.ring.last():
-            self.matches(entry.record)
-
-    def matches(self, record: Record) -> bool:
-        if isinstance(record, LostEvent):
-            self.counts[int(record.source)] += record.num_events_lost
-        return False  # never queue anything
-
-    def add(self, source: LostEventSource, count: int) -> None:
-        self.counts[int(source)] += count
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):
@@ -174,11 +171,10 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.address = address
         self.started_ns = time.time_ns()
         self._started_mono = time.monotonic_ns()
-        self.lost = _LostTally(stream)
-        self._tap = stream.follow(self.lost)
+        self.index = RingIndex(stream.ring)
 
     def close(self) -> None:
-        self.stream.unfollow(self._tap)
+        pass  # nothing of the stream is held: followers end with their calls
 
     def uptime_ns(self) -> int:
         return time.monotonic_ns() - self._started_mono
@@ -197,7 +193,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         # exactly one of the two
         follower = stream.follow(req.selection) if req.follow else None
         try:
-            history = select_history(stream.ring.last(), req)
+            history = select_history(self.index, req)
             for i, entry in enumerate(history):
                 yield self._response(entry.record, req)
                 if i % _YIELD_EVERY == _YIELD_EVERY - 1:
@@ -222,7 +218,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                         if req.in_window(item.record):
                             yield self._response(item.record, req)
                     else:
-                        self.lost.add(LostEventSource.OBSERVER_EVENTS_QUEUE, item.count)
+                        stream.count_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, item.count)
                         yield record_to_response(
                             LostEvent.now(
                                 LostEventSource.OBSERVER_EVENTS_QUEUE,
@@ -254,7 +250,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             version=_version(),
             lost_events=[
                 flow_pb2.LostEvent(source=source, num_events_lost=count)
-                for source, count in sorted(self.lost.counts.items())
+                for source, count in sorted(self.stream.lost_counts.items())
                 if count
             ],
         )

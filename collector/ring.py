@@ -5,6 +5,10 @@ low-volume sources, lost events) or a columnar batch of the datapath's events
 (collector.columns.FlowBatch) whose Flow objects are only built when a reader asks for them.
 Appending a chunk is O(1) whatever its size, so the collector's hot path never pays per event;
 a RingEntry is a (chunk, index) view made when a reader walks the ring.
+
+Every record appended gets a sequence number (0 for the first ever, `seen` for the next); the
+held ones are first_seq .. seen - 1. Readers that keep their own view of the ring (the
+Observer's columnar index, collector.ringcolumns) follow it by these numbers.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class FlowRing:
             raise ValueError(f"capacity: {capacity!r} is not a positive number of flows")
         self.capacity = capacity
         self._chunks: deque[Chunk] = deque()
+        self._starts: deque[int] = deque()  # each chunk's first sequence number
         self._head = 0  # entries of the oldest chunk already pushed out
         self._len = 0
         self.seen = 0  # records ever appended, including those since overwritten
@@ -134,6 +139,7 @@ class FlowRing:
         if not size:
             return
         self._chunks.append(chunk)
+        self._starts.append(self.seen)
         self._len += size
         self.seen += size
         over = self._len - self.capacity
@@ -142,6 +148,7 @@ class FlowRing:
             left = len(oldest) - self._head
             if left <= over:
                 self._chunks.popleft()
+                self._starts.popleft()
                 self._head = 0
                 self._len -= left
                 over -= left
@@ -149,6 +156,22 @@ class FlowRing:
                 self._head += over
                 self._len -= over
                 over = 0
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the oldest held record."""
+        return self.seen - self._len
+
+    def chunks_from(self, seq: int) -> list[tuple[int, Chunk]]:
+        """The held chunks that start at `seq` or later, oldest first, with their first
+        sequence numbers (the oldest may be partly pushed out: see first_seq)."""
+        out: list[tuple[int, Chunk]] = []
+        for start, chunk in zip(reversed(self._starts), reversed(self._chunks), strict=True):
+            if start < seq:
+                break
+            out.append((start, chunk))
+        out.reverse()
+        return out
 
     def _newest_first(self) -> Iterator[RingEntry]:
         oldest = self._chunks[0] if self._chunks else None

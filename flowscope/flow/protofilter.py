@@ -19,6 +19,14 @@ Differences from Hubble, on purpose:
 
 compile_selection() raises FilterError (a ValueError) whose message starts with the offending
 field's path, e.g. "whitelist[0].source_ip[1]: ...".
+
+Columnar pre-filter: most criteria can also be decided over `FlowColumns` (rows of flows kept as
+numpy columns, with the names they point to in lists), so that a reader of a ring of columnar
+batches builds only the flows that may match. `FlowSelection.prefilter(columns)` is a mask that
+holds for every row `matches` would accept (a superset: criteria that columns cannot decide
+count as met in a whitelist, and a blacklist filter excludes rows only when every criterion of
+it was decided); callers check the rows that pass with `matches`. Name criteria (pod,
+namespace, label, service, workload, identity, node) are evaluated once per distinct name.
 """
 
 from __future__ import annotations
@@ -30,10 +38,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from flowscope.flow.model import SCTP, TCP, UDP, Endpoint, Flow, ICMPv4, ICMPv6, Record, Service
 from flowscope.proto import flow_pb2
 
 Predicate = Callable[[Flow], bool]
+ColumnMask = Callable[["FlowColumns"], np.ndarray]
+Builder = Callable[[Sequence[Any], str], "Criterion"]
 
 _TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
 _UNSUPPORTED = {"dns_query"}
@@ -59,14 +71,81 @@ class FilterError(ValueError):
         self.field = field
 
 
+IS_REPLY_FALSE, IS_REPLY_TRUE, IS_REPLY_UNKNOWN = 0, 1, 2  # FlowColumns.is_reply
+# the IP protocol number of each l4 class (FlowColumns.protocol; 0: a flow without l4)
+PROTOCOL_NUMBERS: dict[type, int] = {TCP: 6, UDP: 17, SCTP: 132, ICMPv4: 1, ICMPv6: 58}
+
+
+@dataclass(frozen=True, eq=False)
+class FlowColumns:
+    """Rows of flows as columns (numpy arrays of one length), for the pre-filter.
+
+    Each column holds what the row's Flow would hold: the IPv4 addresses as numbers, the l4
+    protocol number (PROTOCOL_NUMBERS) and ports (0 without), TCP flag bits (FIN 0x01 ... NS
+    0x100), Hubble's numbers for verdict, drop reason (0 unless dropped), traffic direction,
+    event type and sub-type, ip_version, is_reply (IS_REPLY_*). Name columns index lists of the
+    distinct names the rows use: `ends` -> endpoints (source, destination), source_service and
+    destination_service -> services (-1: none), `node` -> nodes. Rows marked `opaque` are not
+    described (records kept another way): every pre-filter passes them."""
+
+    time_ns: np.ndarray
+    source_ip: np.ndarray
+    destination_ip: np.ndarray
+    protocol: np.ndarray
+    source_port: np.ndarray
+    destination_port: np.ndarray
+    tcp_flags: np.ndarray
+    verdict: np.ndarray
+    drop_reason: np.ndarray
+    event_type: np.ndarray
+    event_sub_type: np.ndarray
+    traffic_direction: np.ndarray
+    ip_version: np.ndarray
+    is_reply: np.ndarray
+    ends: np.ndarray
+    endpoints: Sequence[tuple[Endpoint, Endpoint]]
+    source_service: np.ndarray
+    destination_service: np.ndarray
+    services: Sequence[Service]
+    node: np.ndarray
+    nodes: Sequence[str]
+    opaque: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.time_ns)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One field of a FlowFilter: its predicate over a Flow and, when columns can decide it,
+    the same answer over FlowColumns rows."""
+
+    matches: Predicate
+    mask: ColumnMask | None = None
+
+
 @dataclass(frozen=True)
 class CompiledFilter:
     """One FlowFilter: every predicate must hold."""
 
     predicates: tuple[Predicate, ...]
+    masks: tuple[ColumnMask | None, ...] = ()
 
     def matches(self, flow: Flow) -> bool:
         return all(p(flow) for p in self.predicates)
+
+    @property
+    def decided_by_columns(self) -> bool:
+        """Every criterion can be decided over columns (the mask is exact)."""
+        return len(self.masks) == len(self.predicates) and all(m is not None for m in self.masks)
+
+    def mask(self, columns: FlowColumns) -> np.ndarray:
+        """Rows that may match: the decidable criteria hold (exact when decided_by_columns)."""
+        out = np.ones(len(columns), bool)
+        for m in self.masks:
+            if m is not None:
+                out &= m(columns)
+        return out
 
 
 @dataclass(frozen=True)
@@ -87,6 +166,20 @@ class FlowSelection:
             return False
         return not any(f.matches(record) for f in self.blacklist)
 
+    def prefilter(self, columns: FlowColumns) -> np.ndarray:
+        """A mask of the rows that may match: every row `matches` accepts is in it."""
+        if self.whitelist:
+            keep = np.zeros(len(columns), bool)
+            for f in self.whitelist:
+                keep |= f.mask(columns)
+        else:
+            keep = np.ones(len(columns), bool)
+        for f in self.blacklist:
+            if f.decided_by_columns:  # else it might not match a row: keep the row
+                keep &= ~f.mask(columns)
+        keep |= columns.opaque
+        return keep
+
 
 def compile_selection(
     whitelist: Iterable[flow_pb2.FlowFilter] = (),
@@ -101,7 +194,7 @@ def compile_selection(
 
 def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFilter:
     """One FlowFilter as a predicate; FilterError naming the field (under `path`)."""
-    predicates = []
+    criteria: list[Criterion] = []
     # ListFields: only the fields set, so a field added to the schema later is refused below
     for fd, values in msg.ListFields():
         name = fd.name
@@ -111,11 +204,34 @@ def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFi
         build = _BUILDERS.get(name)
         if build is None:
             raise FilterError(where, "not supported yet")
-        predicates.append(build(list(values), where))
-    return CompiledFilter(tuple(predicates))
+        criteria.append(build(list(values), where))
+    return CompiledFilter(tuple(c.matches for c in criteria), tuple(c.mask for c in criteria))
 
 
-# --- one builder per field: (values, field path) -> predicate ------------------------------------
+def _by_name(
+    test: Callable[[Any], bool], names: Callable[[FlowColumns], Sequence[Any]], column: str
+) -> ColumnMask:
+    """A mask from a test of names: evaluated once per distinct name, then indexed by the
+    row's name column (-1 indexes the sentinel, the test of no name: None)."""
+
+    def mask(columns: FlowColumns) -> np.ndarray:
+        listed = names(columns)
+        hits = np.fromiter((test(n) for n in listed), bool, len(listed))
+        hits = np.append(hits, test(None))
+        return hits[getattr(columns, column)]
+
+    return mask
+
+
+def _end_criterion(end: str, test: Callable[[Endpoint | None], bool]) -> Criterion:
+    side = 0 if end == "source" else 1
+    return Criterion(
+        lambda flow: test(getattr(flow, end)),
+        _by_name(test, lambda c: [pair[side] for pair in c.endpoints], "ends"),
+    )
+
+
+# --- one builder per field: (values, field path) -> criterion ------------------------------------
 
 
 def _each(values: Sequence[Any], where: str, parse: Callable[[Any], Any]) -> list[Any]:
@@ -136,9 +252,15 @@ def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"{text!r} is not an IP address or CIDR") from None
 
 
-def _ip(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _ip(end: str) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         nets = _each(values, where, _parse_network)
+        # the columns hold IPv4 addresses (as numbers): an IPv6 network matches none of them
+        ranges = [
+            (int(n.network_address), int(n.broadcast_address))
+            for n in nets
+            if isinstance(n, ipaddress.IPv4Network)
+        ]
 
         def match(flow: Flow) -> bool:
             if flow.ip is None:
@@ -150,7 +272,14 @@ def _ip(end: str) -> Callable[[Sequence[str], str], Predicate]:
                 return False
             return any(addr in net for net in nets)
 
-        return match
+        def mask(columns: FlowColumns) -> np.ndarray:
+            addr = getattr(columns, f"{end}_ip")
+            out = np.zeros(len(addr), bool)
+            for low, high in ranges:
+                out |= (addr >= low) & (addr <= high)
+            return out
+
+        return Criterion(match, mask)
 
     return build
 
@@ -174,28 +303,30 @@ def _namespaced_matches(
     )
 
 
-def _pod(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _pod(end: str) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         patterns = _each(values, where, _parse_namespaced)
 
-        def match(flow: Flow) -> bool:
-            ep: Endpoint | None = getattr(flow, end)
+        def test(ep: Endpoint | None) -> bool:
             return ep is not None and _namespaced_matches(patterns, ep.namespace, ep.pod_name)
 
-        return match
+        return _end_criterion(end, test)
 
     return build
 
 
-def _service(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _service(end: str) -> Builder:
+    attr = f"{end}_service"
+
+    def build(values: Sequence[str], where: str) -> Criterion:
         patterns = _each(values, where, _parse_namespaced)
 
-        def match(flow: Flow) -> bool:
-            svc: Service | None = getattr(flow, f"{end}_service")
+        def test(svc: Service | None) -> bool:
             return svc is not None and _namespaced_matches(patterns, svc.namespace, svc.name)
 
-        return match
+        return Criterion(
+            lambda flow: test(getattr(flow, attr)), _by_name(test, lambda c: c.services, attr)
+        )
 
     return build
 
@@ -284,18 +415,17 @@ def _split_label(label: str) -> tuple[str, str, str]:
     return source, key, value
 
 
-def _label(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _label(end: str) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         selectors = _each(values, where, parse_selector)
 
-        def match(flow: Flow) -> bool:
-            ep: Endpoint | None = getattr(flow, end)
+        def test(ep: Endpoint | None) -> bool:
             if ep is None:
                 return False
             labels = [_split_label(lbl) for lbl in ep.labels]
             return any(all(r.matches(labels) for r in sel) for sel in selectors)
 
-        return match
+        return _end_criterion(end, test)
 
     return build
 
@@ -303,35 +433,29 @@ def _label(end: str) -> Callable[[Sequence[str], str], Predicate]:
 # --- scalar fields -------------------------------------------------------------------------------
 
 
-def _identity(end: str) -> Callable[[Sequence[int], str], Predicate]:
-    def build(values: Sequence[int], where: str) -> Predicate:
+def _identity(end: str) -> Builder:
+    def build(values: Sequence[int], where: str) -> Criterion:
         wanted = frozenset(values)
-
-        def match(flow: Flow) -> bool:
-            ep: Endpoint | None = getattr(flow, end)
-            return ep is not None and ep.identity in wanted
-
-        return match
+        return _end_criterion(end, lambda ep: ep is not None and ep.identity in wanted)
 
     return build
 
 
-def _workload(end: str) -> Callable[[Sequence[flow_pb2.Workload], str], Predicate]:
-    def build(values: Sequence[flow_pb2.Workload], where: str) -> Predicate:
+def _workload(end: str) -> Builder:
+    def build(values: Sequence[flow_pb2.Workload], where: str) -> Criterion:
         wanted = [(w.name, w.kind) for w in values]
         for i, (name, kind) in enumerate(wanted):
             if not name and not kind:
                 raise FilterError(f"{where}[{i}]", "set name, kind or both")
 
-        def match(flow: Flow) -> bool:
-            ep: Endpoint | None = getattr(flow, end)
+        def test(ep: Endpoint | None) -> bool:
             return ep is not None and any(
                 (not name or w.name == name) and (not kind or w.kind == kind)
                 for w in ep.workloads
                 for name, kind in wanted
             )
 
-        return match
+        return _end_criterion(end, test)
 
     return build
 
@@ -346,15 +470,24 @@ def _parse_port(text: str) -> int:
     return port
 
 
-def _port(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+_PORTED = np.array([PROTOCOL_NUMBERS[c] for c in (TCP, UDP, SCTP)])
+
+
+def _port(end: str) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         ports = frozenset(_each(values, where, _parse_port))
+        listed = np.array(sorted(ports))
 
         def match(flow: Flow) -> bool:
             l4 = flow.l4
             return isinstance(l4, TCP | UDP | SCTP) and getattr(l4, f"{end}_port") in ports
 
-        return match
+        def mask(columns: FlowColumns) -> np.ndarray:
+            return np.isin(columns.protocol, _PORTED) & np.isin(
+                getattr(columns, f"{end}_port"), listed
+            )
+
+        return Criterion(match, mask)
 
     return build
 
@@ -369,18 +502,23 @@ def _parse_protocol(text: str) -> tuple[type, ...]:
     return classes
 
 
-def _protocol(values: Sequence[str], where: str) -> Predicate:
+def _protocol(values: Sequence[str], where: str) -> Criterion:
     classes = tuple(c for group in _each(values, where, _parse_protocol) for c in group)
-    return lambda flow: isinstance(flow.l4, classes)
+    numbers = np.array([PROTOCOL_NUMBERS[c] for c in classes])
+    return Criterion(
+        lambda flow: isinstance(flow.l4, classes),
+        lambda columns: np.isin(columns.protocol, numbers),
+    )
 
 
-def _tcp_flags(values: Sequence[flow_pb2.TCPFlags], where: str) -> Predicate:
+def _tcp_flags(values: Sequence[flow_pb2.TCPFlags], where: str) -> Criterion:
     wanted = []
     for i, msg in enumerate(values):
         names = tuple(n for n in _TCP_FLAG_NAMES if getattr(msg, n))
         if not names:
             raise FilterError(f"{where}[{i}]", "no flag set")
         wanted.append(names)
+    bits = [sum(1 << _TCP_FLAG_NAMES.index(n) for n in names) for names in wanted]
 
     def match(flow: Flow) -> bool:
         l4 = flow.l4
@@ -389,7 +527,14 @@ def _tcp_flags(values: Sequence[flow_pb2.TCPFlags], where: str) -> Predicate:
         # a flow matches a filter value when it has every flag that value sets
         return any(all(getattr(l4.flags, n) for n in names) for names in wanted)
 
-    return match
+    def mask(columns: FlowColumns) -> np.ndarray:
+        flags = columns.tcp_flags
+        out = np.zeros(len(flags), bool)
+        for b in bits:
+            out |= (flags & b) == b
+        return out & (columns.protocol == PROTOCOL_NUMBERS[TCP])
+
+    return Criterion(match, mask)
 
 
 def _parse_node_pattern(text: str) -> str:
@@ -398,18 +543,26 @@ def _parse_node_pattern(text: str) -> str:
     return text.strip()
 
 
-def _node_name(values: Sequence[str], where: str) -> Predicate:
+def _node_name(values: Sequence[str], where: str) -> Criterion:
     patterns = _each(values, where, _parse_node_pattern)
-    return lambda flow: any(fnmatch.fnmatchcase(flow.node_name, p) for p in patterns)
+
+    def test(name: str | None) -> bool:
+        return name is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return Criterion(lambda flow: test(flow.node_name), _by_name(test, lambda c: c.nodes, "node"))
 
 
-def _enum_field(attr: str, enum_type: Any) -> Callable[[Sequence[int], str], Predicate]:
-    def build(values: Sequence[int], where: str) -> Predicate:
+def _enum_field(attr: str, enum_type: Any) -> Builder:
+    def build(values: Sequence[int], where: str) -> Criterion:
         for i, v in enumerate(values):
             if v not in enum_type.values():
                 raise FilterError(f"{where}[{i}]", f"{v} is not a {enum_type.DESCRIPTOR.name}")
         wanted = frozenset(values)
-        return lambda flow: int(_attr_of(flow, attr)) in wanted
+        listed = np.array(sorted(wanted))
+        return Criterion(
+            lambda flow: int(_attr_of(flow, attr)) in wanted,
+            lambda columns: np.isin(getattr(columns, attr), listed),
+        )
 
     return build
 
@@ -420,7 +573,7 @@ def _attr_of(flow: Flow, attr: str) -> int:
     return int(getattr(flow, attr))
 
 
-def _reply(values: Sequence[bool], where: str) -> Predicate:
+def _reply(values: Sequence[bool], where: str) -> Criterion:
     wanted = frozenset(values)
 
     def match(flow: Flow) -> bool:
@@ -430,10 +583,20 @@ def _reply(values: Sequence[bool], where: str) -> Predicate:
             return flow.verdict == flow_pb2.DROPPED and False in wanted
         return flow.is_reply in wanted
 
-    return match
+    def mask(columns: FlowColumns) -> np.ndarray:
+        reply = columns.is_reply
+        out = np.zeros(len(reply), bool)
+        if True in wanted:
+            out |= reply == IS_REPLY_TRUE
+        if False in wanted:
+            out |= reply == IS_REPLY_FALSE
+            out |= (reply == IS_REPLY_UNKNOWN) & (columns.verdict == flow_pb2.DROPPED)
+        return out
+
+    return Criterion(match, mask)
 
 
-def _event_type(values: Sequence[flow_pb2.EventTypeFilter], where: str) -> Predicate:
+def _event_type(values: Sequence[flow_pb2.EventTypeFilter], where: str) -> Criterion:
     wanted = [(f.type, f.sub_type if f.match_sub_type else None) for f in values]
 
     def match(flow: Flow) -> bool:
@@ -442,12 +605,21 @@ def _event_type(values: Sequence[flow_pb2.EventTypeFilter], where: str) -> Predi
             ev.type == t and (sub is None or ev.sub_type == sub) for t, sub in wanted
         )
 
-    return match
+    def mask(columns: FlowColumns) -> np.ndarray:
+        out = np.zeros(len(columns), bool)
+        for t, sub in wanted:
+            hit = columns.event_type == t
+            if sub is not None:
+                hit &= columns.event_sub_type == sub
+            out |= hit
+        return out
+
+    return Criterion(match, mask)
 
 
-def _uuid(values: Sequence[str], where: str) -> Predicate:
+def _uuid(values: Sequence[str], where: str) -> Criterion:
     wanted = frozenset(values)
-    return lambda flow: flow.uuid in wanted
+    return Criterion(lambda flow: flow.uuid in wanted)  # not in the columns
 
 
 # --- names and HTTP ------------------------------------------------------------------------------
@@ -463,15 +635,15 @@ def _parse_fqdn(text: str) -> re.Pattern[str]:
     return re.compile("^" + "[-a-z0-9_.]*".join(parts) + "$")
 
 
-def _fqdn(end: str) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _fqdn(end: str) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         patterns = _each(values, where, _parse_fqdn)
 
         def match(flow: Flow) -> bool:
             names = getattr(flow, f"{end}_names")
             return any(p.match(n.rstrip(".").lower()) for n in names for p in patterns)
 
-        return match
+        return Criterion(match)  # DNS names are not in the columns
 
     return build
 
@@ -502,15 +674,16 @@ def _parse_path(text: str) -> re.Pattern[str]:
         raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
 
 
-def _http(parse: Callable[[str], Any]) -> Callable[[Sequence[str], str], Predicate]:
-    def build(values: Sequence[str], where: str) -> Predicate:
+def _http(parse: Callable[[str], Any]) -> Builder:
+    def build(values: Sequence[str], where: str) -> Criterion:
         _each(values, where, parse)
-        return _no_http_record
+        # the predicate answers no whatever the flow: so does the mask
+        return Criterion(_no_http_record, lambda columns: np.zeros(len(columns), bool))
 
     return build
 
 
-_BUILDERS: dict[str, Callable[[Sequence[Any], str], Predicate]] = {
+_BUILDERS: dict[str, Builder] = {
     "uuid": _uuid,
     "source_ip": _ip("source"),
     "destination_ip": _ip("destination"),

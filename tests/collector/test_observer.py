@@ -165,7 +165,7 @@ async def next_record(it) -> object:
 
 async def test_follow_sends_history_then_new_flows_and_lets_go(observed) -> None:
     stream, _, stub = observed
-    base = stream.followers  # the service's lost-event tally follows too
+    base = stream.followers
     dropped = flow_pb2.FlowFilter(verdict=[flow_pb2.DROPPED])
     call = stub.GetFlows(observer_pb2.GetFlowsRequest(number=2, follow=True, whitelist=[dropped]))
     it = call.__aiter__()
@@ -195,8 +195,8 @@ async def test_a_slow_follower_is_told_what_it_missed(observed) -> None:
     stream, _, stub = observed
     call = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True, since=ts(100)))
     it = call.__aiter__()
-    for _ in range(100):  # the server is following once the stream has the second follower
-        if stream.followers == 2:
+    for _ in range(100):  # the server is following once the stream has a follower
+        if stream.followers == 1:
             break
         await asyncio.sleep(0.01)
     # publish more than the client queue (8) in one go: the collector does not wait
@@ -260,7 +260,7 @@ async def test_follow_with_a_past_until_ends_after_the_history(observed) -> None
     stream, _, stub = observed
     got = await asyncio.wait_for(get(stub, follow=True, since=ts(3), until=ts(5)), 5)
     assert seconds(got) == [3, 4, 5]
-    assert stream.followers == 1  # only the lost-event tally
+    assert stream.followers == 0  # the call's follower is gone with the call
 
 
 async def test_closing_the_server_ends_live_streams(sock_dir: Path) -> None:
@@ -270,10 +270,10 @@ async def test_closing_the_server_ends_live_streams(sock_dir: Path) -> None:
         stub = observer_pb2_grpc.ObserverStub(channel)
         reading = asyncio.ensure_future(get(stub, follow=True))
         for _ in range(100):
-            if stream.followers == 2:
+            if stream.followers == 1:
                 break
             await asyncio.sleep(0.01)
-        assert stream.followers == 2
+        assert stream.followers == 1
         await server.close()
         with pytest.raises(grpc.aio.AioRpcError):
             await asyncio.wait_for(reading, 5)
