@@ -1,104 +1,36 @@
-"""A node's flow stream: the last N flows in memory, served to readers over a Unix socket.
+"""A node's flow stream: the last N flows in memory (collector.ring) and the readers following it.
 
-The protocol is deliberately small (the Observer gRPC API replaces it later). A reader connects to
-<node dir>/flows.sock and sends one JSON line:
-
-    {"last": 20, "follow": false, "filters": {"namespace": ["x"], "verdict": ["DROPPED"]}}
-
-`last`: how many of the held records that match to send first (null: all of them); `follow`: then
-keep the connection and send new ones as they come; optional `mark_history_end`: true puts one
-{"history_end": true} line between the two. Every answer line is a GetFlowsResponse in
-Hubble's JSON ({"flow": ...} or {"lost_events": ...}); a bad request gets one {"error": "..."}
-line. Filters (flowscope.flow.filter): namespace, pod ("NS/POD-PREFIX"), verdict; each optional.
-Without `follow` the server closes the connection after the held records.
+Readers reach it through the Observer API (collector.observer, on the node's observer.sock),
+the Kafka publisher (collector.publisher) and the relay; this module is what they share.
 
 The producer is never slowed by readers: `publish` appends to the ring and to each follower's
 bounded queue, both O(1); a follower whose queue is full loses records, and is told how many by a
 LostEvent (source OBSERVER_EVENTS_QUEUE) in the place where they went missing.
 `publish_batch` does the same for a whole columnar batch of the datapath's events
 (collector.columns.FlowBatch) in O(1): followers queue the batch as a range and select from it
-when they take it, in their reader's task, so no Flow is built unless a reader wants it.
+when they take it, in their reader's task, so no Flow is built unless a reader wants it; a
+follower whose matcher has a columnar pre-filter (protofilter.FlowSelection.prefilter) builds
+only the rows that pass it. `lost_counts` totals every loss reported through the stream, by
+source (the Observer's ServerStatus reads it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
-import os
 import socket
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+import numpy as np
+
+from collector.columns import FlowBatch
 from collector.ring import DEFAULT_CAPACITY, Chunk, FlowRing, RingEntry
-from flowscope.flow.filter import FlowFilter
-from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record, record_from_json
-from flowscope.paths import ClusterPaths
-
-log = logging.getLogger(__name__)
+from collector.ringcolumns import batch_columns
+from flowscope.flow.model import Flow, LostEvent, LostEventSource, Record
 
 DEFAULT_CLIENT_QUEUE = 4096  # records a follower may fall behind before it loses some
-REQUEST_TIMEOUT = 5.0  # seconds a reader has to send its request line
-REQUEST_LIMIT = 64 * 1024
-_WRITE_CHUNK = 512  # lines written between yields to the event loop
-SOCKET_NAME = "flows.sock"
-HISTORY_END_LINE = b'{"history_end":true}\n'
-
-
-def flow_socket(paths: ClusterPaths, node: str) -> Path:
-    """Where node `node` serves its flows."""
-    return paths.node_dir(node) / SOCKET_NAME
-
-
-@dataclass(frozen=True)
-class FlowRequest:
-    last: int | None = None  # None: all held records
-    follow: bool = False
-    filter: FlowFilter = field(default_factory=FlowFilter)
-    # ask for a {"history_end": true} line between the held records and the live ones, so that
-    # a reader of several nodes knows which records were already there when it asked
-    mark_history_end: bool = False
-
-    def to_json(self) -> str:
-        raw: dict[str, Any] = {
-            "last": self.last,
-            "follow": self.follow,
-            "filters": self.filter.to_dict(),
-        }
-        if self.mark_history_end:
-            raw["mark_history_end"] = True
-        return json.dumps(raw)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> FlowRequest:
-        """The request of one line; ValueError naming the field that is wrong."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"request is not JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError("request: expected a JSON object")
-        unknown = set(raw) - {"last", "follow", "filters", "mark_history_end"}
-        if unknown:
-            raise ValueError(f"request.{sorted(unknown)[0]}: unknown field")
-        last = raw.get("last")
-        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
-            raise ValueError(f"request.last: {last!r} is not a count >= 0 or null")
-        flags = {}
-        for name in ("follow", "mark_history_end"):
-            flags[name] = raw.get(name, False)
-            if not isinstance(flags[name], bool):
-                raise ValueError(f"request.{name}: {flags[name]!r} is not true or false")
-        return cls(
-            last,
-            flags["follow"],
-            FlowFilter.from_dict(raw.get("filters")),
-            flags["mark_history_end"],
-        )
 
 
 class _Missed:
@@ -174,10 +106,15 @@ class Follower:
     def take(self) -> list[RingEntry | _Missed]:
         items: list[RingEntry | _Missed] = []
         matches = self.filter.matches
+        prefilter = getattr(self.filter, "prefilter", None)
         for item in self.queue:
             if isinstance(item, _Pending):
                 chunk = item.chunk
-                for i in range(item.start, item.stop):
+                rows: Iterable[int] = range(item.start, item.stop)
+                if prefilter is not None and isinstance(chunk, FlowBatch):
+                    mask = prefilter(batch_columns([chunk])[0])[item.start : item.stop]
+                    rows = (np.flatnonzero(mask) + item.start).tolist()
+                for i in rows:
                     entry = RingEntry(chunk, i)
                     if matches(entry.record):
                         items.append(entry)
@@ -188,10 +125,23 @@ class Follower:
         self.wakeup.clear()
         return items
 
+    def take_runs(self) -> list[RingEntry | _Missed | tuple[Chunk, int, int]]:
+        """As take(), but a batch's range comes whole, as (chunk, start, stop), unselected and
+        unbuilt: for a follower of every record that encodes batches from their columns (the
+        Kafka publisher, collector.publisher)."""
+        items: list[RingEntry | _Missed | tuple[Chunk, int, int]] = [
+            (item.chunk, item.start, item.stop) if isinstance(item, _Pending) else item
+            for item in self.queue
+        ]
+        self.queue.clear()
+        self.size = 0
+        self.wakeup.clear()
+        return items
+
 
 class FlowStream:
     """The node's last `capacity` flows and its followers. Call publish* from the event loop's
-    thread (the one serve_flows runs on): it wakes followers with asyncio events."""
+    thread (the one its readers run on): it wakes followers with asyncio events."""
 
     def __init__(
         self,
@@ -205,7 +155,8 @@ class FlowStream:
         self.ring = FlowRing(capacity)
         self.node_name = node_name
         self.client_queue = client_queue
-        self.lost_counts: Counter[LostEventSource] = Counter()  # publish_lost's totals
+        # every loss reported through the stream: publish_lost's, and a reader's with count_lost
+        self.lost_counts: Counter[LostEventSource] = Counter()
         self._followers: set[Follower] = set()
 
     @property
@@ -240,6 +191,10 @@ class FlowStream:
         for follower in self._followers:
             follower.offer(entry)
 
+    def count_lost(self, source: LostEventSource, count: int) -> None:
+        """Count a loss a reader met (a follower's full queue) that is not in the ring."""
+        self.lost_counts[source] += count
+
     def follow(self, filter: Matcher) -> Follower:
         follower = Follower(filter, self.client_queue)
         self._followers.add(follower)
@@ -253,117 +208,6 @@ class FlowStream:
     @property
     def followers(self) -> int:
         return len(self._followers)
-
-    def lost_line(self, missed: _Missed) -> bytes:
-        event = LostEvent.now(
-            LostEventSource.OBSERVER_EVENTS_QUEUE, missed.count, node_name=self.node_name
-        )
-        return event.to_json().encode() + b"\n"
-
-
-class FlowServer:
-    """A running flows.sock server; `close()` stops it, ends its readers and removes the socket."""
-
-    def __init__(self, stream: FlowStream, path: Path) -> None:
-        self.stream = stream
-        self.path = path
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(self.path))
-            # only root may read flows; set before listen() so no one connects in between
-            os.chmod(self.path, 0o600)
-            self._server = await asyncio.start_unix_server(
-                self._accept, sock=sock, limit=REQUEST_LIMIT
-            )
-        except BaseException:
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            raise
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    async def __aenter__(self) -> FlowServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the reader left
-        finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-            request = FlowRequest.from_json(line)
-        except TimeoutError:
-            return await _send_error(writer, f"no request within {REQUEST_TIMEOUT:g} s")
-        except ValueError as exc:  # also a request line over the limit
-            return await _send_error(writer, str(exc))
-        stream = self.stream
-        # Follow first, then take the held records: no await in between, so every record is
-        # either in the history or in the follower's queue, never both, never neither.
-        follower = stream.follow(request.filter) if request.follow else None
-        try:
-            history = stream.ring.last(request.last, request.filter.matches)
-            await _write_entries(writer, history)
-            if request.mark_history_end:
-                writer.write(HISTORY_END_LINE)
-                await writer.drain()
-            if follower is None:
-                return
-            eof = asyncio.create_task(_until_eof(reader, stream, follower))
-            try:
-                while not follower.closed:
-                    await follower.wakeup.wait()
-                    items = follower.take()
-                    lines = [
-                        item.line() if isinstance(item, RingEntry) else stream.lost_line(item)
-                        for item in items
-                    ]
-                    if lines:
-                        writer.writelines(lines)
-                        await writer.drain()
-            finally:
-                eof.cancel()
-        finally:
-            if follower is not None:
-                stream.unfollow(follower)
-
-
-async def serve_flows(stream: FlowStream, socket_path: Path | str) -> FlowServer:
-    """Serve `stream` at `socket_path` (mode 0600); returns the running server."""
-    server = FlowServer(stream, Path(socket_path))
-    await server.start()
-    return server
 
 
 def remove_stale(path: Path) -> None:
@@ -379,61 +223,3 @@ def remove_stale(path: Path) -> None:
     finally:
         probe.close()
     raise OSError(f"another flow stream already serves {path}")
-
-
-async def _write_entries(writer: asyncio.StreamWriter, entries: list[RingEntry]) -> None:
-    # in chunks, yielding in between: encoding a full ring for a first reader takes a while
-    for i in range(0, len(entries), _WRITE_CHUNK):
-        writer.writelines([e.line() for e in entries[i : i + _WRITE_CHUNK]])
-        await writer.drain()
-        await asyncio.sleep(0)
-
-
-async def _until_eof(reader: asyncio.StreamReader, stream: FlowStream, follower: Follower) -> None:
-    """A follower is done when its reader hangs up, even if no flow comes to notice it by."""
-    with contextlib.suppress(ConnectionError):
-        while await reader.read(4096):
-            pass
-    stream.unfollow(follower)
-
-
-async def _send_error(writer: asyncio.StreamWriter, message: str) -> None:
-    writer.write(json.dumps({"error": message}).encode() + b"\n")
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-
-
-class FlowStreamError(Exception):
-    """The server refused the request (its {"error": ...} line)."""
-
-
-class HistoryEnd:
-    """What read_flows yields for the {"history_end": true} line (mark_history_end requests)."""
-
-
-HISTORY_END = HistoryEnd()
-
-
-async def read_flows(path: Path | str, request: FlowRequest) -> AsyncIterator[Record | HistoryEnd]:
-    """Ask the flow stream at `path` for `request` and yield what it sends (and HISTORY_END
-    where the held records end, when the request asked to mark it).
-
-    Raises FileNotFoundError / ConnectionRefusedError when nothing serves there and
-    FlowStreamError when the server refuses the request.
-    """
-    reader, writer = await asyncio.open_unix_connection(str(path), limit=16 * 1024 * 1024)
-    try:
-        writer.write(request.to_json().encode() + b"\n")
-        await writer.drain()
-        while line := await reader.readline():
-            obj: Any = json.loads(line)
-            if "error" in obj:
-                raise FlowStreamError(obj["error"])
-            if obj.get("history_end") is True:
-                yield HISTORY_END
-                continue
-            yield record_from_json(obj)
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()

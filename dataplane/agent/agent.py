@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from collector.enrich import Enricher
-from collector.flowstream import FlowStream, flow_socket, serve_flows
+from collector.flowstream import FlowStream
 from collector.node import NodeCollector
 from collector.observer import observer_socket, serve_observer
 from collector.podcgroups import PodCgroups
@@ -121,7 +121,6 @@ class Agent:
             hooks.watch(local.endpoint)
         stream = FlowStream(capacity_of(self.info.extra), node_name=self.node)
         publisher = self._start_publisher(stream)
-        flow_server = await serve_flows(stream, flow_socket(self.paths, self.node))
         # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it
         observer = await serve_observer(stream, observer_socket(self.paths, self.node))
         enricher = Enricher(enforcement, self.info.name)
@@ -194,7 +193,6 @@ class Agent:
         server.close()
         if publisher is not None:
             await publisher.close()  # what the broker did not take stays in the spool
-        await flow_server.close()
         await observer.close(grace=0.5)
         await service.close()
         await kv.close()
