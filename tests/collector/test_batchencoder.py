@@ -1,0 +1,214 @@
+"""A whole FlowBatch encoded from its columns (collector.batchencoder): every row decodes to
+exactly the message protoconv builds from that row's Flow, for random batches (any event
+columns, names, policies, services, times), with templates made or reused; framed rows are
+the Kafka FlowBatch's `responses`; and the Flows themselves are not built."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector.batchencoder import BatchEncoder, merged_runs
+from collector.columns import FlowBatch
+from collector.translations import Link
+from dataplane.maps.flowevent import EVENT_DTYPE, VERSION
+from flowscope.flow.model import Endpoint, Policy, Service, ServiceTranslation, Workload
+from flowscope.flow.protoconv import record_to_response
+from flowscope.proto import kafka_pb2, observer_pb2
+
+T0 = 1_700_000_000 * 10**9
+
+word = st.text("abcxyz-0123456789", min_size=1, max_size=8)
+text = st.text("abcxyz-./:=0123456789", max_size=10)
+endpoints = st.builds(
+    Endpoint,
+    id=st.integers(0, 2**16),
+    identity=st.integers(0, 2**32 - 1),
+    namespace=text,
+    labels=st.lists(text, max_size=3).map(tuple),
+    pod_name=text,
+    workloads=st.lists(st.builds(Workload, word, word), max_size=2).map(tuple),
+    cluster_name=text,
+)
+policies = st.lists(
+    st.builds(
+        Policy,
+        name=word,
+        namespace=text,
+        labels=st.lists(text, max_size=2).map(tuple),
+        revision=st.integers(0, 2**20),
+        kind=st.sampled_from(["CiliumNetworkPolicy", "NetworkPolicy", ""]),
+    ),
+    min_size=1,
+    max_size=2,
+).map(tuple)
+links = st.builds(
+    Link,
+    st.one_of(st.none(), st.builds(Service, word, text)),
+    st.builds(
+        ServiceTranslation, st.just("10.96.0.10"), st.integers(0, 65535), text, st.integers(0, 9)
+    ),
+)
+# columns the flow is made of: mostly the datapath's values, sometimes anything
+small = {
+    "proto": st.sampled_from([6, 6, 17, 132, 1, 0, 58, 255]),
+    "verdict": st.sampled_from([1, 2, 1, 0, 5, 200]),
+    "obs_point": st.integers(0, 12),
+    "traffic_direction": st.integers(0, 3),
+    "event_type": st.sampled_from([4, 1, 5, 9]),
+    "is_reply": st.sampled_from([0, 1, 0xFF, 7]),
+    "ct_state": st.integers(0, 3),
+    "tcp_flags": st.integers(0, 255),
+    "icmp_type": st.integers(0, 255),
+    "icmp_code": st.integers(0, 20),
+}
+wide = {
+    "sport": st.one_of(st.integers(0, 2), st.integers(0, 65535)),
+    "dport": st.one_of(st.integers(0, 2), st.integers(0, 65535)),
+    "drop_reason": st.sampled_from([0, 133, 181, 65535]),
+    "ifindex": st.sampled_from([0, 3, 70000]),
+    "policy_cookie": st.sampled_from([0, 1, 2**32 - 1]),
+    "saddr": st.sampled_from([0x0201F40A, 0x0302F40A, 0]),
+    "daddr": st.sampled_from([0x0302F40A, 0x09000000]),
+    "src_identity": st.sampled_from([2, 1234, 2**24 + 1]),
+    "dst_identity": st.sampled_from([2, 5678]),
+}
+times = st.one_of(
+    st.integers(0, 10**12),  # around the wall offset: whole seconds, no nanos, 0
+    st.integers(0, 2**48),
+    st.sampled_from([0, 10**9, 2 * 10**9]),
+)
+event_rows = st.fixed_dictionaries({**small, **wide, "ktime_ns": times})
+
+
+@st.composite
+def batches(draw) -> FlowBatch:
+    pairs = draw(st.lists(st.tuples(endpoints, endpoints), min_size=1, max_size=3))
+    allowed_names = draw(st.lists(policies, max_size=2))
+    link_names = draw(st.lists(links, max_size=2))
+    rows = draw(st.lists(event_rows, min_size=1, max_size=30))
+    # runs of the same connection, as the datapath sends them
+    rows = rows + [dict(r, ktime_ns=r["ktime_ns"] + 7, sport=r["sport"] ^ 1) for r in rows[:5]]
+    events = np.zeros(len(rows), EVENT_DTYPE)
+    for name in rows[0]:
+        events[name] = [r[name] for r in rows]
+    events["version"] = VERSION
+    n = len(rows)
+    index = st.integers(-1, len(allowed_names) - 1)
+    return FlowBatch(
+        events,
+        node=draw(st.sampled_from(["node-1", "", "a-much-longer-node-name-" * 3])),
+        wall_offset=draw(st.sampled_from([T0, 0, 123_456_789])),
+        endpoints=pairs,
+        ends=np.array(draw(st.lists(st.integers(0, len(pairs) - 1), min_size=n, max_size=n))),
+        allowed_names=allowed_names,
+        allowed=np.array(draw(st.lists(index, min_size=n, max_size=n)), np.int32),
+        link_names=link_names,
+        links=np.array(
+            draw(st.lists(st.integers(-1, len(link_names) - 1), min_size=n, max_size=n)),
+            np.int32,
+        ),
+    )
+
+
+def fresh(batch: FlowBatch) -> FlowBatch:
+    """The same batch with nothing built yet."""
+    return FlowBatch(
+        batch.events.copy(),
+        node=batch.node,
+        wall_offset=batch.wall_offset,
+        endpoints=batch.endpoints,
+        ends=batch.ends,
+        allowed_names=batch.allowed_names,
+        allowed=batch.allowed,
+        link_names=batch.link_names,
+        links=batch.links,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches(), st.data())
+def test_every_row_decodes_to_protoconvs_message(batch: FlowBatch, data) -> None:
+    encoder = BatchEncoder()
+    start = data.draw(st.integers(0, len(batch) - 1))
+    for _ in range(2):  # templates made, then reused
+        rows = encoder.encode(batch, start)
+        assert len(rows) == len(batch) - start
+        for i in range(start, len(batch)):
+            got = observer_pb2.GetFlowsResponse.FromString(rows.row(i - start))
+            assert got == record_to_response(batch.record(i)), i
+    assert encoder.hits >= encoder.misses
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches())
+def test_framed_rows_are_a_kafka_flowbatchs_responses(batch: FlowBatch) -> None:
+    rows = BatchEncoder(field=3).encode(batch)
+    message = kafka_pb2.FlowBatch.FromString(rows.data)
+    assert list(message.responses) == [
+        record_to_response(batch.record(i)) for i in range(len(batch))
+    ]
+    parts = [kafka_pb2.FlowBatch.FromString(rows.row(i)).responses[0] for i in range(len(rows))]
+    assert parts == list(message.responses)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches())
+def test_flows_are_built_only_for_new_templates(batch: FlowBatch) -> None:
+    encoder = BatchEncoder()
+    encoder.encode(batch)
+    again = fresh(batch)
+    encoder.encode(again)
+    assert again._records is None  # every template was known: no Flow built
+
+
+def test_a_time_before_1970_goes_one_flow_at_a_time() -> None:
+    events = np.zeros(2, EVENT_DTYPE)
+    events["version"], events["proto"], events["ktime_ns"] = VERSION, 6, [5, 10**9 + 5]
+    batch = FlowBatch(
+        events,
+        node="n",
+        wall_offset=-(10**9),
+        endpoints=[(Endpoint(id=1), Endpoint())],
+        ends=np.zeros(2, np.int32),
+        allowed_names=[],
+        allowed=np.full(2, -1, np.int32),
+        link_names=[],
+        links=np.full(2, -1, np.int32),
+    )
+    rows = BatchEncoder().encode(batch)
+    for i in range(2):
+        got = observer_pb2.GetFlowsResponse.FromString(rows.row(i))
+        assert got == record_to_response(batch.record(i))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches(), batches(), st.data())
+def test_runs_of_one_collector_are_joined_and_encode_the_same(
+    a: FlowBatch, other: FlowBatch, data
+) -> None:
+    # a second drain of the same collector: same endpoint and policy lists, its own services
+    b = FlowBatch(
+        other.events,
+        node=a.node,
+        wall_offset=a.wall_offset,
+        endpoints=a.endpoints,
+        ends=other.ends % len(a.endpoints),
+        allowed_names=a.allowed_names,
+        allowed=np.where(other.allowed < len(a.allowed_names), other.allowed, -1).astype(np.int32),
+        link_names=other.link_names,
+        links=other.links,
+    )
+    start = data.draw(st.integers(0, len(a) - 1))
+    items = [(a, start, len(a)), (b, 0, len(b)), "missed", (other, 0, 1)]
+    joined = merged_runs(items, 10_000)
+    assert joined[1:] == ["missed", (other, 0, 1)]  # other's names are another collector's
+    batch, first, stop = joined[0]
+    assert (first, stop) == (0, len(a) - start + len(b))
+    rows = BatchEncoder().encode(batch)
+    want = [a.record(i) for i in range(start, len(a))] + [b.record(i) for i in range(len(b))]
+    for i, record in enumerate(want):
+        assert observer_pb2.GetFlowsResponse.FromString(rows.row(i)) == record_to_response(record)
+    # past max_rows, the next run starts a new batch
+    assert len(merged_runs([(a, 0, len(a)), (b, 0, len(b))], 1)) == 2
