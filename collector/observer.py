@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -166,9 +167,10 @@ def select_history(index: RingIndex, request: HistoryRequest) -> list[RingEntry]
 class ObserverService(observer_pb2_grpc.ObserverServicer):
     """The Observer service of one node's FlowStream."""
 
-    def __init__(self, stream: FlowStream, *, address: str = "") -> None:
+    def __init__(self, stream: FlowStream, *, address: str = "", prefilter: bool = True) -> None:
         self.stream = stream
         self.address = address
+        self.prefilter = prefilter  # False: match every held record (bench.getflows' baseline)
         self.started_ns = time.time_ns()
         self._started_mono = time.monotonic_ns()
         self.index = RingIndex(stream.ring)
@@ -184,6 +186,8 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
     ) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
         try:
             req = parse_request(request)
+            if not self.prefilter:
+                req = dataclasses.replace(req, prefilter=False)
         except ValueError as exc:  # FilterError too
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
@@ -305,9 +309,9 @@ async def set_serving(servicer: health.aio.HealthServicer) -> None:
 class ObserverServer:
     """A running Observer on a Unix socket; `close()` stops it and removes the socket."""
 
-    def __init__(self, stream: FlowStream, path: Path) -> None:
+    def __init__(self, stream: FlowStream, path: Path, *, prefilter: bool = True) -> None:
         self.path = path
-        self.service = ObserverService(stream, address=f"unix:{path}")
+        self.service = ObserverService(stream, address=f"unix:{path}", prefilter=prefilter)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -351,9 +355,12 @@ class ObserverServer:
         await self.close()
 
 
-async def serve_observer(stream: FlowStream, socket_path: Path | str) -> ObserverServer:
-    """Serve `stream`'s Observer API at `socket_path` (mode 0600); returns the running server."""
-    server = ObserverServer(stream, Path(socket_path))
+async def serve_observer(
+    stream: FlowStream, socket_path: Path | str, *, prefilter: bool = True
+) -> ObserverServer:
+    """Serve `stream`'s Observer API at `socket_path` (mode 0600); returns the running server.
+    `prefilter=False` matches every held record instead of masking columns first (a baseline)."""
+    server = ObserverServer(stream, Path(socket_path), prefilter=prefilter)
     await server.start()
     return server
 

@@ -45,6 +45,8 @@ from flowscope.proto import flow_pb2
 
 Predicate = Callable[[Flow], bool]
 ColumnMask = Callable[["FlowColumns"], np.ndarray]
+# a mask from names: (columns, the rows still in question) -> mask, right on those rows
+NameMask = Callable[["FlowColumns", np.ndarray], np.ndarray]
 Builder = Callable[[Sequence[Any], str], "Criterion"]
 
 _TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
@@ -83,10 +85,11 @@ class FlowColumns:
     Each column holds what the row's Flow would hold: the IPv4 addresses as numbers, the l4
     protocol number (PROTOCOL_NUMBERS) and ports (0 without), TCP flag bits (FIN 0x01 ... NS
     0x100), Hubble's numbers for verdict, drop reason (0 unless dropped), traffic direction,
-    event type and sub-type, ip_version, is_reply (IS_REPLY_*). Name columns index lists of the
-    distinct names the rows use: `ends` -> endpoints (source, destination), source_service and
-    destination_service -> services (-1: none), `node` -> nodes. Rows marked `opaque` are not
-    described (records kept another way): every pre-filter passes them."""
+    event type and sub-type, ip_version, is_reply (IS_REPLY_*). Name columns index lists of
+    names: `ends` holds (list << 32 | index) into endpoint_lists, whose items are (source,
+    destination) pairs (`endpoint_pair`); source_service and destination_service index
+    services, `node` nodes; -1: none. Rows marked `opaque` are not described (records kept
+    another way): every pre-filter passes them."""
 
     time_ns: np.ndarray
     source_ip: np.ndarray
@@ -103,7 +106,7 @@ class FlowColumns:
     ip_version: np.ndarray
     is_reply: np.ndarray
     ends: np.ndarray
-    endpoints: Sequence[tuple[Endpoint, Endpoint]]
+    endpoint_lists: Sequence[Sequence[tuple[Endpoint, Endpoint]]]
     source_service: np.ndarray
     destination_service: np.ndarray
     services: Sequence[Service]
@@ -114,6 +117,9 @@ class FlowColumns:
     def __len__(self) -> int:
         return len(self.time_ns)
 
+    def endpoint_pair(self, key: int) -> tuple[Endpoint, Endpoint]:
+        return self.endpoint_lists[key >> 32][key & 0xFFFF_FFFF]
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -121,7 +127,12 @@ class Criterion:
     the same answer over FlowColumns rows."""
 
     matches: Predicate
-    mask: ColumnMask | None = None
+    mask: ColumnMask | None = None  # from the columns alone
+    by_name: NameMask | None = None  # from the names the rows point to (after the others)
+
+    @property
+    def decided_by_columns(self) -> bool:
+        return self.mask is not None or self.by_name is not None
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,7 @@ class CompiledFilter:
     """One FlowFilter: every predicate must hold."""
 
     predicates: tuple[Predicate, ...]
-    masks: tuple[ColumnMask | None, ...] = ()
+    criteria: tuple[Criterion, ...] = ()
 
     def matches(self, flow: Flow) -> bool:
         return all(p(flow) for p in self.predicates)
@@ -137,14 +148,20 @@ class CompiledFilter:
     @property
     def decided_by_columns(self) -> bool:
         """Every criterion can be decided over columns (the mask is exact)."""
-        return len(self.masks) == len(self.predicates) and all(m is not None for m in self.masks)
+        return len(self.criteria) == len(self.predicates) and all(
+            c.decided_by_columns for c in self.criteria
+        )
 
     def mask(self, columns: FlowColumns) -> np.ndarray:
-        """Rows that may match: the decidable criteria hold (exact when decided_by_columns)."""
+        """Rows that may match: the decidable criteria hold (exact when decided_by_columns).
+        Name criteria come last and look only at the rows the others left."""
         out = np.ones(len(columns), bool)
-        for m in self.masks:
-            if m is not None:
-                out &= m(columns)
+        for c in self.criteria:
+            if c.mask is not None:
+                out &= c.mask(columns)
+        for c in self.criteria:
+            if c.by_name is not None and out.any():
+                out &= c.by_name(columns, out)
         return out
 
 
@@ -205,20 +222,32 @@ def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFi
         if build is None:
             raise FilterError(where, "not supported yet")
         criteria.append(build(list(values), where))
-    return CompiledFilter(tuple(c.matches for c in criteria), tuple(c.mask for c in criteria))
+    return CompiledFilter(tuple(c.matches for c in criteria), tuple(criteria))
 
 
 def _by_name(
-    test: Callable[[Any], bool], names: Callable[[FlowColumns], Sequence[Any]], column: str
-) -> ColumnMask:
-    """A mask from a test of names: evaluated once per distinct name, then indexed by the
-    row's name column (-1 indexes the sentinel, the test of no name: None)."""
+    test: Callable[[Any], bool], name: Callable[[FlowColumns, int], Any], column: str
+) -> NameMask:
+    """A mask from a test of names: `test` runs once per distinct name object among the rows
+    in question (`name(columns, key)` for each distinct key of `column`; -1: None), and the
+    answers are spread back over the rows by key. Right on the rows in question only."""
 
-    def mask(columns: FlowColumns) -> np.ndarray:
-        listed = names(columns)
-        hits = np.fromiter((test(n) for n in listed), bool, len(listed))
-        hits = np.append(hits, test(None))
-        return hits[getattr(columns, column)]
+    def mask(columns: FlowColumns, within: np.ndarray) -> np.ndarray:
+        keys = getattr(columns, column)
+        distinct = np.unique(keys[within])
+        memo: dict[int, bool] = {}  # by object: the enricher hands out one Endpoint per end
+
+        def answer(key: int) -> bool:
+            found = None if key < 0 else name(columns, key)
+            ident = id(found)
+            hit = memo.get(ident)
+            if hit is None:
+                hit = memo[ident] = test(found)
+            return hit
+
+        hits = np.fromiter((answer(k) for k in distinct.tolist()), bool, len(distinct))
+        at = np.minimum(np.searchsorted(distinct, keys), len(distinct) - 1)
+        return hits[at] & (distinct[at] == keys)
 
     return mask
 
@@ -227,7 +256,7 @@ def _end_criterion(end: str, test: Callable[[Endpoint | None], bool]) -> Criteri
     side = 0 if end == "source" else 1
     return Criterion(
         lambda flow: test(getattr(flow, end)),
-        _by_name(test, lambda c: [pair[side] for pair in c.endpoints], "ends"),
+        by_name=_by_name(test, lambda c, key: c.endpoint_pair(key)[side], "ends"),
     )
 
 
@@ -325,7 +354,8 @@ def _service(end: str) -> Builder:
             return svc is not None and _namespaced_matches(patterns, svc.namespace, svc.name)
 
         return Criterion(
-            lambda flow: test(getattr(flow, attr)), _by_name(test, lambda c: c.services, attr)
+            lambda flow: test(getattr(flow, attr)),
+            by_name=_by_name(test, lambda c, key: c.services[key], attr),
         )
 
     return build
@@ -549,7 +579,10 @@ def _node_name(values: Sequence[str], where: str) -> Criterion:
     def test(name: str | None) -> bool:
         return name is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
-    return Criterion(lambda flow: test(flow.node_name), _by_name(test, lambda c: c.nodes, "node"))
+    return Criterion(
+        lambda flow: test(flow.node_name),
+        by_name=_by_name(test, lambda c, key: c.nodes[key], "node"),
+    )
 
 
 def _enum_field(attr: str, enum_type: Any) -> Builder:

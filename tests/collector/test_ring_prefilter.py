@@ -204,39 +204,42 @@ def test_the_mask_passes_every_row_the_exact_matcher_accepts(seed: int) -> None:
     assert columns.time_ns[flows].tolist() == [records[i].time_ns for i in flows]
 
 
-def test_exact_criteria_decide_a_blacklist_and_name_criteria_run_once_per_name() -> None:
+def test_exact_criteria_decide_a_blacklist_and_names_are_looked_at_last_and_once() -> None:
     rng = np.random.default_rng(7)
     ring = filled_ring(rng)
     columns, _ = batch_columns([chunk for _, chunk in ring.chunks_from(0)])
-    tested: list = []
     selection = compile_selection(
         blacklist=[flow_pb2.FlowFilter(verdict=[flow_pb2.FORWARDED])],
     )
     records = [e.record for e in ring.entries()]
     keep = selection.prefilter(columns)[-len(records) :]
     assert keep.tolist() == [selection.matches(r) for r in records]  # exact: nothing extra
-    pods = compile_selection([flow_pb2.FlowFilter(source_pod=["x/a"])])
-    predicate = pods.whitelist[0].masks[0]
-    assert predicate is not None
-    original = columns.endpoints
-    counted = dataclasses.replace(columns, endpoints=Counted(original, tested))
-    predicate(counted)
-    assert len(tested) == 1 and len(original) < len(columns)  # one pass over distinct pairs
+    # a pod criterion looks names up only for the rows the verdict left, once per distinct key
+    looked: list[int] = []
+    counted = dataclasses.replace(
+        columns, endpoint_lists=[Counted(lst, looked) for lst in columns.endpoint_lists]
+    )
+    pods = compile_selection([flow_pb2.FlowFilter(source_pod=["x/a"], verdict=[flow_pb2.DROPPED])])
+    mask = pods.prefilter(counted)
+    dropped = columns.verdict == flow_pb2.DROPPED
+    assert len(looked) == len(np.unique(columns.ends[dropped & ~columns.opaque]))
+    assert len(looked) <= int(dropped.sum()) < len(columns)
+    assert mask.tolist() == pods.prefilter(columns).tolist()
     # an undecidable criterion (uuid) leaves the whitelist open and the blacklist unused
     by_uuid = compile_selection([flow_pb2.FlowFilter(uuid=["x"])], [flow_pb2.FlowFilter(uuid=[""])])
     assert by_uuid.prefilter(columns).all()
 
 
 class Counted(list):
-    """A list of names that counts the passes made over it."""
+    """A list of names that counts the lookups made in it."""
 
-    def __init__(self, items: list, passes: list) -> None:
+    def __init__(self, items: list, looked: list) -> None:
         super().__init__(items)
-        self.passes = passes
+        self.looked = looked
 
-    def __iter__(self):
-        self.passes.append(1)
-        return super().__iter__()
+    def __getitem__(self, index):
+        self.looked.append(index)
+        return super().__getitem__(index)
 
 
 def history(ring: FlowRing, request: HistoryRequest) -> list:
