@@ -94,6 +94,7 @@ class LostEventSource(enum.IntEnum):
     PUBLISHER_QUEUE = 200001  # the Kafka publisher fell behind the stream (its queue was full)
     PUBLISHER_SPOOL = 200002  # the publisher's spool hit its bound: the oldest were dropped
     AGENT_RESTART = 200003  # the agent restarted: events while none ran may be missing
+    COLLECTOR_DECODE = 200004  # the collector could not decode or name drained records
 
 
 class MessageType(enum.IntEnum):

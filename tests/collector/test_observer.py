@@ -235,6 +235,20 @@ async def test_server_status_and_nodes(observed) -> None:
     assert (node.num_flows, node.seen_flows) == (100, 112)
 
 
+async def test_records_the_collector_could_not_decode_are_a_lost_event_source_of_ours(
+    observed,
+) -> None:
+    stream, _, stub = observed
+    stream.publish_lost(LostEventSource.COLLECTOR_DECODE, 3)
+    (lost,) = await get(stub, number=1)
+    assert isinstance(lost, LostEvent) and lost.source is LostEventSource.COLLECTOR_DECODE
+    assert lost.num_events_lost == 3
+    status = await stub.ServerStatus(observer_pb2.ServerStatusRequest())
+    assert [(e.source, e.num_events_lost) for e in status.lost_events] == [(200004, 3)]
+    assert flow_pb2.LostEventSource.Name(200004) == "COLLECTOR_DECODE"
+    assert flow_pb2.OBSERVER_EVENTS_QUEUE == 2  # Hubble's numbers stay
+
+
 async def test_socket_is_private_and_a_stale_one_is_replaced(sock_dir: Path) -> None:
     path = sock_dir / "observer.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
