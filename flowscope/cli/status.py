@@ -13,6 +13,12 @@ were lost (kernel ring, observer queues, publisher, spool, agent restarts), all 
 It asks the same server `observe` reads (the cluster's relay, --node NODE's agent, or --server
 ADDR with the --tls options); a cluster without a relay is asked node by node, here.
 Outputs: compact (above), dict, json, table. Exits non-zero when the server is not healthy.
+
+When a node publishes to Kafka, the health of its publisher follows (from the stats file it
+keeps next to its sockets, collector.publisher.read_stats): the broker's state and last error,
+batches published, records acknowledged and in the spool, the spool's size, records dropped or
+lost, and replays. Only for the local cluster's nodes (not with --server); without Kafka
+nothing is added.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 from flowscope.errors import FlowscopeError
 from flowscope.flow.printer import tabulate
@@ -69,21 +79,76 @@ def lost_by_source(status) -> list[tuple[str, int]]:
     return out
 
 
+def size(n: int) -> str:
+    """Bytes as a person reads them: 512 B, 1.5 KiB, 64.0 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def publisher_row(stats: Any, now_ns: int) -> dict[str, Any]:
+    """One node's publisher health (a collector.publisher.PublisherStats) as named values."""
+    return {
+        "node": stats.node,
+        "broker": stats.broker,
+        "last_error": stats.last_error,
+        "published": stats.published,
+        "acked": stats.acked,
+        "spooled": stats.spooled,
+        "spool_bytes": stats.spool_bytes,
+        "spool_max_bytes": stats.spool_max_bytes,
+        "dropped": stats.dropped,
+        "retries": stats.retries,
+        "lost": stats.lost,
+        "age_s": max(0, now_ns - stats.updated_ns) // 10**9,
+    }
+
+
+def _publisher_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["Kafka Publishers:"]
+    for r in rows:
+        broker = r["broker"] + (f" ({r['last_error']})" if r["last_error"] else "")
+        lines.append(
+            f"  - {r['node']}: broker {broker}, published {grouped(r['published'])} batches, "
+            f"acked {grouped(r['acked'])}, spooled {grouped(r['spooled'])} "
+            f"({size(r['spool_bytes'])} of {size(r['spool_max_bytes'])}), "
+            f"dropped {grouped(r['dropped'])}, retries {grouped(r['retries'])}, "
+            f"lost {grouped(r['lost'])}" + (f", as of {r['age_s']}s ago" if r["age_s"] else "")
+        )
+    return lines
+
+
 def flows_per_second(status) -> str:
     seconds = status.uptime_ns / 1e9
     return f"{status.seen_flows / seconds:.2f}" if seconds > 0 else "N/A"
 
 
-def format_status(status, output: str, via: str, health: str = "Ok") -> str:
-    """The ServerStatusResponse as `hubble status -o OUTPUT` writes it (plus the lost events)."""
+def format_status(
+    status,
+    output: str,
+    via: str,
+    health: str = "Ok",
+    publishers: Sequence[Any] = (),
+    now_ns: int | None = None,
+) -> str:
+    """The ServerStatusResponse as `hubble status -o OUTPUT` writes it (plus the lost events),
+    then the health of the nodes' Kafka publishers (PublisherStats) when there are any."""
     from google.protobuf import json_format
 
     has_nodes = status.HasField("num_connected_nodes")
     connected = status.num_connected_nodes.value if has_nodes else None
     unavailable = status.num_unavailable_nodes.value if has_nodes else None
     lost = lost_by_source(status)
+    now = time.time_ns() if now_ns is None else now_ns
+    rows = [publisher_row(p, now) for p in sorted(publishers, key=lambda p: p.node)]
     if output == "json":
-        return json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True))
+        doc = json_format.MessageToDict(status, preserving_proto_field_name=True)
+        if rows:
+            doc["publishers"] = [{**asdict(p), "lost": p.lost} for p in publishers]
+        return json.dumps(doc)
     if output == "table":
         header = ["NUM FLOWS", "MAX FLOWS", "SEEN FLOWS", "FLOWS PER SECOND", "UPTIME"]
         header += ["NUM CONNECTED NODES", "NUM UNAVAILABLE NODES", "LOST EVENTS", "VERSION"]
@@ -92,7 +157,23 @@ def format_status(status, output: str, via: str, health: str = "Ok") -> str:
         row += ["N/A" if connected is None else str(connected)]
         row += ["N/A" if unavailable is None else str(unavailable)]
         row += [grouped(sum(n for _, n in lost)), status.version or "-"]
-        return "\n".join(tabulate([header, row]))
+        lines = tabulate([header, row])
+        if rows:
+            header = ["NODE", "BROKER", "PUBLISHED", "ACKED", "SPOOLED", "SPOOL BYTES"]
+            header += ["DROPPED", "RETRIES", "LOST", "LAST ERROR"]
+            cells = [
+                [
+                    r["node"],
+                    r["broker"],
+                    *(grouped(r[k]) for k in ("published", "acked", "spooled")),
+                    size(r["spool_bytes"]),
+                    *(grouped(r[k]) for k in ("dropped", "retries", "lost")),
+                    r["last_error"] or "-",
+                ]
+                for r in rows
+            ]
+            lines += ["", *tabulate([header, *cells])]
+        return "\n".join(lines)
     if output == "dict":
         lines = [
             f"          NUM FLOWS: {grouped(status.num_flows)}",
@@ -106,6 +187,20 @@ def format_status(status, output: str, via: str, health: str = "Ok") -> str:
         ]
         lines += [f"{name:>19}: {grouped(n)}" for name, n in lost]
         lines.append(f"            VERSION: {status.version}")
+        for r in rows:
+            lines += [
+                "",
+                f"    KAFKA PUBLISHER: {r['node']}",
+                f"             BROKER: {r['broker']}",
+                f"         LAST ERROR: {r['last_error'] or '-'}",
+                f"  PUBLISHED BATCHES: {grouped(r['published'])}",
+                f"              ACKED: {grouped(r['acked'])}",
+                f"            SPOOLED: {grouped(r['spooled'])}",
+                f"        SPOOL BYTES: {size(r['spool_bytes'])} of {size(r['spool_max_bytes'])}",
+                f"            DROPPED: {grouped(r['dropped'])}",
+                f"            RETRIES: {grouped(r['retries'])}",
+                f"               LOST: {grouped(r['lost'])}",
+            ]
         return "\n".join(lines)
     ratio = ""
     if status.max_flows:
@@ -129,6 +224,8 @@ def format_status(status, output: str, via: str, health: str = "Ok") -> str:
         lines += [f"  - {name}: {grouped(n)}" for name, n in lost]
     else:
         lines.append("Lost Events: 0")
+    if rows:
+        lines += _publisher_lines(rows)
     return "\n".join(lines)
 
 
@@ -170,13 +267,26 @@ async def cmd_status(args: argparse.Namespace) -> int:
                     status = await stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=10)
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, what) from None
+    publishers = [] if args.server else local_publishers(args.cluster, args.node)
     if health != "Ok" or status is None:
         print(f"Healthcheck (via {via}): {health}")
         raise FlowscopeError(
             f"{what} is not healthy", hint="`flowscope lab status` shows the agents and the relay"
         )
-    sys.stdout.write(format_status(status, args.output, via, health) + "\n")
+    sys.stdout.write(format_status(status, args.output, via, health, publishers) + "\n")
     return 0
 
 
-__all__ = ["OUTPUTS", "cmd_status", "format_status", "register"]
+def local_publishers(cluster: str, node: str | None = None) -> list:
+    """What the Kafka publishers of the cluster's nodes (or of `node`) last reported; none
+    when no node publishes."""
+    from collector.publisher import read_stats, stats_path
+    from flowscope import clusterinfo
+
+    info = clusterinfo.load(cluster)
+    names = [n.name for n in info.nodes if node is None or n.name == node]
+    found = (read_stats(stats_path(info.paths, name)) for name in names)
+    return [stats for stats in found if stats is not None]
+
+
+__all__ = ["OUTPUTS", "cmd_status", "format_status", "local_publishers", "register"]

@@ -4,9 +4,11 @@ cluster.json, against one without (asked node by node), its outputs, and a serve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from collector.flowstream import FlowStream
 from collector.observer import SOCKET_NAME, ObserverServer, serve_observer
+from collector.publisher import STATS_FILE, PublisherStats
 from collector.relay import Peer, RelayServer, with_address
 from flowscope import clusterinfo
 from flowscope.cli.status import duration, format_status
@@ -133,3 +136,75 @@ def test_outputs() -> None:
     assert table[1].split()[:5] == ["1,234", "196,605", "5,000", "50.00", "1m40s"]
     assert "    PUBLISHER_SPOOL: 2" in format_status(status, "dict", "x")
     assert duration(3_725 * 10**9) == "1h2m5s" and duration(4 * 10**9) == "4s"
+
+
+def publisher_stats(node: str, **values) -> PublisherStats:
+    """A node publisher's stats file contents: zero but for `values`."""
+    base = {f.name: "" if f.type in ("str", str) else 0 for f in dataclasses.fields(PublisherStats)}
+    return PublisherStats(**{**base, "node": node, **values})
+
+
+def test_outputs_with_kafka_publishers() -> None:
+    status = observer_pb2.ServerStatusResponse(num_flows=5, max_flows=10, uptime_ns=10**9)
+    now = 1_000 * 10**9
+    up = publisher_stats(
+        "node-1",
+        broker="up",
+        published=12,
+        acked=3_400,
+        spool_bytes=1536,
+        spool_max_bytes=64 << 20,
+        retries=1,
+        updated_ns=now,
+    )
+    down = publisher_stats(
+        "node-2",
+        broker="retrying",
+        last_error="KafkaConnectionError: connect refused",
+        spooled=20,
+        dropped=4,
+        overflowed=1,
+        updated_ns=now - 30 * 10**9,
+    )
+    plain = format_status(status, "compact", "x")
+    compact = format_status(status, "compact", "x", publishers=[down, up], now_ns=now)
+    assert compact.startswith(plain + "\n")  # what there was, then the publishers
+    assert compact.splitlines()[len(plain.splitlines()) :] == [
+        "Kafka Publishers:",
+        "  - node-1: broker up, published 12 batches, acked 3,400, spooled 0 "
+        "(1.5 KiB of 64.0 MiB), dropped 0, retries 1, lost 0",
+        "  - node-2: broker retrying (KafkaConnectionError: connect refused), published 0 "
+        "batches, acked 0, spooled 20 (0 B of 0 B), dropped 4, retries 0, lost 5, "
+        "as of 30s ago",
+    ]
+    table = format_status(status, "table", "x", publishers=[up, down], now_ns=now).splitlines()
+    assert table[2] == "" and table[3].split()[:4] == ["NODE", "BROKER", "PUBLISHED", "ACKED"]
+    assert table[4].split()[:7] == ["node-1", "up", "12", "3,400", "0", "1.5", "KiB"]
+    assert table[5].endswith("KafkaConnectionError: connect refused")
+    assert format_status(status, "table", "x").count("\n") == 1  # no Kafka: as before
+    doc = json.loads(format_status(status, "json", "x", publishers=[up, down]))
+    assert [(p["node"], p["broker"], p["lost"]) for p in doc["publishers"]] == [
+        ("node-1", "up", 0),
+        ("node-2", "retrying", 5),
+    ]
+    assert doc["publishers"][1]["last_error"].startswith("KafkaConnectionError")
+    assert "publishers" not in json.loads(format_status(status, "json", "x"))
+    block = format_status(status, "dict", "x", publishers=[down], now_ns=now)
+    assert "    KAFKA PUBLISHER: node-2\n             BROKER: retrying\n" in block
+    assert "            SPOOLED: 20\n" in block and "               LOST: 5" in block
+
+
+async def test_status_shows_the_publishers_of_the_nodes_that_publish(cluster: Cluster) -> None:
+    node_dir = cluster.run_root / cluster.name / "nodes" / "node-1"
+    stats = publisher_stats("node-1", broker="up", acked=77, updated_ns=time.time_ns())
+    (node_dir / STATS_FILE).write_text(stats.to_json())
+    code, out, err = await cluster.status()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-2] == "Kafka Publishers:"  # node-2 publishes nothing: not listed
+    assert lines[-1].startswith("  - node-1: broker up, published 0 batches, acked 77, ")
+    code, out, _ = await cluster.status("-o", "json")
+    assert [p["acked"] for p in json.loads(out)["publishers"]] == [77]
+    (node_dir / STATS_FILE).unlink()
+    code, out, _ = await cluster.status()
+    assert code == 0 and "Kafka" not in out
