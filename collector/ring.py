@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
+
 from flowscope.errors import UsageError
 from flowscope.flow.model import Record
 
@@ -172,6 +174,10 @@ class FlowRing:
             out.append((start, chunk))
         out.reverse()
         return out
+
+    def held_chunks(self) -> tuple[list[Chunk], np.ndarray]:
+        """The held chunks, oldest first, and their first sequence numbers (int64)."""
+        return list(self._chunks), np.fromiter(self._starts, np.int64, len(self._starts))
 
     def _newest_first(self) -> Iterator[RingEntry]:
         oldest = self._chunks[0] if self._chunks else None
