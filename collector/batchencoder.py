@@ -147,56 +147,47 @@ class BatchEncoder:
         # --- the varying fields, all rows at once --------------------------------------------
         seconds, nanos = np.divmod(times, _NS)
         seconds, nanos = seconds.astype(np.uint64), nanos.astype(np.uint64)
-        sec, sec_len = _varints(seconds, 5)  # 2**35 s: year 3058
-        nano, nano_len = _varints(nanos, 5)
-        sec_len[seconds == 0] = 0  # proto3 leaves zeros out
-        nano_len[nanos == 0] = 0
-        when_len = (sec_len + 1) * (sec_len > 0) + (nano_len + 1) * (nano_len > 0)
-        sport, dport = ev["sport"], ev["dport"]
-        has_sport, has_dport = ported & (sport > 0), ported & (dport > 0)
-        sport_len = np.where(has_sport, _PORT_LEN[sport], 0)
-        dport_len = np.where(has_dport, _PORT_LEN[dport], 0)
-        flags = ev["tcp_flags"]
-        flags_len = np.where(tcp, _FLAGS_LEN[flags], 0)
-        # TCP/UDP/SCTP's body (< 128 bytes: its length is one byte), in its Layer4, in Flow.l4
-        inner_len = (sport_len + 1) * has_sport + (dport_len + 1) * has_dport
-        inner_len += (flags_len + 2) * tcp
-        layer4_len = 2 + inner_len
-        l4_len = np.where(ported, 2 + layer4_len, 0)
+        # Timestamp.seconds (field 1) and .nanos (field 2), each left out when 0, as proto3 does
+        sec, sec_len = _field(0x08, seconds, 5)  # 2**35 s: the year 3058
+        nano, nano_len = _field(0x10, nanos, 5)
+        sec_len *= seconds > 0
+        nano_len *= nanos > 0
+        when_len = sec_len + nano_len  # < 128: its length is one byte
+        sport, dport, flags = ev["sport"], ev["dport"], ev["tcp_flags"]
+        sport_len = _SPORT_LEN[sport] * ported
+        dport_len = _DPORT_LEN[dport] * ported
+        flags_len = _FLAGS_FIELD_LEN[flags] * tcp
+        # TCP/UDP/SCTP's body (< 128 bytes) in its Layer4 oneof field, in Flow.l4
+        inner_len = sport_len + dport_len + flags_len
+        l4_head = np.empty((n, 4), np.uint8)
+        l4_head[:, 0] = 0x32  # Flow.l4
+        l4_head[:, 1] = inner_len + 2
+        l4_head[:, 2] = _L4_TAG[proto]
+        l4_head[:, 3] = inner_len
+        l4_len = (inner_len + 4) * ported
         body_len = 2 + when_len + l4_len + template_len
         body, body_varint_len = _varints(body_len.astype(np.uint64), 4)
         node = self._node(batch.node)
         response_len = len(node) + len(_RESPONSE_TIME) + 1 + when_len
         response_len += 1 + body_varint_len + body_len
-        pieces = _Pieces(n)
+        pieces = _Pieces(n, 120 + len(node))
         if self._frame:
             pieces.const(self._frame)
             pieces.add(*_varints(response_len.astype(np.uint64), 4))
         pieces.const(node + _RESPONSE_TIME)
         pieces.byte(when_len)
-        timestamp = (
-            (np.uint8(0x08), sec_len > 0),
-            (sec, sec_len),
-            (np.uint8(0x10), nano_len > 0),
-            (nano, nano_len),
-        )
-        pieces.extend(timestamp)
+        pieces.add(sec, sec_len)
+        pieces.add(nano, nano_len)
         pieces.const(b"\x0a")  # GetFlowsResponse.flow
         pieces.add(body, body_varint_len)
         pieces.const(b"\x0a")  # Flow.time
         pieces.byte(when_len)
-        pieces.extend(timestamp)
-        pieces.byte(np.uint8(0x32), ported)  # Flow.l4
-        pieces.byte(layer4_len, ported)
-        pieces.byte(_L4_TAG[proto], ported)
-        pieces.byte(inner_len, ported)
-        pieces.byte(np.uint8(0x08), has_sport)
-        pieces.add(_PORTS[sport], sport_len)
-        pieces.byte(np.uint8(0x10), has_dport)
-        pieces.add(_PORTS[dport], dport_len)
-        pieces.byte(np.uint8(0x1A), tcp)  # TCP.flags
-        pieces.byte(_FLAGS_LEN[flags], tcp)
-        pieces.add(_FLAGS_MATRIX[flags], flags_len)
+        pieces.add(sec, sec_len)
+        pieces.add(nano, nano_len)
+        pieces.add(l4_head, 4 * ported)
+        pieces.add(_SPORT_FIELD[sport], sport_len)
+        pieces.add(_DPORT_FIELD[dport], dport_len)
+        pieces.add(_FLAGS_FIELD[flags], flags_len)
 
         # --- rows: head, then template ----------------------------------------------------
         heads, head_len = pieces.packed()
@@ -265,48 +256,64 @@ def _varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     return matrix, length
 
 
-_PORTS, _PORT_LEN = _varints(np.arange(65536, dtype=np.uint64), 3)  # 16-bit numbers' varints
+def _field(tag: int, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A varint field per row: its tag (one byte) and the value's varint, padded; lengths."""
+    matrix = np.empty((len(values), width + 1), np.uint8)
+    matrix[:, 0] = tag
+    matrix[:, 1:], length = _varints(values, width)
+    return matrix, length + 1
+
+
+def _table(tag: int) -> tuple[np.ndarray, np.ndarray]:
+    """The varint field `tag` of every 16-bit number (a port), left out for 0."""
+    matrix, length = _field(tag, np.arange(65536, dtype=np.uint64), 3)
+    length[0] = 0
+    return matrix, length
+
+
+_SPORT_FIELD, _SPORT_LEN = _table(0x08)  # TCP/UDP/SCTP.source_port
+_DPORT_FIELD, _DPORT_LEN = _table(0x10)  # .destination_port
+# TCP.flags (field 3) per value of the kernel's flag byte: tag, length, TCPFlags' body
+_FLAGS_FIELD = np.zeros((256, 2 + _FLAGS_MATRIX.shape[1]), np.uint8)
+_FLAGS_FIELD[:, 0] = 0x1A
+_FLAGS_FIELD[:, 1] = _FLAGS_LEN
+_FLAGS_FIELD[:, 2:] = _FLAGS_MATRIX
+_FLAGS_FIELD_LEN = _FLAGS_LEN + 2
 
 
 class _Pieces:
-    """Every row's head as pieces of bytes, each a padded (n, width) matrix with a length per
-    row; `packed()` keeps each piece's first bytes of each row, all rows back to back, in one
-    boolean mask over the pieces side by side (numpy keeps row-major order)."""
+    """Every row's head as pieces of bytes, each a padded (n, width) block of one matrix with a
+    length per row; `packed()` keeps each piece's first bytes of each row, all rows back to
+    back, with one boolean mask over the matrix (numpy keeps row-major order)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, width: int) -> None:
         self.n = n
-        self.matrices: list[np.ndarray] = []
+        self.matrix = np.empty((n, width), np.uint8)
+        self.used = 0
+        self.widths: list[int] = []
         self.lengths: list[np.ndarray] = []
 
     def add(self, matrix: np.ndarray, lengths: np.ndarray) -> None:
-        self.matrices.append(matrix)
+        width = matrix.shape[1]
+        self.matrix[:, self.used : self.used + width] = matrix
+        self.used += width
+        self.widths.append(width)
         self.lengths.append(lengths)
 
-    def extend(self, pieces) -> None:
-        for matrix, lengths in pieces:
-            if matrix.ndim == 0:
-                self.byte(matrix, lengths)
-            else:
-                self.add(matrix, lengths)
-
     def const(self, data: bytes) -> None:
-        row = np.frombuffer(data, np.uint8)
-        self.add(np.broadcast_to(row, (self.n, len(row))), np.full(self.n, len(row)))
+        self.add(np.frombuffer(data, np.uint8)[None, :], np.full(self.n, len(data)))
 
-    def byte(self, values, where: np.ndarray | None = None) -> None:
-        """One byte per row (values < 256; a number: the same on each row), where `where`."""
-        column = np.broadcast_to(np.asarray(values, np.uint8).reshape(-1, 1), (self.n, 1))
-        self.add(column, np.ones(self.n, np.int64) if where is None else where.astype(np.int64))
+    def byte(self, values: np.ndarray) -> None:
+        """One byte per row (values < 256)."""
+        self.add(values[:, None], np.ones(self.n, np.int64))
 
     def packed(self) -> tuple[bytes, np.ndarray]:
         """The rows' bytes back to back, and each row's length."""
-        widths = [m.shape[1] for m in self.matrices]
-        matrix = np.hstack(self.matrices)
         lengths = np.stack(self.lengths, axis=1)
-        piece = np.repeat(np.arange(len(widths)), widths)
-        column = np.concatenate([np.arange(w) for w in widths])
+        piece = np.repeat(np.arange(len(self.widths)), self.widths)
+        column = np.concatenate([np.arange(w) for w in self.widths])
         mask = column < lengths[:, piece]
-        return matrix[mask].tobytes(), lengths.sum(axis=1)
+        return self.matrix[:, : self.used][mask].tobytes(), lengths.sum(axis=1)
 
 
 def merged_runs(items: list, max_rows: int) -> list:

@@ -60,7 +60,7 @@ SEND_WINDOW_BYTES = 8 * 1024 * 1024  # batches in flight to the broker at once
 SEND_WINDOW_RECORDS = 64
 RETRY_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts to reach the broker
 PACK_CHUNK = 512  # stream records packed one by one between yields to the event loop
-PACK_ROWS = 4096  # columnar rows encoded at once (then the loop yields)
+PACK_ROWS = 2048  # columnar rows encoded at once (then the loop yields)
 PACK_WAIT = 0.01  # seconds a wakeup waits for more: the collector's drains, encoded together
 SIDE_QUEUE = 1024  # lost-topic and nodes-topic records waiting for the broker
 STATS_INTERVAL = 1.0
@@ -288,9 +288,18 @@ class Publisher:
                 await asyncio.sleep(PACK_WAIT)
             work = 0
             for item in merged_runs(follower.take_runs(), PACK_ROWS):
-                self._take_all([item])
-                work += item[2] - item[1] if isinstance(item, tuple) else 1
-                if work >= PACK_ROWS or (work >= PACK_CHUNK and not isinstance(item, tuple)):
+                if not isinstance(item, tuple):
+                    self._take_all([item])
+                    work += 1
+                    if work >= PACK_CHUNK:
+                        work = 0
+                        await asyncio.sleep(0)
+                    continue
+                # a run at most PACK_ROWS at a time: the collector shares this loop, and the
+                # kernel's ring fills while it waits
+                chunk, start, stop = item
+                for at in range(start, stop, PACK_ROWS):
+                    self._take_all([(chunk, at, min(at + PACK_ROWS, stop))])
                     work = 0
                     await asyncio.sleep(0)
             if self._batch and time.monotonic() - self._batch_started >= linger:
