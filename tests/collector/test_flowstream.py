@@ -65,6 +65,20 @@ def test_ring_keeps_the_newest() -> None:
         FlowRing(0)
 
 
+def test_the_ring_numbers_its_records() -> None:
+    ring = FlowRing(4)
+    first = ring.extend(flow(i) for i in range(3))[0].chunk  # sequence numbers 0..2
+    second = ring.append(flow(3)).chunk  # 3
+    third = ring.extend([flow(4), flow(5)])[0].chunk  # 4, 5: 0 and 1 pushed out
+    assert (ring.first_seq, ring.seen) == (2, 6)
+    assert ring.chunks_from(0) == [(0, first), (3, second), (4, third)]
+    assert ring.chunks_from(4) == [(4, third)] and ring.chunks_from(6) == []
+    chunks, starts = ring.held_chunks()
+    assert chunks == [first, second, third] and starts.tolist() == [0, 3, 4]
+    ring.append(flow(6))  # the first chunk leaves
+    assert ring.first_seq == 3 and ring.chunks_from(0)[0] == (3, second)
+
+
 def taken(follower) -> list:
     """What a follower's reader would send: records, and (source, count) for its losses."""
     return [
