@@ -13,8 +13,9 @@ columnar batch whose Flow objects are built when read (collector.columns for the
 collector.kernelcolumns for the tracepoints, collector.translationcolumns for the socket LB),
 with no Python work per event: a connection flood makes a datapath event or two, four TCP state
 changes and a translation per connection. While events keep coming a ring is polled on a short
-timer (BUSY_POLL) rather than woken by the kernel at every record; an idle ring is waited on
-(epoll) so that an idle node costs nothing.
+timer (BUSY_POLL, up to 20 ms, less when a ring would fill a quarter meanwhile) rather than woken
+by the kernel at every record; an idle ring is waited on (epoll) so that an idle node costs
+nothing.
 
 The socket LB's ring is drained by the datapath's task, just before each datapath batch: a
 connect() is translated before its first packet leaves, so the translation is known (in
@@ -53,10 +54,15 @@ log = logging.getLogger(__name__)
 BATCH = 4096  # records per drain: bounds the time the event loop spends per wake-up
 ARRAY_BATCH = 16384  # the same for the datapath's columnar drains (~100 ns an event)
 POLL = 0.1  # seconds: also the longest a record waits when the kernel skips the wake-up
-# seconds between drains while events keep coming. Measured (bench.collector, 1M events/s):
-# 2 ms costs ~11% of a core, 5 ms ~7.5% (fewer, larger batches); the datapath's 4 MiB ring
-# holds ~58k events, 5 ms of 11M events/s.
-BUSY_POLL = 0.005
+# seconds between drains while events keep coming: as long as the rings allow. Each drain has a
+# fixed cost (~50-150 us a ring: numpy calls, the lost counters' syscalls) that at a few
+# thousand connections/s outweighed the events' own (bench.collector, 1M events/s: 2 ms cost
+# ~11% of a core, 5 ms ~7.5%). The interval is shortened so that at the rate of the last drain
+# a ring fills to RING_FILL at most: the datapath's 4 MiB ring (~58k events) at 1M events/s
+# -> ~14 ms.
+BUSY_POLL = 0.02
+BUSY_POLL_MIN = 0.002
+RING_FILL = 0.25
 
 
 @dataclass
@@ -75,6 +81,16 @@ class _Source(NamedTuple):
     ring: RingBuffer
     drain: Callable[[SourceStats], int]  # ring -> stream; the records it took
     lost: Callable[[], int]
+    record_size: int  # bytes of one record in the ring (its 8-byte header included)
+
+    @property
+    def capacity(self) -> int:
+        """Records the ring holds."""
+        return self.ring.size // self.record_size
+
+
+def _ring_bytes(dtype: np.dtype) -> int:
+    return (np.dtype(dtype).itemsize + 8 + 7) & ~7  # BPF ring records: header, 8-byte aligned
 
 
 class NodeCollector:
@@ -103,7 +119,13 @@ class NodeCollector:
         """Drain the datapath's ring; with `socket_lb` (its ring and lost-event counter, as
         SocketLB.ring() and SocketLB.lost_events give them) the socket LB's ring first."""
         first = [self._socket_lb_source(*socket_lb)] if socket_lb is not None else []
-        source = _Source("datapath", ring, lambda stats: self.drain_datapath(ring, stats), lost)
+        source = _Source(
+            "datapath",
+            ring,
+            lambda stats: self.drain_datapath(ring, stats),
+            lost,
+            _ring_bytes(flowevent.EVENT_DTYPE),
+        )
         await self._run(source, first)
 
     def drain_datapath(self, ring: RingBuffer, stats: SourceStats | None = None) -> int:
@@ -123,7 +145,7 @@ class NodeCollector:
         def drain(stats: SourceStats) -> int:
             return self._drain_batches("socket-lb", read, BATCH, namer.batch, stats)
 
-        return _Source("socket-lb", ring, drain, lost)
+        return _Source("socket-lb", ring, drain, lost, _ring_bytes(socklb.EVENT_DTYPE))
 
     async def run_tracepoints(self, probes: TracepointProbes) -> None:
         """Drain the tracepoint probes' ring (probes.ring, probes.reason_names and
@@ -136,23 +158,36 @@ class NodeCollector:
         def drain(stats: SourceStats) -> int:
             return self._drain_batches("tracepoints", read, BATCH, namer.batch, stats)
 
-        await self._run(_Source("tracepoints", probes.ring, drain, probes.lost_events))
+        size = _ring_bytes(kernelevent.EVENT_DTYPE)
+        await self._run(_Source("tracepoints", probes.ring, drain, probes.lost_events, size))
 
     async def _run(self, source: _Source, first: list[_Source] | None = None) -> None:
         """Wait for `source`'s ring; at each wake-up drain the `first` sources, then it. While
-        records keep coming, poll every BUSY_POLL instead of waiting for the kernel's wake-up."""
+        records keep coming, poll on a timer (BUSY_POLL, shorter when the last drains say a
+        ring would fill faster) instead of waiting for the kernel's wake-up."""
+        loop = asyncio.get_running_loop()
         sources = [*(first or ()), source]
         for s in sources:
             self.stats.sources.setdefault(s.name, SourceStats(lost=s.lost()))
         busy = False
+        interval = BUSY_POLL
+        last = loop.time()
         while True:
             if busy:
-                await asyncio.sleep(BUSY_POLL)
+                await asyncio.sleep(interval)
             else:
                 await source.ring.wait_readable(POLL)
+            now = loop.time()
+            elapsed, last = now - last, now
             busy = False
+            interval = BUSY_POLL
             for s in sources:
-                busy = self._drain(s) > 0 or busy
+                taken = self._drain(s)
+                if taken:
+                    busy = True
+                    # at this rate, the ring would be RING_FILL full after `interval`
+                    interval = min(interval, RING_FILL * s.capacity * elapsed / taken)
+            interval = max(interval, BUSY_POLL_MIN)
             await asyncio.sleep(0)
 
     def _drain_batches(

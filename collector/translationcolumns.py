@@ -29,6 +29,7 @@ from probes.socklb import EVENT_DTYPE
 _U64 = np.uint64
 _ROW_FIELDS = ["ktime_ns", "sock_cookie", "cgroup_id"]
 _ROW_BLOCK = 256
+_FEW = 8  # distinct keys in a batch found one by one; past that, by sorting
 
 
 class TranslationBatch:
@@ -126,11 +127,7 @@ class TranslationNamer:
         ports |= events["backend_port"].astype(_U64) << _U64(16)
         ports |= events["proto"]
         keys = np.stack((events["cgroup_id"].astype(_U64), addresses, ports), axis=1)
-        if n and (keys == keys[0]).all():  # the usual batch: one client, one service
-            distinct, numbers = keys[:1], np.zeros(n, np.intp)
-        else:
-            distinct, numbers = np.unique(keys, axis=0, return_inverse=True)
-            numbers = numbers.reshape(n)
+        distinct, numbers = _distinct_rows(keys)
         names = [self._names(*key) for key in distinct.tolist()]
         if self.links is not None and n:
             self._remember(events, names, numbers)
@@ -143,8 +140,9 @@ class TranslationNamer:
     ) -> None:
         assert self.links is not None
         n = len(keys)
-        if len(names) == 1:
-            distinct, last = np.zeros(1, np.intp), np.array([n - 1])
+        if len(names) <= _FEW:
+            last = np.array([n - 1 - int(np.argmax(keys[::-1] == k)) for k in range(len(names))])
+            distinct = np.arange(len(names))
         else:
             distinct, from_end = np.unique(keys[::-1], return_index=True)
             last = n - 1 - from_end  # each key's last event
@@ -154,6 +152,26 @@ class TranslationNamer:
             found = names[key]
             if found.link_key is not None:
                 self.links.remember(found.link_key, found.link, time + self.wall_offset)
+
+
+def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of a 2-D key array and each row's number among them. A batch holds a
+    few distinct keys (clients x services x backends): compared a key at a time while they are
+    few (np.unique of rows sorts, ~50 us even on a small batch)."""
+    n = len(keys)
+    numbers = np.full(n, -1, np.intp)
+    distinct: list[np.ndarray] = []
+    left = 0  # the first row not numbered yet
+    while left < n and len(distinct) < _FEW:
+        row = keys[left]
+        numbers[(keys == row).all(axis=1)] = len(distinct)
+        distinct.append(row)
+        unnumbered = np.flatnonzero(numbers < 0)
+        left = int(unnumbered[0]) if len(unnumbered) else n
+    if left < n:  # many: sort them all
+        rows, numbers = np.unique(keys, axis=0, return_inverse=True)
+        return rows, numbers.reshape(n)
+    return np.array(distinct, _U64).reshape(len(distinct), keys.shape[1]), numbers
 
 
 assert EVENT_DTYPE.names is not None and set(_ROW_FIELDS) <= set(EVENT_DTYPE.names)

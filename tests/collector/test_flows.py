@@ -217,6 +217,8 @@ def test_the_enricher_forgets_names_when_the_directory_changes() -> None:
 class FakeRing:
     """A ring buffer that hands out the given batches, then nothing."""
 
+    size = 1 << 20  # bytes of its data area, as RingBuffer.size
+
     def __init__(self, batches: list[list[bytes]]) -> None:
         self.batches = batches
 
