@@ -264,10 +264,27 @@ spec:
 
 def test_kernel_events_show_tcp_states(lab: Lab) -> None:
     assert lab.probe("y/a", "x/a:80")["connected"]
+
+    def ends(f: dict) -> tuple[str, str]:
+        src, dst = f.get("source", {}), f.get("destination", {})
+        return (
+            f"{src.get('namespace')}/{src.get('pod_name')}",
+            f"{dst.get('namespace')}/{dst.get('pod_name')}",
+        )
+
+    def opened() -> set[tuple[str, str]]:
+        return {
+            ends(f)
+            for f in flows(lab)
+            if f.get("Type") == "SOCK" and f.get("Summary", "").endswith("-> ESTABLISHED")
+        }
+
+    # both ends of the connection, each named by its node's collector (the client's socket
+    # in y/a, the server's accepted one in x/a)
     until(
-        lambda: any(f.get("Type") == "SOCK" for f in flows(lab)),
+        lambda: {("y/a", "x/a"), ("x/a", "y/a")} <= opened(),
         10,
-        "a TCP state change flow from the tracepoint probes",
+        "the TCP state changes of both ends, named by their pods",
     )
 
 
