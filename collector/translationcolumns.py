@@ -4,9 +4,9 @@ reads them (as collector.columns does for the datapath's events).
 One connect() makes one event; a connection flood makes thousands a second that share a few
 (client cgroup, frontend, backend) keys. Per batch:
 - each distinct key of the batch is named once (client pod by cgroup, the frontend's Service, both
-  endpoints: socklb_flows.translation_names). Names are found again at every batch, never kept
-  across batches: a cgroup may become a pod's and a Service may change without a version to
-  follow;
+  endpoints: socklb_flows.translation_names), or taken from the names of earlier batches: those
+  are kept while the agent's directory and the Services index stay as they were, and only when
+  the cgroup named a pod (an unknown cgroup may become a new pod's);
 - each distinct key's link is remembered in the RecentTranslations table at once, in the order
   of the key's last event and at that event's time: the table ends as it would after one
   remember per event, before the datapath's next batch is named (collector.node drains this ring
@@ -30,6 +30,7 @@ _U64 = np.uint64
 _ROW_FIELDS = ["ktime_ns", "sock_cookie", "cgroup_id"]
 _ROW_BLOCK = 256
 _FEW = 8  # distinct keys in a batch found one by one; past that, by sorting
+_MAX_KNOWN = 4096  # names kept across batches; past that they start over
 
 
 class TranslationBatch:
@@ -105,8 +106,22 @@ class TranslationNamer:
         self.node = node
         self.wall_offset = wall_offset
         self.links = links
+        self._known: dict[tuple[int, int, int], TranslationNames] = {}
+        self._known_version: object = object()
+        self._known_owners: object = None
 
     def _names(self, cgroup: int, addresses: int, ports: int) -> TranslationNames:
+        key = (cgroup, addresses, ports)
+        found = self._known.get(key)
+        if found is None:
+            found = self._find(*key)
+            if found.client is not None:
+                if len(self._known) >= _MAX_KNOWN:
+                    self._known.clear()
+                self._known[key] = found
+        return found
+
+    def _find(self, cgroup: int, addresses: int, ports: int) -> TranslationNames:
         return translation_names(
             self.enricher,
             cgroup,
@@ -128,6 +143,14 @@ class TranslationNamer:
         ports |= events["proto"]
         keys = np.stack((events["cgroup_id"].astype(_U64), addresses, ports), axis=1)
         distinct, numbers = _distinct_rows(keys)
+        services = self.enricher.services
+        # what the names come from: the directory (its version), the Services (their owner
+        # table, a new object when they change)
+        version = self.enricher.directory.version
+        owners = services.owners() if services else None
+        if version != self._known_version or owners is not self._known_owners:
+            self._known.clear()
+            self._known_version, self._known_owners = version, owners
         names = [self._names(*key) for key in distinct.tolist()]
         if self.links is not None and n:
             self._remember(events, names, numbers)

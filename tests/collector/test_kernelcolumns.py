@@ -307,3 +307,28 @@ async def test_translation_rings_read_whole_and_version_1_records_too(tmp_path: 
     assert [f.source.pod_name for f in flows] == ["a"] * 3
     assert [f.ip.source for f in flows] == [CLIENT] * 3
     assert len(collector.translations) == 1
+
+
+def test_translation_names_last_across_batches_while_their_sources_stay(tmp_path: Path) -> None:
+    pod = tmp_path / "pod-a"
+    pod.mkdir()
+    enr = enricher(tmp_path)
+    calls: list[int] = []
+    pod_ip = enr.pod_ip
+
+    def counted(cgroup: int) -> str | None:
+        calls.append(cgroup)
+        return pod_ip(cgroup)
+
+    enr.pod_ip = counted  # type: ignore[method-assign]
+    cg, stranger = cgroup_id(pod), cgroup_id(tmp_path)
+    namer = TranslationNamer(enr, "n", 0, RecentTranslations())
+    batch = [lb_record(cg, i, i) for i in range(50)] + [lb_record(stranger, 60, 60)]
+    for _ in range(3):
+        flows = namer.batch(socklb.to_array(batch))
+    assert calls.count(cg) == 1  # named once for 3 batches
+    assert calls.count(stranger) == 3  # no pod's (yet): asked again at every batch
+    assert flows.record(0).source.pod_name == "a" and flows.record(50).source.pod_name == ""
+    enr.directory.version = 7  # the agent's directory changed: names found again
+    namer.batch(socklb.to_array(batch))
+    assert calls.count(cg) == 2
