@@ -13,7 +13,7 @@ columnar batch whose Flow objects are built when read (collector.columns for the
 collector.kernelcolumns for the tracepoints, collector.translationcolumns for the socket LB),
 with no Python work per event: a connection flood makes a datapath event or two, four TCP state
 changes and a translation per connection. While events keep coming a ring is polled on a short
-timer (BUSY_POLL, up to 20 ms, less when a ring would fill a quarter meanwhile) rather than woken
+timer (5 ms, doubling up to 20 ms while a ring would not fill a tenth meanwhile) rather than woken
 by the kernel at every record; an idle ring is waited on (epoll) so that an idle node costs
 nothing.
 
@@ -59,11 +59,12 @@ POLL = 0.1  # seconds: also the longest a record waits when the kernel skips the
 # fixed cost (~50-150 us a ring: numpy calls, the lost counters' syscalls) that at a few
 # thousand connections/s outweighed the events' own (bench.collector, 1M events/s: 2 ms cost
 # ~11% of a core, 5 ms ~7.5%). The interval is shortened so that at the rate of the last drain
-# a ring fills to RING_FILL at most: the datapath's 4 MiB ring (~58k events) at 1M events/s
-# -> ~14 ms.
+# a ring fills to RING_FILL at most, leaving the rest for a loop held up by a loaded machine:
+# the datapath's 4 MiB ring (~58k events) at 1M events/s -> ~6 ms.
 BUSY_POLL = 0.02
+BUSY_POLL_FIRST = 0.005  # after an idle wait; then doubling up to BUSY_POLL
 BUSY_POLL_MIN = 0.002
-RING_FILL = 0.25
+RING_FILL = 0.1
 # seconds between reads of a ring's lost-event counter (a per-CPU map lookup, ~20-40 us: it was
 # a tenth of a busy collector's time when read at every drain); a loss shows in the stream at
 # most this late
@@ -176,7 +177,7 @@ class NodeCollector:
         for s in sources:
             self.stats.sources.setdefault(s.name, SourceStats(lost=s.lost()))
         busy = False
-        interval = BUSY_POLL
+        interval = BUSY_POLL_FIRST
         last = loop.time()
         while True:
             if busy:
@@ -185,8 +186,10 @@ class NodeCollector:
                 await source.ring.wait_readable(POLL)
             now = loop.time()
             elapsed, last = now - last, now
+            # from idle, the first interval is short: the rate is not known yet
+            longest = min(2 * interval, BUSY_POLL) if busy else BUSY_POLL_FIRST
             busy = False
-            interval = BUSY_POLL
+            interval = longest
             for s in sources:
                 taken = self._drain(s)
                 if taken:
