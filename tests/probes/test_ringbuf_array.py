@@ -139,12 +139,16 @@ def test_a_reader_draining_while_the_kernel_writes_never_makes_it_refuse(compile
     ring = RingBuffer(inst.map_fd("events"))
     try:
         runs, per_run = 1000, 1000
-        producer = threading.Thread(
-            target=lambda: [
+
+        def produce() -> None:
+            for _ in range(runs):
+                # the ring is kept under half full whatever the machine's load (a reader
+                # descheduled for long would otherwise fill it): a refusal is then the bug
+                while ring.pending_bytes() > ring.size // 2:
+                    time.sleep(0.001)
                 libbpf.prog_test_run(inst.prog_fd("emit"), b"\0" * 64, repeat=per_run)
-                for _ in range(runs)
-            ]
-        )
+
+        producer = threading.Thread(target=produce)
         producer.start()
         taken = 0
         while producer.is_alive() or ring.pending_bytes():
