@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -86,28 +85,9 @@ def flow_pool(node: str) -> list[Flow]:
 
 @contextlib.asynccontextmanager
 async def broker(workdir: Path):
-    port = kafka.free_port()
-    with open(workdir / "tansu.log", "wb") as log:
-        proc = subprocess.Popen(
-            kafka.broker_command(kafka.tansu_binary(), port),
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    info = kafka.KafkaInfo(f"127.0.0.1:{port}", 3)
-    try:
-        await kafka.wait_ready(info.bootstrap, 15)
-        await kafka.ensure_topics(info)
-        yield info, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """(KafkaInfo, the broker's Popen) of a broker of the benchmark's own."""
+    async with kafka.running_broker(workdir) as running:
+        yield running.info, running.proc
 
 
 async def settle(pub: Publisher, timeout: float) -> float:

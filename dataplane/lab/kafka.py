@@ -21,9 +21,13 @@ away with `lab down`, like etcd's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -239,3 +243,51 @@ def _log_tail(log: Path, lines: int = 3) -> str:
     except FileNotFoundError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"
+
+
+@dataclass
+class Broker:
+    """A broker of a test or benchmark's own (running_broker); pause() stands for an outage
+    that keeps the broker's state (Tansu keeps its data in memory only)."""
+
+    info: KafkaInfo
+    proc: subprocess.Popen
+
+    @property
+    def bootstrap(self) -> str:
+        return self.info.bootstrap
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def running_broker(
+    workdir: Path, partitions: int = DEFAULT_PARTITIONS
+) -> AsyncIterator[Broker]:
+    """A Tansu broker on a free loopback port with the flowscope topics, for a test or a
+    benchmark (not a lab: no pid file); ended by its PID on exit, continued first in case it
+    was left paused."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "tansu.log", "wb") as log:
+        proc = subprocess.Popen(
+            broker_command(tansu_binary(), port), cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+        )
+    broker = Broker(KafkaInfo(f"127.0.0.1:{port}", partitions), proc)
+    try:
+        await wait_ready(broker.bootstrap, 15)
+        await ensure_topics(broker.info)
+        yield broker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

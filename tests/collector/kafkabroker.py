@@ -1,63 +1,15 @@
-"""A real Tansu broker for the Kafka tests: started as dataplane/lab/kafka.py starts the lab's,
-on a free loopback port, topics created up front, ended by its PID (continued first, in case a
-test left it stopped)."""
+"""The Kafka tests' helpers: a real Tansu broker of the test's own (dataplane.lab.kafka's
+running_broker: a free loopback port, topics created up front, ended by its PID) and reading a
+topic back."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from dataplane.lab import kafka
-from tests.conftest import free_port
 
-
-@dataclass
-class Broker:
-    info: kafka.KafkaInfo
-    proc: subprocess.Popen
-
-    @property
-    def bootstrap(self) -> str:
-        return self.info.bootstrap
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-@contextlib.asynccontextmanager
-async def running_broker(workdir: Path, partitions: int = 3) -> AsyncIterator[Broker]:
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / "tansu.log", "wb") as log:
-        proc = subprocess.Popen(
-            kafka.broker_command(kafka.tansu_binary(), port),
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    broker = Broker(kafka.KafkaInfo(f"127.0.0.1:{port}", partitions), proc)
-    try:
-        await kafka.wait_ready(broker.bootstrap, 15)
-        await kafka.ensure_topics(broker.info)
-        yield broker
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+Broker = kafka.Broker
+running_broker = kafka.running_broker
 
 
 async def consume_all(
