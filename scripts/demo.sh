@@ -50,6 +50,22 @@ mapfile -t node_ips < <("${FS[@]}" get nodes -o json | .venv/bin/python -c \
 for ip in "${node_ips[@]}"; do
   "${FS[@]}" lab probe "${be[0]}" "$ip:30080" || true
 done
+step "a Deployment (3 replicas) behind a LoadBalancer Service: an address from the lab's pool"
+"${FS[@]}" apply -f examples/deployments/
+for _ in $(seq 1 150); do
+  ready=$("${FS[@]}" get deployment web -n shop -o json | .venv/bin/python -c \
+    'import json,sys; print(json.load(sys.stdin).get("status",{}).get("readyReplicas",0))')
+  lb=$("${FS[@]}" get service web -n shop -o json | .venv/bin/python -c \
+    'import json,sys; print(*[i["ip"] for i in json.load(sys.stdin).get("status",{}).get("loadBalancer",{}).get("ingress",[])][:1])')
+  [ "$ready" = 3 ] && [ -n "$lb" ] && break
+  sleep 0.2
+done
+"${FS[@]}" get deployments,replicasets,services -n shop -o wide
+echo "from the outside host, to the LoadBalancer address $lb (spread over the nodes by the fabric):"
+for _ in 1 2 3 4; do
+  "${FS[@]}" lab probe world "$lb:80" || true
+done
+
 step "each translation as a flow: client -> service -> backend"
 "${FS[@]}" observe --last 4 --type trace-sock --namespace backend
 
@@ -67,6 +83,14 @@ KAFKA=$(.venv/bin/python -c 'import sys; from flowscope import clusterinfo; from
 print(kafka.of(clusterinfo.load(sys.argv[1])).bootstrap)' "${DEMO_CLUSTER:-demo}")
 echo "broker: $KAFKA (topics flowscope.flows, flowscope.lost, flowscope.nodes)"
 "${FS[@]}" observe --kafka "$KAFKA" --last 8 --namespace backend --print-node-name
+
+step "the pipeline's health: flows held, seen and lost per node, the relay, the Kafka publishers"
+"${FS[@]}" status
+
+step "live: observe --follow for 4 s while a frontend pod keeps calling the web service"
+( for _ in $(seq 1 12); do "${FS[@]}" lab probe "${fe[0]}" web.frontend:80 >/dev/null || true; sleep 0.2; done ) &
+timeout 4 "${FS[@]}" observe --follow --namespace frontend --type trace-sock || true
+wait
 
 step "the outside world (overlay: masqueraded to the node's address)"
 "${FS[@]}" lab exec "${fe[0]}" -- python3 -c \
