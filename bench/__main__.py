@@ -2,12 +2,20 @@
 
 import importlib
 import pkgutil
+import signal
 import sys
 
 import bench
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # SIGTERM (e.g. from `timeout`) ends Python without running finally blocks: the benchmarks'
+    # clean-up (lab down, brokers and acceptors ended) must run, so stop as Ctrl-C would
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     only = sys.argv[1:]
     for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
         if only and info.name not in only:
