@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from collector.columnbatch import ColumnBatch
 from collector.datapath_flows import named_flow, policy_direction
 from collector.enrich import Enricher
 from collector.translations import Link, RecentTranslations
@@ -59,8 +60,7 @@ _IDENTITIES = EVENT_DTYPE.fields["src_identity"][1] // 8
 _ADDRESSES = EVENT_DTYPE.fields["saddr"][1] // 8
 assert EVENT_DTYPE.fields["dst_identity"][1] == _IDENTITIES * 8 + 4
 assert EVENT_DTYPE.fields["daddr"][1] == _ADDRESSES * 8 + 4
-_NO_NAME = -1
-_ROW_BLOCK = 256  # in an index column: the event has no such name (no policy, no service)
+_NO_NAME = -1  # in an index column: the event has no such name (no policy, no service)
 
 _address = functools.lru_cache(maxsize=65536)(lambda value: str(ip_of(value)))
 
@@ -151,24 +151,11 @@ def _mix(words: tuple[np.ndarray, ...] | list[np.ndarray], seed: np.uint64) -> n
     return mixed  # the top bits depend on every bit of every word
 
 
-class FlowBatch:
+class FlowBatch(ColumnBatch):
     """One drain of the datapath's ring: the events and the names found for them, as columns.
     A chunk of the flow ring (collector.ring): `record(i)` builds entry i's Flow on demand."""
 
-    __slots__ = (
-        "_lines",
-        "_records",
-        "_rows",
-        "allowed",
-        "allowed_names",
-        "endpoints",
-        "ends",
-        "events",
-        "link_names",
-        "links",
-        "node",
-        "wall_offset",
-    )
+    __slots__ = ("allowed", "allowed_names", "endpoints", "ends", "link_names", "links")
 
     def __init__(
         self,
@@ -183,65 +170,30 @@ class FlowBatch:
         link_names: list[Link],
         links: np.ndarray,
     ) -> None:
-        self.events = events  # EVENT_DTYPE, owned by the batch
-        self.node = node
-        self.wall_offset = wall_offset
+        super().__init__(events, node, wall_offset)  # EVENT_DTYPE
         self.endpoints = endpoints  # (source, destination) pairs, indexed by ends
         self.ends = ends
         self.allowed_names = allowed_names  # allowed indexes these, or is _NO_NAME
         self.allowed = allowed
         self.link_names = link_names  # links indexes these, or is _NO_NAME
         self.links = links
-        self._records: list[Flow | None] | None = None
-        self._rows: dict[int, list[tuple]] | None = None  # blocks of events as Python values
-        self._lines: list[bytes | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    @property
-    def time_ns(self) -> np.ndarray:
-        """Each event's time, nanoseconds since the epoch."""
-        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
 
     def event(self, index: int) -> FlowEvent:
-        # rows come out of numpy a block at a time: one tolist() per block costs far less than
-        # one per row, and readers mostly walk the ring in order
-        block, at = divmod(index, _ROW_BLOCK)
-        if self._rows is None:
-            self._rows = {}
-        rows = self._rows.get(block)
-        if rows is None:
-            start = block * _ROW_BLOCK
-            rows = self._rows[block] = self.events[start : start + _ROW_BLOCK].tolist()
-        return FlowEvent.from_values(dict(zip(EVENT_DTYPE.names, rows[at], strict=True)))
+        return FlowEvent.from_values(dict(zip(EVENT_DTYPE.names, self._row(index), strict=True)))
 
-    def record(self, index: int) -> Flow:
-        if self._records is None:
-            self._records = [None] * len(self.events)
-        flow = self._records[index]
-        if flow is None:
-            allowed = int(self.allowed[index])
-            link = int(self.links[index])
-            source, destination = self.endpoints[self.ends[index]]
-            flow = self._records[index] = named_flow(
-                self.event(index),
-                source,
-                destination,
-                self.allowed_names[allowed] if allowed != _NO_NAME else (),
-                self.link_names[link] if link != _NO_NAME else None,
-                self.node,
-                self.wall_offset,
-            )
-        return flow
-
-    def line(self, index: int) -> bytes:
-        if self._lines is None:
-            self._lines = [None] * len(self.events)
-        line = self._lines[index]
-        if line is None:
-            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
-        return line
+    def _build(self, index: int) -> Flow:
+        allowed = int(self.allowed[index])
+        link = int(self.links[index])
+        source, destination = self.endpoints[self.ends[index]]
+        return named_flow(
+            self.event(index),
+            source,
+            destination,
+            self.allowed_names[allowed] if allowed != _NO_NAME else (),
+            self.link_names[link] if link != _NO_NAME else None,
+            self.node,
+            self.wall_offset,
+        )
 
 
 class DatapathNamer:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from collector.columnbatch import ColumnBatch
 from collector.columns import KeyIndex
 from collector.enrich import Enricher
 from collector.kernelflows import BENIGN_DROP_REASONS, TC_DROP_REASONS, build_kernel_flow
@@ -33,7 +34,7 @@ _SHIFT32 = _U64(32)
 _DROP = np.uint8(Kind.DROP)
 _FIRST_KIND, _LAST_KIND = np.uint8(min(Kind)), np.uint8(max(Kind))
 _BENIGN, _TC = np.uint8(1), np.uint8(2)
-# the values a flow needs, in this order, read out of numpy a block of rows at a time
+# the values a flow needs, in this order (KernelBatch's rows)
 ROW_FIELDS = (
     "kind",
     "ktime_ns",
@@ -45,7 +46,6 @@ ROW_FIELDS = (
     "old_state",
     "new_state",
 )
-_ROW_BLOCK = 256
 
 
 class AddressName(NamedTuple):
@@ -56,22 +56,13 @@ class AddressName(NamedTuple):
     endpoint: Endpoint
 
 
-class KernelBatch:
+class KernelBatch(ColumnBatch):
     """One drain of the tracepoints' ring, reportable events only: the records and the names of
     both their addresses, as columns. A chunk of the flow ring (collector.ring)."""
 
-    __slots__ = (
-        "_lines",
-        "_records",
-        "_rows",
-        "addresses",
-        "destinations",
-        "events",
-        "node",
-        "reason_names",
-        "sources",
-        "wall_offset",
-    )
+    __slots__ = ("addresses", "destinations", "reason_names", "sources")
+
+    ROW_FIELDS = ROW_FIELDS
 
     def __init__(
         self,
@@ -84,43 +75,11 @@ class KernelBatch:
         sources: np.ndarray,
         destinations: np.ndarray,
     ) -> None:
-        self.events = events  # EVENT_DTYPE, owned by the batch
-        self.node = node
-        self.wall_offset = wall_offset
+        super().__init__(events, node, wall_offset)  # EVENT_DTYPE
         self.reason_names = reason_names
         self.addresses = addresses  # sources and destinations index this (None: no address)
         self.sources = sources
         self.destinations = destinations
-        self._records: list[Flow | None] | None = None
-        self._rows: dict[int, list[tuple]] | None = None
-        self._lines: list[bytes | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    @property
-    def time_ns(self) -> np.ndarray:
-        """Each event's time, nanoseconds since the epoch."""
-        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
-
-    def _row(self, index: int) -> tuple:
-        block, at = divmod(index, _ROW_BLOCK)
-        if self._rows is None:
-            self._rows = {}
-        rows = self._rows.get(block)
-        if rows is None:
-            start = block * _ROW_BLOCK
-            part = self.events[start : start + _ROW_BLOCK]
-            rows = self._rows[block] = part[list(ROW_FIELDS)].tolist()
-        return rows[at]
-
-    def record(self, index: int) -> Flow:
-        if self._records is None:
-            self._records = [None] * len(self.events)
-        flow = self._records[index]
-        if flow is None:
-            flow = self._records[index] = self._build(index)
-        return flow
 
     def _build(self, index: int) -> Flow:
         kind, ktime, protocol, sport, dport, ifindex, reason, old, new = self._row(index)
@@ -145,14 +104,6 @@ class KernelBatch:
             None if kind == Kind.DROP else state_name(new),
             self.node,
         )
-
-    def line(self, index: int) -> bytes:
-        if self._lines is None:
-            self._lines = [None] * len(self.events)
-        line = self._lines[index]
-        if line is None:
-            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
-        return line
 
 
 class KernelNamer:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -55,37 +55,6 @@ class RecordChunk:
         found = self._lines[index]
         if found is None:
             found = self._lines[index] = self.records[index].to_json().encode() + b"\n"
-        return found
-
-
-class DeferredChunk:
-    """Records built on first demand from what was collected for them: `build(item)`, once.
-    For the low-volume sources, whose records would mostly never be read: the names a record
-    needs are taken at collection, into its item, so that building late changes nothing."""
-
-    __slots__ = ("_build", "_lines", "_records", "items")
-
-    def __init__(self, items: list, build: Callable[[Any], Record]) -> None:
-        self.items = items
-        self._build = build
-        self._records: list[Record | None] = [None] * len(items)
-        self._lines: list[bytes | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def record(self, index: int) -> Record:
-        found = self._records[index]
-        if found is None:
-            found = self._records[index] = self._build(self.items[index])
-        return found
-
-    def line(self, index: int) -> bytes:
-        if self._lines is None:
-            self._lines = [None] * len(self.items)
-        found = self._lines[index]
-        if found is None:
-            found = self._lines[index] = self.record(index).to_json().encode() + b"\n"
         return found
 
 

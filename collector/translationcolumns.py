@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from collector.columnbatch import ColumnBatch
 from collector.enrich import Enricher
 from collector.socklb_flows import TranslationNames, named_translation_flow, translation_names
 from collector.translations import RecentTranslations
@@ -27,17 +28,17 @@ from flowscope.flow.model import Flow
 from probes.socklb import EVENT_DTYPE
 
 _U64 = np.uint64
-_ROW_FIELDS = ["ktime_ns", "sock_cookie", "cgroup_id"]
-_ROW_BLOCK = 256
 _FEW = 8  # distinct keys in a batch found one by one; past that, by sorting
 _MAX_KNOWN = 4096  # names kept across batches; past that they start over
 
 
-class TranslationBatch:
+class TranslationBatch(ColumnBatch):
     """One drain of the socket LB's ring: the records and the names of their keys, as columns.
     A chunk of the flow ring (collector.ring)."""
 
-    __slots__ = ("_lines", "_records", "_rows", "events", "keys", "names", "node", "wall_offset")
+    __slots__ = ("keys", "names")
+
+    ROW_FIELDS = ("ktime_ns", "sock_cookie", "cgroup_id")
 
     def __init__(
         self,
@@ -48,48 +49,15 @@ class TranslationBatch:
         names: list[TranslationNames],
         keys: np.ndarray,
     ) -> None:
-        self.events = events  # probes.socklb.EVENT_DTYPE, owned by the batch
-        self.node = node
-        self.wall_offset = wall_offset
+        super().__init__(events, node, wall_offset)  # probes.socklb.EVENT_DTYPE
         self.names = names  # keys indexes this
         self.keys = keys
-        self._records: list[Flow | None] | None = None
-        self._rows: dict[int, list[tuple]] | None = None
-        self._lines: list[bytes | None] | None = None
 
-    def __len__(self) -> int:
-        return len(self.events)
-
-    @property
-    def time_ns(self) -> np.ndarray:
-        """Each event's time, nanoseconds since the epoch."""
-        return self.events["ktime_ns"].astype(np.int64) + self.wall_offset
-
-    def record(self, index: int) -> Flow:
-        if self._records is None:
-            self._records = [None] * len(self.events)
-        flow = self._records[index]
-        if flow is None:
-            block, at = divmod(index, _ROW_BLOCK)
-            if self._rows is None:
-                self._rows = {}
-            rows = self._rows.get(block)
-            if rows is None:
-                part = self.events[block * _ROW_BLOCK : (block + 1) * _ROW_BLOCK]
-                rows = self._rows[block] = part[_ROW_FIELDS].tolist()
-            ktime, cookie, cgroup = rows[at]
-            flow = self._records[index] = named_translation_flow(
-                self.names[self.keys[index]], ktime + self.wall_offset, cookie, cgroup, self.node
-            )
-        return flow
-
-    def line(self, index: int) -> bytes:
-        if self._lines is None:
-            self._lines = [None] * len(self.events)
-        line = self._lines[index]
-        if line is None:
-            line = self._lines[index] = self.record(index).to_json().encode() + b"\n"
-        return line
+    def _build(self, index: int) -> Flow:
+        ktime, cookie, cgroup = self._row(index)
+        return named_translation_flow(
+            self.names[self.keys[index]], ktime + self.wall_offset, cookie, cgroup, self.node
+        )
 
 
 class TranslationNamer:
@@ -197,4 +165,4 @@ def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(distinct, _U64).reshape(len(distinct), keys.shape[1]), numbers
 
 
-assert EVENT_DTYPE.names is not None and set(_ROW_FIELDS) <= set(EVENT_DTYPE.names)
+assert EVENT_DTYPE.names is not None and set(TranslationBatch.ROW_FIELDS) <= set(EVENT_DTYPE.names)
