@@ -220,7 +220,7 @@ class NodeCollector:
                 self.stream.publish_batch(batch(events))
             except Exception:  # a record we cannot name must not stop the collector
                 log.exception("could not decode %d %s records", count, name)
-                self.stream.publish_lost(LostEventSource.OBSERVER_EVENTS_QUEUE, count)
+                self.stream.publish_lost(LostEventSource.COLLECTOR_DECODE, count)
             if count < limit:
                 break
         if stats is not None:

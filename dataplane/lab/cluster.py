@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from collector.ring import CAPACITY_KEY
 from dataplane.dns.resolvconf import DNS_SERVICE, dns_service_ip
 from dataplane.lab import daemons, fabric, netns, topology
 from dataplane.lab import kafka as lab_kafka
@@ -50,6 +51,7 @@ class UpOptions:
     timeout: float = 60.0
     policy_audit_mode: bool = False  # cluster-wide: would-be policy drops pass as AUDIT
     policy_map_entries: int | None = None  # per endpoint; None: the datapath's default
+    flow_ring_capacity: int | None = None  # flows each node keeps; None: the collector's default
     kafka: bool = False  # also run a Kafka-protocol broker (Tansu) with the flowscope topics
     kafka_partitions: int = lab_kafka.DEFAULT_PARTITIONS
 
@@ -254,6 +256,7 @@ def _start_store(
             "lb_pool": str(plan.lb_pool),
             "policy_audit_mode": opts.policy_audit_mode,
             "policy_map_entries": opts.policy_map_entries,
+            **({CAPACITY_KEY: opts.flow_ring_capacity} if opts.flow_ring_capacity else {}),
         },
     )
 

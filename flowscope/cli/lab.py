@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the most policy entries one endpoint may have (default 65536)",
     )
     p.add_argument(
+        "--flow-ring-capacity",
+        type=_positive,
+        metavar="N",
+        help="flows each node's collector keeps for observe (default 65535, as Hubble's ring)",
+    )
+    p.add_argument(
         "--kafka",
         action="store_true",
         help="also run a Kafka-protocol broker (Tansu) on loopback with the flowscope topics",
@@ -132,6 +138,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         policy_audit_mode=args.policy_audit_mode,
         policy_map_entries=args.policy_map_entries,
+        flow_ring_capacity=args.flow_ring_capacity,
         kafka=args.kafka,
         kafka_partitions=args.kafka_partitions,
     )

@@ -223,7 +223,7 @@ async def test_the_collector_counts_undecodable_batches_as_lost_by_the_collector
     collector.drain_datapath(ring)
     records = [e.record for e in stream.ring.last()]
     assert [type(r) for r in records] == [Flow, Flow, Flow, LostEvent]
-    assert records[3].source == LostEventSource.OBSERVER_EVENTS_QUEUE
+    assert records[3].source == LostEventSource.COLLECTOR_DECODE
     assert records[3].num_events_lost == 1
 
 

@@ -78,12 +78,23 @@ def test_vnet_with_a_separate_pod_subnet() -> None:
     assert_no_trace(lab.name)
 
 
-def test_cluster_wide_policy_audit_mode() -> None:
+def test_cluster_wide_policy_audit_mode_and_a_smaller_flow_ring() -> None:
     """`lab up --policy-audit-mode`: a deny-all policy denies nothing, and each connection it
-    would have dropped shows as an AUDIT flow."""
+    would have dropped shows as an AUDIT flow. `--flow-ring-capacity`: each node keeps that many."""
     lab = Lab(unique("aud"))
     try:
-        lab.run("lab", "up", "--nodes", "2", "--policy-audit-mode", timeout=180)
+        lab.run(
+            "lab",
+            "up",
+            "--nodes",
+            "2",
+            "--policy-audit-mode",
+            "--flow-ring-capacity",
+            "1000",
+            timeout=180,
+        )
+        status = json.loads(lab.run("status", "-o", "json").stdout)
+        assert int(status["max_flows"]) == 2000, status  # uint64: a string in protojson
         lab.apply(two_pods())
         lab.wait_running(2)
         lab.apply(
