@@ -33,16 +33,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from bench.poddirectory import Pod, PodDirectory
 from collector import node
 from collector.datapath_flows import datapath_flow
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
 from collector.node import NodeCollector
-from dataplane.agent.ipcache_records import IPRecord
-from dataplane.identity.model import Identity, pod_labels
 from dataplane.maps import flowevent
 from dataplane.maps.flowevent import FlowEventStruct
-from dataplane.policy.compiler import RuleRef
 from probes import libbpf
 from probes.bpfloader import CompiledObject
 from probes.ringbuf import RingBuffer
@@ -59,29 +57,12 @@ TARGET_CPU = 10.0  # % of a core
 BPFFS = Path("/sys/fs/bpf")
 
 
-class PodDirectory:
-    """The agent's view of a cluster of PODS + 1 pods (collector.enrich.Directory)."""
-
-    version = 0
-
-    def __init__(self) -> None:
-        self.records: dict[str, IPRecord] = {}
-        self.identities: dict[int, Identity] = {}
-        node_ip = IPv4Address("10.224.0.4")
-        for i in range(PODS + 1):
-            ip = IPv4Address(f"10.244.1.{10 + i}")
-            identity = 1000 + i
-            self.records[str(ip)] = IPRecord(ip, identity, "node-1", node_ip, "bench", f"p{i}")
-            self.identities[identity] = Identity(identity, pod_labels("bench", {"app": "p"}, {}))
-
-    def record(self, ip: str) -> IPRecord | None:
-        return self.records.get(ip)
-
-    def identity(self, identity_id: int) -> Identity | None:
-        return self.identities.get(identity_id)
-
-    def rule(self, cookie: int) -> RuleRef | None:
-        return None
+def directory() -> PodDirectory:
+    """PODS + 1 pods of namespace bench, each its own identity."""
+    return PodDirectory(
+        Pod(IPv4Address(f"10.244.1.{10 + i}"), 1000 + i, "bench", f"p{i}", {"app": "p"})
+        for i in range(PODS + 1)
+    )
 
 
 def template() -> bytes:
@@ -179,7 +160,7 @@ class Results:
 
 
 def collector_of(stream: FlowStream) -> NodeCollector:
-    return NodeCollector("node-1", Enricher(PodDirectory(), "bench"), stream)
+    return NodeCollector("node-1", Enricher(directory(), "bench"), stream)
 
 
 def stream_run(flood: Flood, rate: int, seconds: float) -> StreamRun:
@@ -254,7 +235,7 @@ def cost_per_event(flood: Flood, count: int, drain: Callable[[RingBuffer], int])
 def per_record_drain(ring: RingBuffer) -> int:
     """The collector's path before issue 6: bytes per record, an object per event."""
     stream = FlowStream(node_name="node-1")
-    enricher = Enricher(PodDirectory(), "bench")
+    enricher = Enricher(directory(), "bench")
     taken = 0
     while records := ring.drain(4096):
         events = flowevent.events(flowevent.decode(records))

@@ -32,13 +32,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.poddirectory import Pod, PodDirectory
 from collector.columns import DatapathNamer
 from collector.enrich import Enricher
 from collector.flowstream import FlowStream
 from collector.observer import serve_observer
 from collector.ring import DEFAULT_CAPACITY
-from dataplane.agent.ipcache_records import IPRecord
-from dataplane.identity.model import Identity, pod_labels
 from dataplane.maps.flowevent import (
     EVENT_DTYPE,
     VERSION,
@@ -50,7 +49,6 @@ from dataplane.maps.flowevent import (
     Verdict,
 )
 from dataplane.maps.netorder import u32_of
-from dataplane.policy.compiler import RuleRef
 from flowscope.proto import flow_pb2, observer_pb2, observer_pb2_grpc
 
 TARGET_MS = 50.0
@@ -66,39 +64,22 @@ def pod_name(i: int) -> tuple[str, str]:
     return f"ns-{i % NAMESPACES}", f"pod-{i:02d}-x7k2"
 
 
-class PodDirectory:
-    """The agent's view of PODS pods (collector.enrich.Directory)."""
-
-    version = 0
-
-    def __init__(self) -> None:
-        self.records: dict[str, IPRecord] = {}
-        self.identities: dict[int, Identity] = {}
-        node_ip = IPv4Address("10.224.0.4")
-        for i in range(PODS):
-            ns, pod = pod_name(i)
-            ip = IPv4Address(f"10.244.{1 + i // 32}.{10 + i % 32}")
-            identity = 1000 + i % 16
-            self.records[str(ip)] = IPRecord(ip, identity, "node-1", node_ip, ns, pod)
-            app = f"app-{i % 16}"
-            self.identities[identity] = Identity(identity, pod_labels(ns, {"app": app}, {}))
-
-    def record(self, ip: str) -> IPRecord | None:
-        return self.records.get(ip)
-
-    def identity(self, identity_id: int) -> Identity | None:
-        return self.identities.get(identity_id)
-
-    def rule(self, cookie: int) -> RuleRef | None:
-        return None
+def directory() -> PodDirectory:
+    """PODS pods over NAMESPACES namespaces, 16 identities (apps) among them."""
+    pods = []
+    for i in range(PODS):
+        ns, name = pod_name(i)
+        ip = IPv4Address(f"10.244.{1 + i // 32}.{10 + i % 32}")
+        pods.append(Pod(ip, 1000 + i % 16, ns, name, {"app": f"app-{i % 16}"}))
+    return PodDirectory(pods)
 
 
 def synthetic_events(n: int, seed: int = 6) -> np.ndarray:
     """n datapath events between the directory's pods, as the kernel writes them."""
     rng = np.random.default_rng(seed)
-    directory = PodDirectory()
-    addresses = np.array([u32_of(r.ip) for r in directory.records.values()], np.uint32)
-    identities = np.array([r.identity for r in directory.records.values()], np.uint32)
+    records = directory().records.values()
+    addresses = np.array([u32_of(r.ip) for r in records], np.uint32)
+    identities = np.array([r.identity for r in records], np.uint32)
     src, dst = rng.integers(0, PODS, n), rng.integers(0, PODS, n)
     ev = np.zeros(n, EVENT_DTYPE)
     ev["ktime_ns"] = np.arange(n, dtype=np.uint64) * 1000
@@ -129,7 +110,7 @@ def synthetic_events(n: int, seed: int = 6) -> np.ndarray:
 def filled_stream(events: np.ndarray, capacity: int, batch: int) -> FlowStream:
     """A fresh stream holding `events`, appended a collector drain (a named batch) at a time."""
     stream = FlowStream(capacity, node_name="node-1")
-    namer = DatapathNamer(Enricher(PodDirectory(), "bench"), "node-1", T0)
+    namer = DatapathNamer(Enricher(directory(), "bench"), "node-1", T0)
     for start in range(0, len(events), batch):
         stream.publish_batch(namer.batch(events[start : start + batch].copy()))
     return stream

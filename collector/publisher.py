@@ -43,7 +43,7 @@ import numpy as np
 
 from collector.batchencoder import BatchEncoder, merged_runs
 from collector.columns import FlowBatch
-from collector.flowencoder import ResponseEncoder
+from collector.flowencoder import ResponseEncoder, varint
 from collector.flowstream import FlowStream, Follower
 from collector.kafkaconfig import KafkaConfig
 from collector.ring import RingEntry
@@ -131,16 +131,7 @@ class _Everything:
         return True
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_RESPONSE_TAG = _varint((_FLOW_BATCH_RESPONSES << 3) | 2)  # length-delimited
+_RESPONSE_TAG = varint((_FLOW_BATCH_RESPONSES << 3) | 2)  # length-delimited
 
 
 def encode_batch(node: str, first_seq: int, run_id: int, responses: list[bytes]) -> bytes:
@@ -151,7 +142,7 @@ def encode_batch(node: str, first_seq: int, run_id: int, responses: list[bytes])
 
 def framed(response: bytes) -> bytes:
     """A GetFlowsResponse as a FlowBatch.responses field."""
-    return _RESPONSE_TAG + _varint(len(response)) + response
+    return _RESPONSE_TAG + varint(len(response)) + response
 
 
 def _flow_batch(node: str, first_seq: int, run_id: int, parts: list[bytes]) -> bytes:
