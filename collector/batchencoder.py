@@ -1,23 +1,27 @@
-"""GetFlowsResponse bytes for a whole columnar batch (collector.columns.FlowBatch), without
-building its Flow objects: the Kafka publisher's hot path.
+"""GetFlowsResponse bytes for a whole columnar batch of the flow ring (the datapath's
+collector.columns.FlowBatch, the tracepoints' collector.kernelcolumns.KernelBatch, the socket
+LB's collector.translationcolumns.TranslationBatch), without building its Flow objects: the
+Kafka publisher's hot path.
 
 A batch's flows repeat themselves: the same two endpoints, verdict, event type, policy,
-service, interface... and differ in their time and their ports (and TCP flags). So:
-- the rows are grouped by everything but time and ports (one `np.unique` over a key of the
-  columns the flow is made of, plus the batch's name indexes); per distinct group a template is
-  made once (and kept across batches, keyed by the names themselves): the Flow message's bytes
-  without its time and l4, made by protoconv from the group's first row's Flow (the only Flow
-  built, and only when the template is new);
-- per row, only what varies (the Timestamp twice, the Layer4 with ports and flags, the lengths
-  that enclose them) is written, vectorised: every row's head is a run of bytes in one numpy
-  matrix, written a field at a time for all rows at once;
-- a row is its head followed by its template: one `b"".join` over the batch.
+service, interface... and differ in a few fields: always the time, and per batch type the ports
+and TCP flags (the datapath's and the tracepoints' l4) or the socket cookie (a translation). A
+`_Layout` per batch type says which columns group the rows, what names a group's template and
+which fields vary (`_Slot`s, by field number); the encoder does the rest for every type:
+- the rows are grouped by everything but what varies (one `np.unique` over the layout's key);
+  per distinct group a template is made once (and kept across batches, keyed by the names
+  themselves): the Flow message's bytes without the varying fields, made by protoconv from the
+  group's first row's Flow (the only Flow built, and only when the template is new), cut where
+  the varying fields go;
+- per row, only what varies (the Timestamp twice, the slots, the lengths that enclose them) is
+  written, vectorised: each run of bytes between two template pieces is one numpy matrix for
+  all rows, written a field at a time;
+- a row is those runs and its template's pieces in turn: one `b"".join` over the batch.
 
-Protobuf lets fields come in any order and merges a message field that comes twice, so a row
-is not byte-for-byte what protoconv serialises, but decodes to exactly the same message
-(tests/collector/test_batchencoder.py checks it on random batches). Rows whose l4 is ICMP (or
-none) keep their l4 in the template; rows with a time before 1970 go through
-collector.flowencoder, one Flow at a time.
+Fields come in field-number order, as protobuf serialises them, so a row is byte for byte
+protoconv's record_to_response(batch.record(i)).SerializeToString()
+(tests/collector/test_batchencoder.py checks it on random batches of each type). Rows with a
+time before 1970 go through protoconv, one Flow at a time.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collector.columnbatch import ColumnBatch
 from collector.columns import FlowBatch
-from collector.flowencoder import DEFAULT_TEMPLATES, ResponseEncoder, varint
-from flowscope.flow.model import TCPFlags
-from flowscope.flow.protoconv import flow_to_proto
+from collector.flowencoder import DEFAULT_TEMPLATES, varint
+from collector.kernelcolumns import KernelBatch
+from collector.translationcolumns import TranslationBatch
+from dataplane.maps.kernelevent import Kind
+from flowscope.flow.model import SCTP, TCP, UDP, Flow, TCPFlags
+from flowscope.flow.protoconv import flow_to_proto, record_to_response
 
 _NO_NAME = -1
 _TCP, _UDP, _SCTP = 6, 17, 132
@@ -40,29 +48,10 @@ _L4_TAG = np.zeros(256, np.uint8)
 _L4_TAG[_TCP], _L4_TAG[_UDP], _L4_TAG[_SCTP] = 0x0A, 0x12, 0x2A
 _FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")  # TCPFlags 1..9
 _NS = 1_000_000_000
+_FLOW_TIME, _FLOW_L4, _FLOW_SOCKET_COOKIE = 1, 6, 32  # Flow's field numbers (flow.proto)
 _RESPONSE_TIME = varint((1001 << 3) | 2)  # GetFlowsResponse.time
-_KEY = np.dtype(
-    [
-        ("ends", "<i4"),
-        ("allowed", "<i4"),
-        ("links", "<i4"),
-        ("ifindex", "<u4"),
-        ("policy_cookie", "<u4"),
-        ("saddr", "<u4"),  # the endpoints' key holds them too; cheap to be sure
-        ("daddr", "<u4"),
-        ("drop_reason", "<u2"),
-        ("event_type", "u1"),
-        ("verdict", "u1"),
-        ("traffic_direction", "u1"),
-        ("obs_point", "u1"),
-        ("is_reply", "u1"),
-        ("proto", "u1"),
-        ("tcp_flags", "u1"),
-        ("icmp_type", "u1"),
-        ("icmp_code", "u1"),
-    ]
-)
-_EVENT_KEY_FIELDS = _KEY.names[3:]
+_EMPTY_TIME = b"\x0a\x00"  # Flow.time of a template's flow (time 0): cut off
+_INLINE = 64  # template pieces at most this long are copied with the varying bytes
 
 
 def _flag_bytes(bits: int) -> bytes:
@@ -97,8 +86,224 @@ class EncodedRows:
         return self.data[int(self.offsets[index]) : int(self.offsets[index + 1])]
 
 
+class _Slot:
+    """A field of Flow that varies row by row (its number is in the layout's `numbers`): pieces
+    of bytes per row (padded matrices, a length per row; a row of length 0 has no such field)."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.pieces = pieces
+
+    def length(self) -> np.ndarray:
+        return sum((lengths for _, lengths in self.pieces), np.int64(0))
+
+
+class _Layout:
+    """What varies in one batch type's flows and what groups its rows.
+
+    `key`: a structured array, one row per event, equal for rows whose flows differ only in
+    the slots' fields (and the time); `names`: what a group's template is made of, by value
+    (kept across batches: a batch's indexes are its own); `bare`: a row's Flow without the
+    slots' fields and time; `slots`: the varying fields, in field-number order."""
+
+    numbers: tuple[int, ...] = ()  # the slots' field numbers
+
+    def key(self, batch, ev: np.ndarray, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def names(self, batch, key: np.void) -> tuple:
+        raise NotImplementedError
+
+    def bare(self, flow: Flow) -> Flow:
+        raise NotImplementedError
+
+    def slots(self, ev: np.ndarray) -> list[_Slot]:
+        raise NotImplementedError
+
+
+_PORTED = (TCP, UDP, SCTP)  # the l4 types with ports, written per row
+
+
+def _ported(proto: np.ndarray) -> np.ndarray:
+    return (proto == _TCP) | (proto == _UDP) | (proto == _SCTP)
+
+
+def _l4_slot(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, flags=None) -> _Slot:
+    """Flow.l4 of TCP/UDP/SCTP rows: the ports, and TCP's flags when given (the kernel's flag
+    byte); other rows keep their l4 (ICMP's, or none) in the template."""
+    ported = _ported(proto)
+    sport_len = _SPORT_LEN[sport] * ported
+    dport_len = _DPORT_LEN[dport] * ported
+    inner_len = sport_len + dport_len
+    pieces = [(_SPORT_FIELD[sport], sport_len), (_DPORT_FIELD[dport], dport_len)]
+    if flags is not None:
+        flags_len = _FLAGS_FIELD_LEN[flags] * (proto == _TCP)
+        inner_len = inner_len + flags_len
+        pieces.append((_FLAGS_FIELD[flags], flags_len))
+    # TCP/UDP/SCTP's body (< 128 bytes) in its Layer4 oneof field, in Flow.l4
+    head = np.empty((len(proto), 4), np.uint8)
+    head[:, 0] = (_FLOW_L4 << 3) | 2
+    head[:, 1] = inner_len + 2
+    head[:, 2] = _L4_TAG[proto]
+    head[:, 3] = inner_len
+    return _Slot([(head, 4 * ported), *pieces])
+
+
+_FLOW_KEY = np.dtype(
+    [
+        ("ends", "<i4"),
+        ("allowed", "<i4"),
+        ("links", "<i4"),
+        ("ifindex", "<u4"),
+        ("policy_cookie", "<u4"),
+        ("saddr", "<u4"),  # the endpoints' key holds them too; cheap to be sure
+        ("daddr", "<u4"),
+        ("drop_reason", "<u2"),
+        ("event_type", "u1"),
+        ("verdict", "u1"),
+        ("traffic_direction", "u1"),
+        ("obs_point", "u1"),
+        ("is_reply", "u1"),
+        ("proto", "u1"),
+        ("tcp_flags", "u1"),
+        ("icmp_type", "u1"),
+        ("icmp_code", "u1"),
+    ]
+)
+_FLOW_EVENT_FIELDS = _FLOW_KEY.names[3:]
+_FLOW_INDEXES = 12  # bytes of the key that are the batch's own indexes (ends, allowed, links)
+
+
+class _FlowLayout(_Layout):
+    """The datapath's events: time, ports and TCP flags vary."""
+
+    numbers = (_FLOW_L4,)
+
+    def key(self, batch: FlowBatch, ev: np.ndarray, start: int, stop: int) -> np.ndarray:
+        key = np.zeros(len(ev), _FLOW_KEY)
+        key["ends"] = batch.ends[start:stop]
+        key["allowed"] = batch.allowed[start:stop]
+        key["links"] = batch.links[start:stop]
+        for name in _FLOW_EVENT_FIELDS:
+            key[name] = ev[name]
+        # what does not reach the flow: flags of other protocols (the summary names TCP's);
+        # ICMP's type and code of ported protocols (their l4 is written per row)
+        ported = _ported(ev["proto"])
+        key["tcp_flags"][ev["proto"] != _TCP] = 0
+        key["icmp_type"][ported] = 0
+        key["icmp_code"][ported] = 0
+        return key
+
+    def names(self, batch: FlowBatch, key: np.void) -> tuple:
+        a, link = int(key["allowed"]), int(key["links"])
+        return (
+            batch.endpoints[int(key["ends"])],
+            batch.allowed_names[a] if a != _NO_NAME else None,
+            batch.link_names[link] if link != _NO_NAME else None,
+            key.tobytes()[_FLOW_INDEXES:],
+        )
+
+    def bare(self, flow: Flow) -> Flow:
+        l4 = None if isinstance(flow.l4, _PORTED) else flow.l4
+        return dataclasses.replace(flow, time_ns=0, uuid="", l4=l4)
+
+    def slots(self, ev: np.ndarray) -> list[_Slot]:
+        return [_l4_slot(ev["proto"], ev["sport"], ev["dport"], ev["tcp_flags"])]
+
+
+_KERNEL_KEY = np.dtype(
+    [
+        ("sources", "<i4"),
+        ("destinations", "<i4"),
+        ("ifindex", "<u4"),
+        ("drop_reason", "<u4"),
+        ("kind", "u1"),
+        ("protocol", "u1"),
+        ("old_state", "u1"),
+        ("new_state", "u1"),
+    ]
+)
+_KERNEL_INDEXES = 8  # sources, destinations
+_DROP, _STATE = np.uint8(Kind.DROP), np.uint8(Kind.STATE)
+
+
+class _KernelLayout(_Layout):
+    """The tracepoints' events: time and ports vary (their TCP l4 has no flags)."""
+
+    numbers = (_FLOW_L4,)
+
+    def key(self, batch: KernelBatch, ev: np.ndarray, start: int, stop: int) -> np.ndarray:
+        key = np.zeros(len(ev), _KERNEL_KEY)
+        key["sources"] = batch.sources[start:stop]
+        key["destinations"] = batch.destinations[start:stop]
+        for name in _KERNEL_KEY.names[2:]:
+            key[name] = ev[name]
+        # what does not reach the flow (kernelflows.build_kernel_flow): a drop's reason is
+        # named in drops only, the old state in state changes only, the new state not in drops
+        kind = ev["kind"]
+        key["drop_reason"][kind != _DROP] = 0
+        key["old_state"][kind != _STATE] = 0
+        key["new_state"][kind == _DROP] = 0
+        return key
+
+    def names(self, batch: KernelBatch, key: np.void) -> tuple:
+        reason = int(key["drop_reason"])
+        return (
+            batch.addresses[int(key["sources"])],
+            batch.addresses[int(key["destinations"])],
+            batch.reason_names.get(reason) if int(key["kind"]) == Kind.DROP else None,
+            key.tobytes()[_KERNEL_INDEXES:],
+        )
+
+    def bare(self, flow: Flow) -> Flow:
+        l4 = None if isinstance(flow.l4, _PORTED) else flow.l4
+        return dataclasses.replace(flow, time_ns=0, l4=l4)
+
+    def slots(self, ev: np.ndarray) -> list[_Slot]:
+        return [_l4_slot(ev["protocol"], ev["sport"], ev["dport"])]
+
+
+_TRANSLATION_KEY = np.dtype([("keys", "<i8"), ("cgroup_id", "<u8")])
+_COOKIE_TAG = varint((_FLOW_SOCKET_COOKIE << 3) | 0)
+
+
+class _TranslationLayout(_Layout):
+    """The socket LB's TRANSLATED events: time and socket cookie vary."""
+
+    numbers = (_FLOW_SOCKET_COOKIE,)
+
+    def key(self, batch: TranslationBatch, ev: np.ndarray, start: int, stop: int) -> np.ndarray:
+        key = np.empty(len(ev), _TRANSLATION_KEY)
+        key["keys"] = batch.keys[start:stop]
+        key["cgroup_id"] = ev["cgroup_id"]
+        return key
+
+    def names(self, batch: TranslationBatch, key: np.void) -> tuple:
+        return batch.names[int(key["keys"])], int(key["cgroup_id"])
+
+    def bare(self, flow: Flow) -> Flow:
+        return dataclasses.replace(flow, time_ns=0, socket_cookie=0)
+
+    def slots(self, ev: np.ndarray) -> list[_Slot]:
+        cookie = ev["sock_cookie"].astype(np.uint64)
+        field = np.empty((len(ev), len(_COOKIE_TAG) + 10), np.uint8)
+        field[:, : len(_COOKIE_TAG)] = np.frombuffer(_COOKIE_TAG, np.uint8)
+        field[:, len(_COOKIE_TAG) :], length = _varints(cookie, 10)
+        return [_Slot([(field, (length + len(_COOKIE_TAG)) * (cookie > 0))])]
+
+
+_LAYOUTS: dict[type, _Layout] = {
+    FlowBatch: _FlowLayout(),
+    KernelBatch: _KernelLayout(),
+    TranslationBatch: _TranslationLayout(),
+}
+COLUMNAR = tuple(_LAYOUTS)  # the batch types BatchEncoder encodes from their columns
+
+
 class BatchEncoder:
-    """`encode(batch, start, stop)`: rows start..stop of a FlowBatch as GetFlowsResponses.
+    """`encode(batch, start, stop)`: rows start..stop of a FlowBatch, KernelBatch or
+    TranslationBatch as GetFlowsResponses.
 
     `field`: frame each row as that field of an enclosing message (the Kafka FlowBatch's
     `responses`), so the rows can be copied into it as they are. Templates (at most
@@ -107,12 +312,14 @@ class BatchEncoder:
     def __init__(self, max_templates: int = DEFAULT_TEMPLATES, field: int | None = None) -> None:
         self.max_templates = max_templates
         self._frame = varint((field << 3) | 2) if field is not None else b""
-        self._templates: dict[tuple, bytes] = {}
+        self._templates: dict[tuple, tuple[bytes, ...]] = {}
         self._nodes: dict[str, bytes] = {}
-        self._single = ResponseEncoder(max_templates)
         self.hits = self.misses = 0
 
-    def encode(self, batch: FlowBatch, start: int = 0, stop: int | None = None) -> EncodedRows:
+    def encode(self, batch: ColumnBatch, start: int = 0, stop: int | None = None) -> EncodedRows:
+        layout = _LAYOUTS.get(type(batch))
+        if layout is None:
+            raise TypeError(f"not a columnar batch BatchEncoder knows: {type(batch).__name__}")
         stop = len(batch) if stop is None else stop
         n = stop - start
         if n <= 0:
@@ -121,28 +328,19 @@ class BatchEncoder:
         times = ev["ktime_ns"].astype(np.int64) + batch.wall_offset
         if (times < 0).any() or (ev["ktime_ns"] > np.uint64(2**62)).any():
             return self._one_by_one(batch, start, stop)
-        proto = ev["proto"]
-        ported = (proto == _TCP) | (proto == _UDP) | (proto == _SCTP)
-        tcp = proto == _TCP
 
-        # --- templates: one per distinct rest-of-the-flow ------------------------------------
-        key = np.zeros(n, _KEY)
-        key["ends"] = batch.ends[start:stop]
-        key["allowed"] = batch.allowed[start:stop]
-        key["links"] = batch.links[start:stop]
-        for name in _EVENT_KEY_FIELDS:
-            key[name] = ev[name]
-        # what does not reach the flow: flags of other protocols (the summary names TCP's);
-        # ICMP's type and code of ported protocols (their l4 is written per row)
-        key["tcp_flags"][~tcp] = 0
-        key["icmp_type"][ported] = 0
-        key["icmp_code"][ported] = 0
+        # --- templates: one per distinct rest-of-the-flow, cut where the slots go ------------
+        key = layout.key(batch, ev, start, stop)
         _, first, inverse = np.unique(
-            key.view(np.dtype((np.void, _KEY.itemsize))), return_index=True, return_inverse=True
+            key.view(np.dtype((np.void, key.dtype.itemsize))),
+            return_index=True,
+            return_inverse=True,
         )
         inverse = inverse.reshape(-1)
-        templates = [self._template(batch, start + int(i), key[int(i)]) for i in first.tolist()]
-        template_len = np.array([len(t) for t in templates], np.int64)[inverse]
+        templates = [
+            self._template(layout, batch, start + int(i), key[int(i)]) for i in first.tolist()
+        ]
+        template_len = np.array([sum(map(len, t)) for t in templates], np.int64)[inverse]
 
         # --- the varying fields, all rows at once --------------------------------------------
         seconds, nanos = np.divmod(times, _NS)
@@ -153,72 +351,89 @@ class BatchEncoder:
         sec_len *= seconds > 0
         nano_len *= nanos > 0
         when_len = sec_len + nano_len  # < 128: its length is one byte
-        sport, dport, flags = ev["sport"], ev["dport"], ev["tcp_flags"]
-        sport_len = _SPORT_LEN[sport] * ported
-        dport_len = _DPORT_LEN[dport] * ported
-        flags_len = _FLAGS_FIELD_LEN[flags] * tcp
-        # TCP/UDP/SCTP's body (< 128 bytes) in its Layer4 oneof field, in Flow.l4
-        inner_len = sport_len + dport_len + flags_len
-        l4_head = np.empty((n, 4), np.uint8)
-        l4_head[:, 0] = 0x32  # Flow.l4
-        l4_head[:, 1] = inner_len + 2
-        l4_head[:, 2] = _L4_TAG[proto]
-        l4_head[:, 3] = inner_len
-        l4_len = (inner_len + 4) * ported
-        body_len = 2 + when_len + l4_len + template_len
-        body, body_varint_len = _varints(body_len.astype(np.uint64), 4)
+        slots = layout.slots(ev)
+        flow_len = 2 + when_len + template_len
+        for slot in slots:
+            flow_len += slot.length()
+        flow_varint, flow_varint_len = _varints(flow_len.astype(np.uint64), 4)
         node = self._node(batch.node)
-        response_len = len(node) + len(_RESPONSE_TIME) + 1 + when_len
-        response_len += 1 + body_varint_len + body_len
-        pieces = _Pieces(n, 120 + len(node))
-        if self._frame:
-            pieces.const(self._frame)
-            pieces.add(*_varints(response_len.astype(np.uint64), 4))
-        pieces.const(node + _RESPONSE_TIME)
-        pieces.byte(when_len)
-        pieces.add(sec, sec_len)
-        pieces.add(nano, nano_len)
-        pieces.const(b"\x0a")  # GetFlowsResponse.flow
-        pieces.add(body, body_varint_len)
-        pieces.const(b"\x0a")  # Flow.time
-        pieces.byte(when_len)
-        pieces.add(sec, sec_len)
-        pieces.add(nano, nano_len)
-        pieces.add(l4_head, 4 * ported)
-        pieces.add(_SPORT_FIELD[sport], sport_len)
-        pieces.add(_DPORT_FIELD[dport], dport_len)
-        pieces.add(_FLAGS_FIELD[flags], flags_len)
+        tail_len = len(node) + len(_RESPONSE_TIME) + 1 + when_len
 
-        # --- rows: head, then template ----------------------------------------------------
-        heads, head_len = pieces.packed()
-        bounds = np.zeros(n + 1, np.int64)
-        np.cumsum(head_len, out=bounds[1:])
-        edges = bounds.tolist()
-        parts: list[bytes] = [b""] * (2 * n)
-        parts[0::2] = [heads[a:b] for a, b in itertools.pairwise(edges)]
-        parts[1::2] = [templates[k] for k in inverse.tolist()]
+        # a row: its head (with Flow.time), the template's pieces and the slots in turn, its
+        # tail; written as runs of numpy-made bytes between the long template pieces (a piece
+        # short in every group is copied into the run's matrix too), the first run of a row
+        # beginning with the previous row's tail: the fewer pieces a row, the cheaper its join
+        response_len = 1 + flow_varint_len + flow_len + tail_len
+        run = _Pieces(n, glued=True)
+        run.const(node + _RESPONSE_TIME, shift=1)  # GetFlowsResponse.node_name, .time
+        run.byte(when_len, shift=1)
+        run.add(sec, sec_len, shift=1)
+        run.add(nano, nano_len, shift=1)
+        row_len = response_len
+        if self._frame:
+            frame_varint, frame_varint_len = _varints(response_len.astype(np.uint64), 4)
+            run.const(self._frame)
+            run.add(frame_varint, frame_varint_len)
+            row_len = row_len + len(self._frame) + frame_varint_len
+        run.const(b"\x0a")  # GetFlowsResponse.flow
+        run.add(flow_varint, flow_varint_len)
+        run.const(b"\x0a")  # Flow.time
+        run.byte(when_len)
+        run.add(sec, sec_len)
+        run.add(nano, nano_len)
+        runs: list[_Pieces | list[bytes]] = []
+        for j in range(len(slots) + 1):
+            if j:
+                for matrix, lengths in slots[j - 1].pieces:
+                    run.add(matrix, lengths)
+            piece = [t[j] for t in templates]
+            width = max(map(len, piece))
+            if width <= _INLINE:
+                matrix = np.zeros((len(piece), width), np.uint8)
+                for g, data in enumerate(piece):
+                    matrix[g, : len(data)] = np.frombuffer(data, np.uint8)
+                run.add(matrix[inverse], np.array([len(d) for d in piece], np.int64)[inverse])
+            else:
+                found = np.empty(len(piece), object)
+                found[:] = piece
+                runs += [run, found[inverse].tolist()]
+                run = _Pieces(n)
+        runs.append(run)
+
+        # --- rows: the runs' slices and the long pieces, interleaved ------------------------
+        columns: list[list[bytes]] = []
+        last = b""  # the last row's tail
+        for part in runs:
+            if isinstance(part, list):
+                columns.append(part)
+            elif part.blocks:
+                data, lengths = part.packed()
+                bounds = np.zeros(len(lengths) + 1, np.int64)
+                np.cumsum(lengths, out=bounds[1:])
+                sliced = [data[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+                if part.glued:
+                    last = sliced.pop()
+                columns.append(sliced)
+        stride = len(columns)
+        parts: list[bytes] = [b""] * (stride * n + 1)
+        for c, column in enumerate(columns):
+            parts[c : stride * n : stride] = column
+        parts[-1] = last
         offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(head_len + template_len, out=offsets[1:])
+        np.cumsum(row_len, out=offsets[1:])
         return EncodedRows(b"".join(parts), offsets)
 
-    def _template(self, batch: FlowBatch, row: int, key: np.void) -> bytes:
-        e, a, link = int(key["ends"]), int(key["allowed"]), int(key["links"])
-        names = (
-            batch.node,
-            batch.endpoints[e],
-            batch.allowed_names[a] if a != _NO_NAME else None,
-            batch.link_names[link] if link != _NO_NAME else None,
-            key.tobytes()[12:],  # the event's own columns (the indexes are per batch)
-        )
+    def _template(
+        self, layout: _Layout, batch: ColumnBatch, row: int, key: np.void
+    ) -> tuple[bytes, ...]:
+        names = (layout, batch.node, *layout.names(batch, key))
         template = self._templates.get(names)
         if template is not None:
             self.hits += 1
             return template
         self.misses += 1
-        flow = batch.record(row)
-        ported = int(key["proto"]) in (_TCP, _UDP, _SCTP)
-        bare = dataclasses.replace(flow, time_ns=0, uuid="", l4=None if ported else flow.l4)
-        template = flow_to_proto(bare).SerializeToString()
+        data = flow_to_proto(layout.bare(batch.record(row))).SerializeToString()
+        template = _cut(data, layout.numbers)
         if len(self._templates) >= self.max_templates:
             self._templates.clear()
         self._templates[names] = template
@@ -233,19 +448,70 @@ class BatchEncoder:
             self._nodes[node] = found
         return found
 
-    def _one_by_one(self, batch: FlowBatch, start: int, stop: int) -> EncodedRows:
+    def _one_by_one(self, batch: ColumnBatch, start: int, stop: int) -> EncodedRows:
         rows = []
         for i in range(start, stop):
-            data = self._single.encode(batch.record(i))
+            data = record_to_response(batch.record(i)).SerializeToString()
             rows.append(self._frame + varint(len(data)) + data if self._frame else data)
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum([len(r) for r in rows], out=offsets[1:])
         return EncodedRows(b"".join(rows), offsets)
 
 
+def _cut(data: bytes, numbers: tuple[int, ...]) -> tuple[bytes, ...]:
+    """A template (a Flow's bytes at time 0, without the slots' fields) without its empty
+    Flow.time, cut before the first field past each of `numbers`: its fields are in
+    field-number order, so the slots' fields go in the cuts."""
+    if not data.startswith(_EMPTY_TIME):
+        raise AssertionError(f"a template's flow starts with {data[:4]!r}, not an empty time")
+    at, cuts, pending = len(_EMPTY_TIME), [], list(numbers)
+    while at < len(data) and pending:
+        tag, end = _read_varint(data, at)
+        if tag >> 3 > pending[0]:
+            cuts.append(at)
+            pending.pop(0)
+            continue
+        wire = tag & 7
+        if wire == 0:
+            _, end = _read_varint(data, end)
+        elif wire == 1:
+            end += 8
+        elif wire == 2:
+            size, end = _read_varint(data, end)
+            end += size
+        elif wire == 5:
+            end += 4
+        else:
+            raise AssertionError(f"wire type {wire} in a template")
+        at = end
+    cuts.extend([len(data)] * len(pending))
+    edges = [len(_EMPTY_TIME), *cuts, len(data)]
+    return tuple(data[a:b] for a, b in itertools.pairwise(edges))
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
 def _varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Each value's varint (uint64 column, values < 2**(7 * width)) as a row of a padded
     (n, width) matrix, and each one's length (at least 1: the varint of 0 is one byte)."""
+    if width >= 3 and int(values.max(initial=0)) < 65536:
+        # lengths, mostly: looked up (the arithmetic is a dozen numpy calls)
+        matrix = np.zeros((len(values), width), np.uint8)
+        matrix[:, :3] = _VARINT16[values]
+        return matrix, _VARINT16_LEN[values]
+    return _computed_varints(values, width)
+
+
+def _computed_varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
     groups = values[:, None] >> shifts
     length = np.maximum((groups > 0).sum(axis=1), 1)
@@ -254,6 +520,9 @@ def _varints(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         np.uint8
     )
     return matrix, length
+
+
+_VARINT16, _VARINT16_LEN = _computed_varints(np.arange(65536, dtype=np.uint64), 3)
 
 
 def _field(tag: int, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -282,38 +551,59 @@ _FLAGS_FIELD_LEN = _FLAGS_LEN + 2
 
 
 class _Pieces:
-    """Every row's head as pieces of bytes, each a padded (n, width) block of one matrix with a
-    length per row; `packed()` keeps each piece's first bytes of each row, all rows back to
-    back, with one boolean mask over the matrix (numpy keeps row-major order)."""
+    """A run of every row's bytes as pieces, each a padded (n, width) block (or one row for
+    all) with a length per row; `packed()` keeps each piece's first bytes of each row, all rows
+    back to back, with one boolean mask over one matrix (numpy keeps row-major order).
 
-    def __init__(self, n: int, width: int) -> None:
+    `glued`: n + 1 rows, and a piece added with shift=1 goes in the next row (the rows' tails,
+    each in front of the next row's head; the last one alone in row n)."""
+
+    def __init__(self, n: int, glued: bool = False) -> None:
         self.n = n
-        self.matrix = np.empty((n, width), np.uint8)
-        self.used = 0
-        self.widths: list[int] = []
-        self.lengths: list[np.ndarray] = []
+        self.glued = glued
+        self.blocks: list[tuple[np.ndarray, np.ndarray, int]] = []
 
-    def add(self, matrix: np.ndarray, lengths: np.ndarray) -> None:
-        width = matrix.shape[1]
-        self.matrix[:, self.used : self.used + width] = matrix
-        self.used += width
-        self.widths.append(width)
-        self.lengths.append(lengths)
+    def add(self, matrix: np.ndarray, lengths: np.ndarray, shift: int = 0) -> None:
+        self.blocks.append((matrix, lengths, shift))
 
-    def const(self, data: bytes) -> None:
-        self.add(np.frombuffer(data, np.uint8)[None, :], np.full(self.n, len(data)))
+    def const(self, data: bytes, shift: int = 0) -> None:
+        if data:
+            block = np.frombuffer(data, np.uint8)[None, :]
+            self.add(block, np.full(self.n, len(data), np.int64), shift)
 
-    def byte(self, values: np.ndarray) -> None:
+    def byte(self, values: np.ndarray, shift: int = 0) -> None:
         """One byte per row (values < 256)."""
-        self.add(values[:, None], np.ones(self.n, np.int64))
+        self.add(values[:, None], np.ones(self.n, np.int64), shift)
 
     def packed(self) -> tuple[bytes, np.ndarray]:
         """The rows' bytes back to back, and each row's length."""
-        lengths = np.stack(self.lengths, axis=1)
-        piece = np.repeat(np.arange(len(self.widths)), self.widths)
-        column = np.concatenate([np.arange(w) for w in self.widths])
+        n, rows = self.n, self.n + self.glued
+        widths = tuple(block.shape[1] for block, _, _ in self.blocks)
+        matrix = np.empty((rows, sum(widths)), np.uint8)
+        lengths = np.zeros((rows, len(widths)), np.int64)
+        at = 0
+        for p, (block, length, shift) in enumerate(self.blocks):
+            matrix[shift : shift + n, at : at + widths[p]] = block
+            lengths[shift : shift + n, p] = length
+            at += widths[p]
+        piece, column = _piece_columns(widths)
         mask = column < lengths[:, piece]
-        return self.matrix[:, : self.used][mask].tobytes(), lengths.sum(axis=1)
+        return matrix[mask].tobytes(), lengths.sum(axis=1)
+
+
+_COLUMNS: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _piece_columns(widths: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """For a matrix of pieces `widths` wide: each column's piece, and its column in the piece."""
+    found = _COLUMNS.get(widths)
+    if found is None:
+        piece = np.repeat(np.arange(len(widths)), widths)
+        column = np.concatenate([np.arange(w) for w in widths])
+        if len(_COLUMNS) >= 1024:
+            _COLUMNS.clear()
+        found = _COLUMNS[widths] = (piece, column)
+    return found
 
 
 def merged_runs(items: list, max_rows: int) -> list:

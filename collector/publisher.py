@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from collector.batchencoder import BatchEncoder, merged_runs
-from collector.columns import FlowBatch
+from collector.batchencoder import COLUMNAR, BatchEncoder, merged_runs
+from collector.columnbatch import ColumnBatch
 from collector.flowencoder import ResponseEncoder, varint
 from collector.flowstream import FlowStream, Follower
 from collector.kafkaconfig import KafkaConfig
@@ -306,7 +306,7 @@ class Publisher:
                 self._add_entry(item.record)
             elif isinstance(item, tuple):
                 chunk, start, stop = item
-                if isinstance(chunk, FlowBatch):
+                if isinstance(chunk, COLUMNAR):
                     self._add_rows(chunk, start, stop)
                 else:
                     for i in range(start, stop):
@@ -320,8 +320,9 @@ class Publisher:
             return
         self._add(record)
 
-    def _add_rows(self, batch: FlowBatch, start: int, stop: int) -> None:
-        """Pack rows of a columnar batch, encoded from its columns (no Flow built), split into
+    def _add_rows(self, batch: ColumnBatch, start: int, stop: int) -> None:
+        """Pack rows of a columnar batch (the datapath's, the tracepoints' or the socket LB's),
+        encoded from its columns (no Flow built but one per new template), split into
         Kafka batches as single records would be (batch_flows, batch_bytes)."""
         for at in range(start, stop, PACK_ROWS):
             rows = self._rows.encode(batch, at, min(at + PACK_ROWS, stop))

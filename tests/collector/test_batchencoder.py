@@ -1,7 +1,9 @@
-"""A whole FlowBatch encoded from its columns (collector.batchencoder): every row decodes to
-exactly the message protoconv builds from that row's Flow, for random batches (any event
-columns, names, policies, services, times), with templates made or reused; framed rows are
-the Kafka FlowBatch's `responses`; and the Flows themselves are not built."""
+"""Whole columnar batches encoded from their columns (collector.batchencoder): every row is
+byte for byte what protoconv serialises from that row's Flow, for random batches of each type
+(the datapath's FlowBatch: any event columns, names, policies, services, times; the
+tracepoints' KernelBatch: any kind, protocol, state, reason, addresses named or not; the socket
+LB's TranslationBatch: any names, cookies, cgroups), with templates made or reused; framed rows
+are the Kafka FlowBatch's `responses`; and the Flows themselves are not built."""
 
 from __future__ import annotations
 
@@ -10,12 +12,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.batchencoder import BatchEncoder, merged_runs
+from collector.columnbatch import ColumnBatch
 from collector.columns import FlowBatch
+from collector.kernelcolumns import AddressName, KernelBatch
+from collector.socklb_flows import TranslationNames
+from collector.translationcolumns import TranslationBatch
 from collector.translations import Link
+from dataplane.maps import kernelevent
 from dataplane.maps.flowevent import EVENT_DTYPE, VERSION
-from flowscope.flow.model import Endpoint, Policy, Service, ServiceTranslation, Workload
+from flowscope.flow.model import (
+    Endpoint,
+    IPVersion,
+    Policy,
+    Service,
+    ServiceTranslation,
+    Workload,
+)
 from flowscope.flow.protoconv import record_to_response
 from flowscope.proto import kafka_pb2, observer_pb2
+from probes import socklb
 
 T0 = 1_700_000_000 * 10**9
 
@@ -112,6 +127,10 @@ def batches(draw) -> FlowBatch:
     )
 
 
+def serialised(batch: ColumnBatch, i: int) -> bytes:
+    return record_to_response(batch.record(i)).SerializeToString()
+
+
 def fresh(batch: FlowBatch) -> FlowBatch:
     """The same batch with nothing built yet."""
     return FlowBatch(
@@ -136,8 +155,7 @@ def test_every_row_decodes_to_protoconvs_message(batch: FlowBatch, data) -> None
         rows = encoder.encode(batch, start)
         assert len(rows) == len(batch) - start
         for i in range(start, len(batch)):
-            got = observer_pb2.GetFlowsResponse.FromString(rows.row(i - start))
-            assert got == record_to_response(batch.record(i)), i
+            assert rows.row(i - start) == serialised(batch, i), i
     assert encoder.hits >= encoder.misses
 
 
@@ -212,3 +230,172 @@ def test_runs_of_one_collector_are_joined_and_encode_the_same(
         assert observer_pb2.GetFlowsResponse.FromString(rows.row(i)) == record_to_response(record)
     # past max_rows, the next run starts a new batch
     assert len(merged_runs([(a, 0, len(a)), (b, 0, len(b))], 1)) == 2
+
+
+# -- the tracepoints' and the socket LB's batches --
+
+addresses = st.one_of(
+    st.none(),  # an event with no address
+    st.builds(
+        AddressName,
+        st.sampled_from(["10.244.1.2", "10.244.2.3", "fd00::1", "10.224.0.254"]),
+        st.sampled_from([IPVersion.IPv4, IPVersion.IPv6]),
+        endpoints,
+    ),
+)
+kernel_rows = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from([1, 2, 2, 3]),
+        "protocol": st.sampled_from([6, 6, 17, 132, 1, 0, 58]),
+        "sport": st.one_of(st.integers(0, 2), st.integers(0, 65535)),
+        "dport": st.one_of(st.integers(0, 2), st.integers(0, 65535)),
+        "ifindex": st.sampled_from([0, 3, 70000]),
+        "drop_reason": st.sampled_from([0, 2, 3, 99, 2**32 - 1]),
+        "old_state": st.sampled_from([0, 1, 2, 7, 12, 40]),
+        "new_state": st.sampled_from([0, 1, 2, 7, 12, 40]),
+        "ktime_ns": times,
+    }
+)
+
+
+@st.composite
+def kernel_batches(draw) -> KernelBatch:
+    names = draw(st.lists(addresses, min_size=1, max_size=4))
+    rows = draw(st.lists(kernel_rows, min_size=1, max_size=30))
+    # connections: the same ends and states, other ports
+    rows = rows + [dict(r, ktime_ns=r["ktime_ns"] + 9, sport=r["sport"] ^ 1) for r in rows[:5]]
+    n = len(rows)
+    events = np.zeros(n, kernelevent.EVENT_DTYPE)
+    for name in rows[0]:
+        events[name] = [r[name] for r in rows]
+    number = st.integers(0, len(names) - 1)
+    return KernelBatch(
+        events,
+        node=draw(st.sampled_from(["node-1", "", "a-much-longer-node-name-" * 3])),
+        wall_offset=draw(st.sampled_from([T0, 0, 123_456_789])),
+        reason_names={2: "NOT_SPECIFIED", 3: "NO_SOCKET"},
+        addresses=names,
+        sources=np.array(draw(st.lists(number, min_size=n, max_size=n)), np.int32),
+        destinations=np.array(draw(st.lists(number, min_size=n, max_size=n)), np.int32),
+    )
+
+
+translation_names = st.builds(
+    TranslationNames,
+    client=st.one_of(st.none(), st.sampled_from(["10.244.1.2", ""])),
+    service=st.one_of(st.none(), st.builds(Service, word, text)),
+    translation=st.builds(
+        ServiceTranslation,
+        st.sampled_from(["10.96.0.10", "10.0.0.10"]),
+        st.integers(0, 65535),
+        text,
+        st.integers(0, 65535),
+    ),
+    proto=st.sampled_from([6, 17]),
+    source=endpoints,
+    destination=endpoints,
+)
+
+
+@st.composite
+def translation_batches(draw) -> TranslationBatch:
+    names = draw(st.lists(translation_names, min_size=1, max_size=4))
+    n = draw(st.integers(1, 40))
+    events = np.zeros(n, socklb.EVENT_DTYPE)
+    events["ktime_ns"] = draw(st.lists(times, min_size=n, max_size=n))
+    cookies = st.one_of(st.integers(0, 3), st.integers(0, 2**64 - 1), st.just(2**64 - 1))
+    events["sock_cookie"] = draw(st.lists(cookies, min_size=n, max_size=n))
+    keys = np.array(draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n)))
+    # a key's cgroup (the namer's keys hold it), mostly; sometimes another
+    cgroups = draw(st.lists(st.sampled_from([0, 77, 2**64 - 1]), min_size=len(names)))
+    events["cgroup_id"] = [cgroups[k] if draw(st.integers(0, 5)) else 5 for k in keys.tolist()]
+    return TranslationBatch(
+        events,
+        node=draw(st.sampled_from(["node-1", "", "a-much-longer-node-name-" * 3])),
+        wall_offset=draw(st.sampled_from([T0, 0, 123_456_789])),
+        names=names,
+        keys=keys,
+    )
+
+
+def renewed(batch: ColumnBatch) -> ColumnBatch:
+    """The same kernel or translation batch with nothing built yet."""
+    if isinstance(batch, KernelBatch):
+        return KernelBatch(
+            batch.events.copy(),
+            node=batch.node,
+            wall_offset=batch.wall_offset,
+            reason_names=batch.reason_names,
+            addresses=batch.addresses,
+            sources=batch.sources,
+            destinations=batch.destinations,
+        )
+    assert isinstance(batch, TranslationBatch)
+    return TranslationBatch(
+        batch.events.copy(),
+        node=batch.node,
+        wall_offset=batch.wall_offset,
+        names=batch.names,
+        keys=batch.keys,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(kernel_batches(), translation_batches()), st.data())
+def test_kernel_and_translation_rows_are_protoconvs_bytes(batch: ColumnBatch, data) -> None:
+    encoder = BatchEncoder()
+    start = data.draw(st.integers(0, len(batch) - 1))
+    for _ in range(2):  # templates made, then reused
+        rows = encoder.encode(batch, start)
+        assert len(rows) == len(batch) - start
+        for i in range(start, len(batch)):
+            assert rows.row(i - start) == serialised(batch, i), i
+    assert encoder.hits >= encoder.misses
+    # framed: a Kafka FlowBatch's responses, the same bytes in their field
+    framed = BatchEncoder(field=3).encode(batch, start)
+    message = kafka_pb2.FlowBatch.FromString(framed.data)
+    assert [r.SerializeToString() for r in message.responses] == [
+        serialised(batch, i) for i in range(start, len(batch))
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(kernel_batches(), translation_batches()))
+def test_kernel_and_translation_flows_are_built_only_for_new_templates(
+    batch: ColumnBatch,
+) -> None:
+    encoder = BatchEncoder()
+    first = renewed(batch)
+    encoder.encode(first)
+    built = sum(r is not None for r in first._records or [])
+    assert built == encoder.misses  # one Flow per template, none per row
+    again = renewed(batch)
+    encoder.encode(again)
+    assert again._records is None  # every template was known: no Flow built
+
+
+def test_a_connection_flood_makes_a_template_per_kind_not_per_connection() -> None:
+    """Four state changes per connection (client and server, each its own ports): a
+    template per change, not per connection."""
+    n = 4000
+    events = np.zeros(n, kernelevent.EVENT_DTYPE)
+    events["ktime_ns"] = np.arange(n) * 1000
+    events["kind"], events["protocol"] = 2, 6
+    events["old_state"] = np.tile([2, 3, 1, 1], n // 4)  # SYN_SENT, SYN_RECV, ESTABLISHED
+    events["new_state"] = np.tile([1, 1, 7, 7], n // 4)  # ESTABLISHED, CLOSE
+    events["sport"] = 1024 + np.arange(n) // 4
+    events["dport"] = 80
+    ends = [AddressName("10.244.1.2", IPVersion.IPv4, Endpoint(pod_name="a"))]
+    batch = KernelBatch(
+        events,
+        node="n",
+        wall_offset=T0,
+        reason_names={},
+        addresses=ends,
+        sources=np.zeros(n, np.int32),
+        destinations=np.zeros(n, np.int32),
+    )
+    encoder = BatchEncoder()
+    rows = encoder.encode(batch)
+    assert encoder.misses == 3
+    assert [rows.row(i) for i in (0, 1, n - 1)] == [serialised(batch, i) for i in (0, 1, n - 1)]

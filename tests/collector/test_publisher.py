@@ -1,7 +1,8 @@
 """The node's Kafka publisher against a real broker (Tansu): packing, order and keys; a broker
 outage (SIGSTOP) under steady traffic replayed from the spool, every record once in per-node
 order; the spool's bound dropping the oldest, counted; a publisher that falls behind the stream;
-an agent restart as a gap record; the datapath's columnar batches packed from their columns."""
+an agent restart as a gap record; the datapath's, the tracepoints' and the socket LB's columnar
+batches packed from their columns."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ import pytest
 from collector.columns import FlowBatch
 from collector.flowstream import FlowStream
 from collector.kafkaconfig import KafkaConfig
+from collector.kernelcolumns import AddressName, KernelBatch
 from collector.publisher import Publisher, encode_batch, read_stats
+from collector.socklb_flows import TranslationNames
+from collector.translationcolumns import TranslationBatch
 from collector.translations import Link
+from dataplane.maps import kernelevent
 from dataplane.maps.flowevent import EVENT_DTYPE, VERSION
 from flowscope.flow.kafkaread import KafkaFlowReader, decode_batch
 from flowscope.flow.model import (
@@ -26,6 +31,7 @@ from flowscope.flow.model import (
     TCP,
     Endpoint,
     Flow,
+    IPVersion,
     LostEvent,
     LostEventSource,
     Policy,
@@ -35,6 +41,7 @@ from flowscope.flow.model import (
 )
 from flowscope.flow.protoconv import record_to_response
 from flowscope.proto import kafka_pb2
+from probes import socklb
 from tests.collector.kafkabroker import Broker, consume_all, running_broker
 
 
@@ -387,3 +394,101 @@ async def test_columnar_batches_are_packed_from_their_columns_in_order(
     # template, not one per row
     templates = node.publisher._rows.misses
     assert templates < 40, templates
+
+
+def kernel_drain(node: str, first: int, n: int) -> KernelBatch:
+    """A drain of the tracepoints' ring: a connection's four state changes per four events,
+    numbered first.. in their source ports, and now and then a drop."""
+    numbers = np.arange(first, first + n)
+    events = np.zeros(n, kernelevent.EVENT_DTYPE)
+    events["ktime_ns"] = numbers * 1000
+    events["kind"] = np.where(numbers % 50 == 7, 1, 2)
+    events["protocol"] = np.where(numbers % 50 == 7, 17, 6)
+    events["drop_reason"] = 3
+    events["old_state"] = np.array([2, 3, 1, 1])[numbers % 4]
+    events["new_state"] = np.array([1, 1, 7, 7])[numbers % 4]
+    events["sport"], events["dport"] = 1024 + numbers // 4 % 60000, 80
+    return KernelBatch(
+        events,
+        node=node,
+        wall_offset=time.time_ns(),
+        reason_names={3: "NO_SOCKET"},
+        addresses=KERNEL_ADDRESSES,
+        sources=(numbers % 2).astype(np.int32),
+        destinations=(1 - numbers % 2).astype(np.int32),
+    )
+
+
+def translation_drain(node: str, first: int, n: int) -> TranslationBatch:
+    """A drain of the socket LB's ring: a connect() per event, its cookie numbered first.."""
+    numbers = np.arange(first, first + n)
+    events = np.zeros(n, socklb.EVENT_DTYPE)
+    events["ktime_ns"] = numbers * 1000 + 1
+    events["sock_cookie"] = 2**40 + numbers
+    events["cgroup_id"] = 4242
+    return TranslationBatch(
+        events,
+        node=node,
+        wall_offset=time.time_ns(),
+        names=TRANSLATION_NAMES,
+        keys=(numbers % 3 == 0).astype(np.intp),
+    )
+
+
+KERNEL_ADDRESSES = [
+    AddressName("10.244.1.2", IPVersion.IPv4, _A),
+    AddressName("10.244.2.3", IPVersion.IPv4, _B),
+]
+TRANSLATION_NAMES = [
+    TranslationNames(
+        "10.244.1.2",
+        Service("web", "y"),
+        ServiceTranslation("10.96.0.1", 80, "10.0.0.2", 8080),
+        6,
+        _A,
+        _B,
+    ),
+    TranslationNames(None, None, ServiceTranslation("10.96.0.10", 53, "10.0.0.3", 53), 17, _A, _B),
+]
+
+
+def built(batch) -> int:
+    return sum(r is not None for r in batch._records or [])
+
+
+async def test_kernel_and_translation_batches_are_packed_from_their_columns_in_order(
+    broker: Broker, tmp_path: Path
+) -> None:
+    cfg = config(broker, batch_flows=100, batch_bytes=8192)
+    node = Node("node-k", cfg, tmp_path / "spool")
+    want: list = []
+    drains: list = []
+    makers = (kernel_drain, translation_drain, columnar)
+    for i, size in enumerate((3, 400, 1, 64, 900, 17, 250, 2, 5)):
+        batch = makers[i % 3]("node-k", node.sent, size)
+        drains.append(batch)
+        node.stream.publish_batch(batch)
+        node.sent += size
+        if size == 64:  # a flow and a lost event between two drains
+            node.send(1)
+            node.stream.publish_lost(LostEventSource.PERF_EVENT_RING_BUFFER, 5)
+        await asyncio.sleep(0.002)
+    await node.settle()
+    stats = node.publisher.stats()
+    await node.stop()
+    # the publisher built a Flow per template, not one per row
+    columns = [b for b in drains if not isinstance(b, FlowBatch)]
+    assert sum(built(b) for b in columns) <= 12 < sum(map(len, columns))
+    for entry in node.stream.ring.last():
+        want.append(entry.record)
+    assert stats.acked == stats.packed == len(want) and stats.lost == 0
+    raw = await consume_all(broker.bootstrap, cfg.topics.flows)
+    batches = sorted((decode_batch(r.value) for r in raw), key=lambda b: b.first_seq)
+    assert all(len(b.records) <= 100 for b in batches)
+    seqs = [b.first_seq + i for b in batches for i in range(len(b.records))]
+    assert seqs == list(range(1, len(want) + 1))
+    got = [r for b in batches for r in b.records]
+    assert got == want  # exactly the flows the stream's readers build, in the stream's order
+    assert {type(b) for b in drains} == {KernelBatch, TranslationBatch, FlowBatch}
+    assert any(f.socket_cookie == 2**40 + 5 for f in got)
+    assert any(f.kernel_drop_reason == "NO_SOCKET" for f in got if isinstance(f, Flow))
