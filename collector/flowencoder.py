@@ -3,13 +3,14 @@
 Building a Flow message field by field (flowscope.flow.protoconv) costs ~50 us a flow in
 Python: at that price one core publishes ~20k flows/s. But a node's flows repeat themselves:
 the same two endpoints, verdict, event type, policies, service... differing in the time, the
-ports and TCP flags (l4) and the uuid. So the encoder keeps, per distinct rest-of-the-flow (a
-bounded cache), the Flow message's bytes without those three fields, made once by protoconv, and
-appends the three as protobuf fields of their own (a field that comes twice in a message's bytes
-is merged by every protobuf decoder: Flow.time is written empty by the template and again with
-its value). What comes out decodes to exactly the message protoconv builds
-(tests/collector/test_flowencoder.py checks this on the corpus and on random flows); it is not
-byte-for-byte the same, which no consumer relies on.
+ports and TCP flags (l4), the uuid and the socket cookie (a socket LB translation's). So the
+encoder keeps, per distinct rest-of-the-flow (a bounded cache), the Flow message's bytes without
+those four fields, made once by protoconv, and appends them as protobuf fields of their own (a
+field that comes twice in a message's bytes is merged by every protobuf decoder: Flow.time is
+written empty by the template and again with its value). What comes out decodes to exactly the
+message protoconv builds (tests/collector/test_publisher_encoder.py checks this on the corpus and
+on random flows); it is not byte-for-byte the same, which no consumer relies on. (Columnar
+batches, most of the publisher's records, go through collector.batchencoder instead.)
 
 Anything unusual (a lost event, an ICMP flow, a number out of its field's range, a time before
 1970) goes through protoconv, which also names a field that does not fit.
@@ -25,7 +26,8 @@ from flowscope.flow.protoconv import flow_to_proto, record_to_response
 
 DEFAULT_TEMPLATES = 4096  # distinct flows-but-for-time-l4-uuid kept (cleared when full)
 _UINT32 = 0xFFFFFFFF
-_VARIABLE = ("time_ns", "l4", "uuid")
+_UINT64 = 2**64 - 1
+_VARIABLE = ("time_ns", "l4", "uuid", "socket_cookie")
 _REST = tuple(f.name for f in dataclasses.fields(Flow) if f.name not in _VARIABLE)
 _rest_of = operator.attrgetter(*_REST)
 
@@ -59,6 +61,7 @@ def _delimited(field: int, body: bytes) -> bytes:
 _FLOW_TIME = _tag(1, 2)  # Flow.time
 _FLOW_L4 = _tag(6, 2)  # Flow.l4
 _FLOW_UUID = _tag(34, 2)  # Flow.uuid
+_FLOW_SOCKET_COOKIE = _tag(32, 0)  # Flow.socket_cookie
 _RESPONSE_FLOW = _tag(1, 2)  # GetFlowsResponse.flow
 _RESPONSE_TIME = _tag(1001, 2)  # GetFlowsResponse.time
 _L4_TAG = {TCP: _tag(1, 2), UDP: _tag(2, 2), SCTP: _tag(5, 2)}  # Layer4's oneof
@@ -99,7 +102,7 @@ class ResponseEncoder:
             return record_to_response(record).SerializeToString()
         flow: Flow = record
         l4 = self._l4(flow.l4)
-        if l4 is None or flow.time_ns < 0:
+        if l4 is None or flow.time_ns < 0 or not 0 <= flow.socket_cookie <= _UINT64:
             return record_to_response(flow).SerializeToString()
         key = _rest_of(flow)
         # consecutive flows mostly share their template, often with the very same endpoint
@@ -113,7 +116,7 @@ class ResponseEncoder:
                 return record_to_response(flow).SerializeToString()
         if template is None:
             self.misses += 1
-            bare = dataclasses.replace(flow, time_ns=0, l4=None, uuid="")
+            bare = dataclasses.replace(flow, time_ns=0, l4=None, uuid="", socket_cookie=0)
             template = flow_to_proto(bare).SerializeToString()  # raises naming a bad field
             if len(self._templates) >= self.max_templates:
                 self._templates.clear()
@@ -125,6 +128,8 @@ class ResponseEncoder:
         body = template + _FLOW_TIME + varint(len(when)) + when
         if l4:
             body += _FLOW_L4 + varint(len(l4)) + l4
+        if flow.socket_cookie:
+            body += _FLOW_SOCKET_COOKIE + varint(flow.socket_cookie)
         if flow.uuid:
             uuid = flow.uuid.encode()
             body += _FLOW_UUID + varint(len(uuid)) + uuid

@@ -38,7 +38,11 @@ def test_any_record_decodes_to_protoconvs_message(record: Flow | LostEvent) -> N
     if isinstance(record, Flow):
         # the same flow at another time, with other ports and flags: the template is reused
         other = dataclasses.replace(
-            record, time_ns=record.time_ns + 1, l4=TCP(1, 65535, TCPFlags(SYN=True)), uuid="u"
+            record,
+            time_ns=record.time_ns + 1,
+            l4=TCP(1, 65535, TCPFlags(SYN=True)),
+            uuid="u",
+            socket_cookie=record.socket_cookie ^ 1,
         )
         assert decoded(encoder.encode(other)) == record_to_response(other)
 
@@ -61,3 +65,6 @@ def test_a_value_out_of_range_is_refused_naming_the_field() -> None:
     bad_port = dataclasses.replace(CORPUS["policy-verdict"], l4=TCP(-1, 80))
     with pytest.raises(ValueError, match=r"flow\.l4\.TCP"):
         ResponseEncoder().encode(bad_port)
+    bad_cookie = dataclasses.replace(CORPUS["policy-verdict"], socket_cookie=2**64)
+    with pytest.raises(ValueError, match=r"^flow: "):
+        ResponseEncoder().encode(bad_cookie)
