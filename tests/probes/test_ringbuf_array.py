@@ -3,7 +3,6 @@ ring buffer, fed by a program run with PROG_TEST_RUN (tests/probes/bpf/ringbuf_f
 
 from __future__ import annotations
 
-import ctypes as ct
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from probes import libbpf
 from probes.bpfloader import CompiledObject
 from probes.ringbuf import RingBuffer
+from tests.probes.ringprog import emit, loaded_ring, lost
 
 pytestmark = pytest.mark.privileged
 
@@ -31,23 +31,8 @@ def compiled() -> CompiledObject:
 
 @pytest.fixture
 def loaded(compiled, pin_root):
-    inst = compiled.instantiate(pin_root / "rbf", libbpf.BPF_PROG_TYPE_SCHED_CLS)
-    ring = RingBuffer(inst.map_fd("events"))
-    try:
-        yield inst, ring
-    finally:
-        ring.close()
-        inst.close()
-
-
-def emit(inst, length: int) -> None:
-    libbpf.prog_test_run(inst.prog_fd("emit"), b"\0" * length)
-
-
-def lost(inst) -> int:
-    value = (ct.c_uint64 * libbpf.possible_cpus())()
-    libbpf.map_lookup(inst.map_fd("lost"), ct.c_uint32(0), value)
-    return sum(value)
+    with loaded_ring(compiled, pin_root / "rbf") as both:
+        yield both
 
 
 def test_records_come_out_as_one_array_in_order_across_wraparound(loaded):
