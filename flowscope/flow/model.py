@@ -5,7 +5,7 @@ writes what `hubble observe -o json` prints for it: a GetFlowsResponse in protob
 with the .proto field names ({"flow": {...}, "node_name": ..., "time": ...}; enums by name,
 64-bit integers as strings, zero values left out, wrappers such as is_reply as plain values).
 So tools that read Hubble's output read ours, and `from_json` reads Hubble's back (fields we do not
-model, such as ethernet or l7, are skipped).
+model, such as ethernet, are skipped).
 
 Our extensions: `policy_cookie`, the u32 the datapath's policy entry carries, naming the
 policy and rule that allowed or denied the flow (dataplane/policy/entry.py),
@@ -553,6 +553,132 @@ class Policy:
         )
 
 
+class L7FlowType(enum.IntEnum):
+    UNKNOWN_L7_TYPE = 0
+    REQUEST = 1
+    RESPONSE = 2
+    SAMPLE = 3
+
+
+@dataclass(frozen=True)
+class DNS:
+    """A DNS query or response seen by the DNS proxy (Hubble's flow.DNS)."""
+
+    query: str = ""  # the name asked for, fully qualified with the trailing dot
+    ips: tuple[str, ...] = ()  # addresses in the answer (A/AAAA)
+    ttl: int = 0  # the smallest TTL of the answer's address records
+    cnames: tuple[str, ...] = ()
+    observation_source: str = ""  # "proxy"
+    rcode: int = 0  # 0 NOERROR, 3 NXDOMAIN, ...
+    qtypes: tuple[str, ...] = ()  # "A", "AAAA"
+    rrtypes: tuple[str, ...] = ()  # the answer's record types
+
+    def to_dict(self) -> dict:
+        return _prune(
+            {
+                "query": self.query,
+                "ips": list(self.ips),
+                "ttl": self.ttl,
+                "cnames": list(self.cnames),
+                "observation_source": self.observation_source,
+                "rcode": self.rcode,
+                "qtypes": list(self.qtypes),
+                "rrtypes": list(self.rrtypes),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> DNS:
+        raw = _obj(raw, "flow.l7.dns")
+        return cls(
+            raw.get("query", ""),
+            _strings(raw.get("ips"), "flow.l7.dns.ips"),
+            _uint(raw.get("ttl"), "flow.l7.dns.ttl"),
+            _strings(raw.get("cnames"), "flow.l7.dns.cnames"),
+            raw.get("observation_source", ""),
+            _uint(raw.get("rcode"), "flow.l7.dns.rcode"),
+            _strings(raw.get("qtypes"), "flow.l7.dns.qtypes"),
+            _strings(raw.get("rrtypes"), "flow.l7.dns.rrtypes"),
+        )
+
+
+@dataclass(frozen=True)
+class HTTPHeader:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class HTTP:
+    """An HTTP request or response seen by the L7 proxy (Hubble's flow.HTTP). Sensitive header
+    values and query strings are redacted before a flow is made (never stored in the clear)."""
+
+    code: int = 0  # the status; 0 on a request
+    method: str = ""
+    url: str = ""
+    protocol: str = ""  # "HTTP/1.1"
+    headers: tuple[HTTPHeader, ...] = ()
+
+    def to_dict(self) -> dict:
+        return _prune(
+            {
+                "code": self.code,
+                "method": self.method,
+                "url": self.url,
+                "protocol": self.protocol,
+                "headers": [{"key": h.key, "value": h.value} for h in self.headers],
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> HTTP:
+        raw = _obj(raw, "flow.l7.http")
+        headers = []
+        for i, h in enumerate(raw.get("headers") or ()):
+            h = _obj(h, f"flow.l7.http.headers[{i}]")
+            headers.append(HTTPHeader(str(h.get("key", "")), str(h.get("value", ""))))
+        return cls(
+            _uint(raw.get("code"), "flow.l7.http.code"),
+            raw.get("method", ""),
+            raw.get("url", ""),
+            raw.get("protocol", ""),
+            tuple(headers),
+        )
+
+
+@dataclass(frozen=True)
+class Layer7:
+    """The L7 record of a flow of Type L7 (Hubble's flow.Layer7): one DNS or HTTP message."""
+
+    type: L7FlowType | int = L7FlowType.UNKNOWN_L7_TYPE
+    latency_ns: int = 0  # on a response: since its request
+    dns: DNS | None = None
+    http: HTTP | None = None
+
+    def to_dict(self) -> dict:
+        d = _prune(
+            {
+                "type": _enum_out(self.type) if self.type else None,
+                "latency_ns": str(self.latency_ns) if self.latency_ns else None,  # uint64
+            }
+        )
+        if self.dns is not None:  # a oneof member: present even when empty
+            d["dns"] = self.dns.to_dict()
+        if self.http is not None:
+            d["http"] = self.http.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Layer7:
+        raw = _obj(raw, "flow.l7")
+        return cls(
+            _enum_in(L7FlowType, raw.get("type"), "flow.l7.type"),
+            _uint(raw.get("latency_ns"), "flow.l7.latency_ns"),
+            DNS.from_dict(raw["dns"]) if raw.get("dns") is not None else None,
+            HTTP.from_dict(raw["http"]) if raw.get("http") is not None else None,
+        )
+
+
 def _response_line(key: str, body: dict, node_name: str, time_ns: int) -> str:
     out: dict[str, Any] = {key: body}
     if node_name:
@@ -581,6 +707,7 @@ class Flow:
     drop_reason: int = 0  # Hubble's DropReason number (133 POLICY_DENIED); 0 unless dropped
     ip: IP | None = None
     l4: L4 | None = None
+    l7: Layer7 | None = None  # on flows of Type L7
     source: Endpoint | None = None
     destination: Endpoint | None = None
     type: FlowType | int = FlowType.L3_L4
@@ -624,6 +751,7 @@ class Flow:
             "drop_reason": self.drop_reason,
             "IP": self.ip.to_dict() if self.ip else None,
             "l4": _l4_to_dict(self.l4) if self.l4 else None,
+            "l7": self.l7.to_dict() if self.l7 else None,
             "source": self.source.to_dict() if self.source else None,
             "destination": self.destination.to_dict() if self.destination else None,
             "Type": _enum_out(self.type) if self.type else None,
@@ -689,6 +817,7 @@ class Flow:
             drop_reason=drop_reason,
             ip=IP.from_dict(raw["IP"]) if raw.get("IP") else None,
             l4=_l4_from_dict(l4) if l4 else None,
+            l7=Layer7.from_dict(raw["l7"]) if raw.get("l7") else None,
             source=Endpoint.from_dict(raw["source"], "flow.source") if raw.get("source") else None,
             destination=(
                 Endpoint.from_dict(raw["destination"], "flow.destination")
