@@ -1,0 +1,68 @@
+"""What every exporter is: the contract between the export runner (a consumer of the flows topic,
+or of the relay) and the exporters it feeds (Prometheus, OpenTelemetry, audit files).
+
+The runner hands an exporter batches of stream records (flows and lost events, each node's order
+kept) and commits the batch's Kafka offsets only after the exporter's `flush` returned: so an
+exporter that makes its output durable in `flush` (the audit writer fsyncs) loses nothing when it
+crashes; at worst it sees a batch again.
+
+Each exporter kind is a module with a KIND: how its section of the config file is read and how an
+exporter is made from it.
+
+    kind.parse(raw_section, "prometheus")  -> a frozen config (ConfigError naming the field)
+    kind.build(config)                      -> an Exporter
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flowscope.errors import FlowscopeError
+from flowscope.flow.model import Record
+
+
+class ConfigError(FlowscopeError):
+    """A config value that cannot be used; `field` is its dotted path ("audit.rotate.max_mb")."""
+
+    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", hint=hint or "fix the export config and retry")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ExportBatch:
+    """Records read together. `lag`: per (topic, partition), records on the broker not yet read
+    (empty when reading from the relay)."""
+
+    records: tuple[Record, ...]
+    lag: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+
+class Exporter(Protocol):
+    name: str  # the config section it came from ("prometheus")
+
+    async def start(self) -> None:
+        """Open what it writes to (a listener, a file, a connection); errors are FlowscopeError."""
+
+    async def export(self, batch: ExportBatch) -> None: ...
+
+    async def flush(self) -> None:
+        """Everything exported so far is durable or sent; the runner commits offsets after it."""
+
+    async def close(self) -> None: ...
+
+    async def reconfigure(self, config: Any) -> bool:
+        """Take a changed config in place; False: the runner must close it and build a new one."""
+
+
+@dataclass(frozen=True)
+class ExporterKind:
+    name: str  # the config section ("prometheus", "otel", "audit")
+    parse: Callable[[Any, str], Any]  # (raw section, field path) -> frozen config
+    build: Callable[[Any], Exporter]
+    default_group: str = ""  # the Kafka consumer group, when the section names none
+
+    def group(self) -> str:
+        return self.default_group or f"flowscope-export-{self.name}"
