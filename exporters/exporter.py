@@ -34,10 +34,19 @@ class ConfigError(FlowscopeError):
 @dataclass(frozen=True)
 class ExportBatch:
     """Records read together. `lag`: per (topic, partition), records on the broker not yet read
-    (empty when reading from the relay)."""
+    (empty when reading from the relay). `keys`: empty, or one per record, naming it across
+    re-deliveries (`record_key`: "<node>:<run_id>:<seq>" from the FlowBatch it came in), so a
+    reader of at-least-once output (the audit files) can drop duplicates."""
 
     records: tuple[Record, ...]
     lag: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()
+
+
+def record_key(node: str, run_id: int, seq: int) -> str:
+    """The key of the stream record numbered `seq` by `node`'s agent run `run_id`: a FlowBatch's
+    records are first_seq, first_seq + 1, ... in order."""
+    return f"{node}:{run_id}:{seq}"
 
 
 class Exporter(Protocol):
