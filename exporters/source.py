@@ -1,0 +1,334 @@
+"""Where an exporter's records come from: its own Kafka consumer group on the flows topic, or
+the cluster's relay when there is no Kafka.
+
+Kafka (KafkaSource): every exporter is a consumer group of its own, so it scales out by starting
+more `flowscope export` processes with the same config (the group shares the partitions). Offsets
+are never committed automatically: `next_batch` hands out a Pending (the records and the offsets
+just past them), and the runner calls `commit(pending)` only after the exporter flushed them. A
+consumer killed mid-batch therefore starts again at the last commit: records are exported at
+least once, none is lost. Records the publisher delivered twice are dropped by node and seq
+(kafkaread.SeqTracker); records that are not FlowBatches are skipped and counted. A broker that
+cannot be reached is reported and tried again with backoff.
+
+Relay (RelaySource): GetFlows with follow, the filters sent to the relay; a broken stream is
+reconnected with backoff from the time of the last record. Nothing to commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from exporters.config import SourceConfig
+from exporters.exporter import ExportBatch
+from flowscope.flow.kafkaread import MalformedRecord, ReadStats, SeqTracker, decode_batch
+from flowscope.flow.model import Record
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 500  # how long next_batch waits for records before handing out an empty batch
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A batch handed out and not yet committed. `offsets`: per (topic, partition), the offset
+    after the last Kafka record the batch came from (empty for the relay)."""
+
+    batch: ExportBatch
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    stats: ReadStats
+
+    async def start(self) -> None: ...
+
+    async def next_batch(self) -> Pending:
+        """The next records (maybe none, after POLL_MS), or raises when the source is closed."""
+        ...
+
+    async def commit(self, pending: Pending) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Backoff:
+    """Doubling waits between retries, reset by a success."""
+
+    def __init__(self, start: float = BACKOFF_START, limit: float = BACKOFF_MAX) -> None:
+        self.start, self.limit, self.next = start, limit, start
+
+    def take(self) -> float:
+        wait, self.next = self.next, min(self.next * 2, self.limit)
+        return wait
+
+    def reset(self) -> None:
+        self.next = self.start
+
+
+def with_keys(records: list[Record], keys: list[str], lag: dict) -> ExportBatch:
+    """An ExportBatch; per-record dedup keys ("node:seq") when the contract carries them."""
+    if "keys" in ExportBatch.__dataclass_fields__:
+        return ExportBatch(tuple(records), lag, keys=tuple(keys))  # type: ignore[call-arg]
+    return ExportBatch(tuple(records), lag)
+
+
+class KafkaSource:
+    """One exporter's consumer group on the flows topic."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        group: str,
+        *,
+        client_id: str = "flowscope-export",
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.config = config
+        self.kafka = config.kafka
+        self.topic = config.kafka.topics.flows
+        self.group = group
+        self.client_id = client_id
+        self.matcher = config.selection()
+        self.stopping = stopping
+        self.stats = ReadStats()
+        self.commits = 0
+        self._seqs = SeqTracker()
+        self._consumer: Any = None
+        # held while a batch is between hand-out and commit: a rebalance waits for it, so the
+        # partitions it came from are committed before another member takes them
+        self.handing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Join the group; an unreachable broker is logged and retried until it answers (or
+        `stopping()` says to give up)."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+
+        backoff = Backoff()
+        while True:
+            consumer = AIOKafkaConsumer(
+                **self.kafka.client_kwargs(),
+                group_id=self.group,
+                client_id=self.client_id,
+                enable_auto_commit=False,
+                auto_offset_reset=self.config.start,
+                max_poll_records=self.config.max_records,
+            )
+            try:
+                await consumer.start()
+                break
+            except (KafkaError, OSError) as e:
+                await consumer.stop()
+                if self.stopping():
+                    raise
+                wait = backoff.take()
+                log.warning(
+                    "%s: cannot reach the Kafka brokers at %s (%s); retrying in %.1fs",
+                    self.group,
+                    self.kafka.bootstrap_servers,
+                    e,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+        consumer.subscribe([self.topic], listener=_Revoked(self))
+        self._consumer = consumer
+        log.info("%s: consuming %s at %s", self.group, self.topic, self.kafka.bootstrap_servers)
+
+    async def next_batch(self) -> Pending:
+        from aiokafka.errors import KafkaError
+
+        consumer = self._consumer
+        try:
+            fetched = await consumer.getmany(
+                timeout_ms=POLL_MS, max_records=self.config.max_records
+            )
+        except KafkaError as e:  # the client reconnects by itself; say so and go on
+            log.warning("%s: fetching from %s failed: %s", self.group, self.topic, e)
+            await asyncio.sleep(BACKOFF_START)
+            return Pending(ExportBatch(()))
+        records: list[Record] = []
+        keys: list[str] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for tp, kafka_records in fetched.items():
+            for kafka_record in kafka_records:
+                self._take(kafka_record.value, records, keys)
+                offsets[(tp.topic, tp.partition)] = kafka_record.offset + 1
+        lag = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            read = offsets.get((tp.topic, tp.partition))
+            if read is None:
+                read = await consumer.position(tp)
+            lag[(tp.topic, tp.partition)] = max(0, high - read)
+        self.stats.yielded += len(records)
+        return Pending(with_keys(records, keys, lag), offsets)
+
+    def _take(self, value: bytes | None, records: list[Record], keys: list[str]) -> None:
+        self.stats.kafka_records += 1
+        try:
+            batch = decode_batch(value)
+        except MalformedRecord as e:
+            self.stats.malformed += 1
+            log.debug("%s: skipped a record: %s", self.group, e)
+            return
+        self.stats.records += len(batch.records)
+        kept = self._seqs.admit(batch, self.stats)
+        first = batch.first_seq + len(batch.records) - len(kept)
+        for i, record in enumerate(kept):
+            if self.matcher is None or self.matcher.matches(record):
+                records.append(record)
+                keys.append(f"{batch.node}:{first + i}")
+
+    async def commit(self, pending: Pending) -> None:
+        """Commit the offsets after the batch (only what was handed over). A commit refused
+        because the group rebalanced is logged: the new owner reads those records again."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import CommitFailedError, KafkaError
+
+        if not pending.offsets:
+            return
+        offsets = {TopicPartition(t, p): o for (t, p), o in pending.offsets.items()}
+        try:
+            await self._consumer.commit(offsets)
+            self.commits += 1
+        except CommitFailedError as e:
+            log.warning("%s: commit refused (%s); these records will be read again", self.group, e)
+        except KafkaError as e:
+            raise CommitError(f"{self.group}: cannot commit offsets: {e}") from e
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+
+class CommitError(Exception):
+    """Offsets not committed (the broker is away): the runner retries the commit."""
+
+
+class _Revoked:
+    """aiokafka's ConsumerRebalanceListener: a revocation waits until the batch in hand is
+    committed."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.source.handing:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info(
+            "%s: assigned partitions %s",
+            self.source.group,
+            sorted(tp.partition for tp in assigned),
+        )
+
+
+class RelaySource:
+    """GetFlows(follow) from the relay (or any Observer API), filters applied there."""
+
+    def __init__(
+        self, config: SourceConfig, name: str, *, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.config = config
+        self.relay = config.relay
+        self.name = name
+        self.stopping = stopping
+        self.stats = ReadStats()
+        self.commits = 0
+        self.handing = asyncio.Lock()
+        self.reconnects = 0
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=4 * config.max_records)
+        self._task: asyncio.Task | None = None
+        self._last_ns = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name=f"relay-source-{self.name}")
+
+    def _request(self) -> Any:
+        from flowscope.proto import observer_pb2
+
+        white, black = self.config.filters()
+        req = observer_pb2.GetFlowsRequest(follow=True, whitelist=white, blacklist=black)
+        if self._last_ns:  # after a reconnect: from just after the last record seen
+            req.since.FromNanoseconds(self._last_ns + 1)
+        return req
+
+    async def _pump(self) -> None:
+        import grpc
+
+        from flowscope.cli.observe import open_channel
+        from flowscope.flow.protoconv import record_from_response
+        from flowscope.proto import observer_pb2_grpc
+
+        backoff = Backoff()
+        while True:
+            try:
+                async with open_channel(self.relay.address, self.relay.tls) as channel:
+                    stub = observer_pb2_grpc.ObserverStub(channel)
+                    async for resp in stub.GetFlows(self._request()):
+                        backoff.reset()
+                        try:
+                            record = record_from_response(resp)
+                        except ValueError:  # node status: not a record
+                            continue
+                        self.stats.records += 1
+                        self._last_ns = max(self._last_ns, record.time_ns)
+                        await self._queue.put(record)
+                reason = "the stream ended"
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+            except Exception as e:  # a TLS file that went away, ...: report and retry
+                reason = str(e)
+            wait = backoff.take()
+            self.reconnects += 1
+            log.warning(
+                "%s: relay %s: %s; reconnecting in %.1fs", self.name, self.relay.address, reason,
+                wait,
+            )  # fmt: skip
+            await asyncio.sleep(wait)
+
+    async def next_batch(self) -> Pending:
+        records: list[Record] = []
+        deadline = time.monotonic() + POLL_MS / 1000
+        while len(records) < self.config.max_records:
+            try:
+                if not records:
+                    left = deadline - time.monotonic()
+                    records.append(await asyncio.wait_for(self._queue.get(), max(left, 0.001)))
+                else:
+                    records.append(self._queue.get_nowait())
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+        self.stats.yielded += len(records)
+        keys = [f"{r.node_name}:{r.time_ns}" for r in records]
+        return Pending(with_keys(records, keys, {}))
+
+    async def commit(self, pending: Pending) -> None:
+        self.commits += 1  # nothing to commit: the relay keeps no position
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def make_source(
+    config: SourceConfig, name: str, group: str, stopping: Callable[[], bool] = lambda: False
+) -> KafkaSource | RelaySource:
+    if config.kafka is not None:
+        return KafkaSource(config, group, client_id=f"flowscope-export-{name}", stopping=stopping)
+    return RelaySource(config, name, stopping=stopping)
