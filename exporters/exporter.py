@@ -75,3 +75,22 @@ class ExporterKind:
 
     def group(self) -> str:
         return self.default_group or f"flowscope-export-{self.name}"
+
+
+def parse_model(model: Any, raw: Any, field: str) -> Any:
+    """A config section read into a pydantic model (frozen, extra="forbid"); ConfigError naming
+    the first bad field by its dotted path ("audit.rotate.max_mbb: unknown field")."""
+    from pydantic import ValidationError
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(field, f"expected a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as e:
+        err = e.errors()[0]
+        path = ".".join([field, *(str(p) for p in err["loc"])])
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
+        raise ConfigError(path, message) from None
