@@ -204,7 +204,7 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     add("traffic-direction", "ingress or egress", metavar="DIRECTION")
     add("is-reply", "replies (or, with =false, requests)", nargs="?", const="true", metavar="BOOL")
     add("node-name", "flows observed on these nodes (patterns: node-*)", metavar="PATTERN")
-    add("http-method", "HTTP requests with this method (no L7 observed yet)", metavar="METHOD")
+    add("http-method", "HTTP requests and responses with this method (GET)", metavar="METHOD")
     add("http-status", "HTTP responses with this code or prefix (404, 5+)", metavar="CODE")
     add("http-path", "HTTP requests whose path matches this regex", metavar="REGEX")
     add("uuid", "the flow with this identifier")

@@ -33,6 +33,7 @@ from flowscope.flow.model import (
     Endpoint,
     Flow,
     FlowType,
+    L7FlowType,
     LostEvent,
     LostEventSource,
     MessageType,
@@ -43,7 +44,7 @@ from flowscope.flow.model import (
     TrafficDirection,
     Verdict,
 )
-from flowscope.flow.summary import summary_of
+from flowscope.flow.summary import summary_of, summary_of_l7
 from flowscope.flow.timestamp import stamp_milli
 
 # Cilium's reserved identities as its NumericIdentity.String() names them.
@@ -134,6 +135,13 @@ def flow_type(flow: Flow) -> str:
     """The type column: trace point ('to-endpoint'), drop reason, 'policy-verdict:L3-L4 INGRESS'."""
     if flow.kernel_drop_reason:
         return f"kernel-drop:{flow.kernel_drop_reason}"
+    if flow.l7 is not None:
+        protocol = "dns" if flow.l7.dns else "http" if flow.l7.http else "l7"
+        try:
+            kind = L7FlowType(flow.l7.type).name.lower()
+        except ValueError:
+            kind = str(flow.l7.type)
+        return f"{protocol}-{kind}"
     if flow.event_type is not None and flow.event_type.type == MessageType.TRACE_SOCK:
         try:
             return SocketTranslationPoint(flow.sock_xlate_point).label
@@ -209,7 +217,9 @@ def host_names(flow: Flow) -> tuple[str, str]:
 
 
 def summary_text(flow: Flow) -> str:
-    return flow.summary or summary_of(flow.l4)
+    if flow.summary:
+        return flow.summary
+    return summary_of_l7(flow.l7) if flow.l7 is not None else summary_of(flow.l4)
 
 
 def format_flow(flow: Flow, *, node_name: bool = False, palette: Palette = PLAIN) -> str:

@@ -626,7 +626,7 @@ class HTTP:
                 "method": self.method,
                 "url": self.url,
                 "protocol": self.protocol,
-                "headers": [{"key": h.key, "value": h.value} for h in self.headers],
+                "headers": [_prune({"key": h.key, "value": h.value}) for h in self.headers],
             }
         )
 

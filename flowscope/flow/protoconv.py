@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, wrappers_pb2
 
 from flowscope.flow.model import (
+    DNS,
+    HTTP,
     IP,
     SCTP,
     TCP,
@@ -28,9 +30,12 @@ from flowscope.flow.model import (
     EventType,
     Flow,
     FlowType,
+    HTTPHeader,
     ICMPv4,
     ICMPv6,
     IPVersion,
+    L7FlowType,
+    Layer7,
     LostEvent,
     LostEventSource,
     NetworkInterface,
@@ -126,6 +131,67 @@ def _policy_pb(p: Policy, field: str) -> flow_pb2.Policy:
     )
 
 
+def _l7_pb(l7: Layer7) -> flow_pb2.Layer7:
+    msg = _build(flow_pb2.Layer7, "flow.l7", type=int(l7.type), latency_ns=l7.latency_ns)
+    if l7.dns is not None:
+        d = l7.dns
+        msg.dns.CopyFrom(
+            _build(
+                flow_pb2.DNS,
+                "flow.l7.dns",
+                query=d.query,
+                ips=d.ips,
+                ttl=d.ttl,
+                cnames=d.cnames,
+                observation_source=d.observation_source,
+                rcode=d.rcode,
+                qtypes=d.qtypes,
+                rrtypes=d.rrtypes,
+            )
+        )
+    elif l7.http is not None:
+        h = l7.http
+        msg.http.CopyFrom(
+            _build(
+                flow_pb2.HTTP,
+                "flow.l7.http",
+                code=h.code,
+                method=h.method,
+                url=h.url,
+                protocol=h.protocol,
+                headers=[flow_pb2.HTTPHeader(key=x.key, value=x.value) for x in h.headers],
+            )
+        )
+    return msg
+
+
+def _l7(msg: flow_pb2.Layer7) -> Layer7:
+    which = msg.WhichOneof("record")
+    dns = http = None
+    if which == "dns":
+        d = msg.dns
+        dns = DNS(
+            d.query,
+            tuple(d.ips),
+            d.ttl,
+            tuple(d.cnames),
+            d.observation_source,
+            d.rcode,
+            tuple(d.qtypes),
+            tuple(d.rrtypes),
+        )
+    elif which == "http":
+        h = msg.http
+        http = HTTP(
+            h.code,
+            h.method,
+            h.url,
+            h.protocol,
+            tuple(HTTPHeader(x.key, x.value) for x in h.headers),
+        )
+    return Layer7(_enum(L7FlowType, msg.type), msg.latency_ns, dns, http)
+
+
 def flow_to_proto(flow: Flow) -> flow_pb2.Flow:
     """The Flow message for a flow; ValueError naming the field when a value does not fit."""
     msg = _build(
@@ -164,6 +230,8 @@ def flow_to_proto(flow: Flow) -> flow_pb2.Flow:
         )
     if flow.l4 is not None:
         msg.l4.CopyFrom(_l4_pb(flow.l4))
+    if flow.l7 is not None:
+        msg.l7.CopyFrom(_l7_pb(flow.l7))
     if flow.source is not None:
         msg.source.CopyFrom(_endpoint_pb(flow.source, "flow.source"))
     if flow.destination is not None:
@@ -295,6 +363,7 @@ def flow_from_proto(msg: flow_pb2.Flow) -> Flow:
             else None
         ),
         l4=_l4(msg.l4) if msg.HasField("l4") else None,
+        l7=_l7(msg.l7) if msg.HasField("l7") else None,
         source=_endpoint(msg.source) if msg.HasField("source") else None,
         destination=_endpoint(msg.destination) if msg.HasField("destination") else None,
         type=_enum(FlowType, msg.Type),

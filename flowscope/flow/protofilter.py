@@ -13,9 +13,10 @@ Differences from Hubble, on purpose:
   one matches the label from any source;
 - FQDN filters match the DNS names a flow's ends are known by (source_names /
   destination_names), with Hubble's wildcard: "*" stands for any run of name characters;
-- HTTP filters (http_method, http_status_code, http_path) are checked as Hubble checks them and
-  match a flow's HTTP record; flowscope observes no L7 yet, so today they match no flow;
-- dns_query and the L7 protocols are refused with FilterError naming the field.
+- HTTP filters (http_method, http_status_code, http_path), dns_query and the L7 protocols
+  ("http", "dns") are checked as Hubble checks them, against a flow's L7 record. L7 flows are
+  made by the node agent's proxies one by one, never in columnar batches, so over columns these
+  criteria hold for no row.
 
 compile_selection() raises FilterError (a ValueError) whose message starts with the offending
 field's path, e.g. "whitelist[0].source_ip[1]: ...".
@@ -37,10 +38,22 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from flowscope.flow.model import SCTP, TCP, UDP, Endpoint, Flow, ICMPv4, ICMPv6, Record, Service
+from flowscope.flow.model import (
+    HTTP,
+    SCTP,
+    TCP,
+    UDP,
+    Endpoint,
+    Flow,
+    ICMPv4,
+    ICMPv6,
+    Record,
+    Service,
+)
 from flowscope.proto import flow_pb2
 
 Predicate = Callable[[Flow], bool]
@@ -50,11 +63,10 @@ NameMask = Callable[["FlowColumns", np.ndarray], np.ndarray]
 Builder = Callable[[Sequence[Any], str], "Criterion"]
 
 _TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
-_UNSUPPORTED = {"dns_query"}
 _HTTP_METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"]
 )
-_L7_PROTOCOLS = {"http", "dns", "kafka"}
+_L7_PROTOCOLS = ("http", "dns", "kafka")
 _L4_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "tcp": (TCP,),
     "udp": (UDP,),
@@ -216,8 +228,6 @@ def compile_filter(msg: flow_pb2.FlowFilter, path: str = "filter") -> CompiledFi
     for fd, values in msg.ListFields():
         name = fd.name
         where = f"{path}.{name}"
-        if name in _UNSUPPORTED:
-            raise FilterError(where, "not supported yet (flowscope observes no DNS queries)")
         build = _BUILDERS.get(name)
         if build is None:
             raise FilterError(where, "not supported yet")
@@ -522,23 +532,33 @@ def _port(end: str) -> Builder:
     return build
 
 
-def _parse_protocol(text: str) -> tuple[type, ...]:
+def _parse_protocol(text: str) -> tuple[type, ...] | str:
+    """An L4 protocol's classes, or the name of an L7 one."""
     name = text.strip().lower()
     if name in _L7_PROTOCOLS:
-        raise ValueError(f"{text!r}: L7 protocols are not supported yet (no L7 flows here)")
+        return name
     classes = _L4_PROTOCOLS.get(name)
     if classes is None:
-        raise ValueError(f"{text!r} is not a protocol; use one of {', '.join(_L4_PROTOCOLS)}")
+        known = ", ".join((*_L4_PROTOCOLS, *_L7_PROTOCOLS))
+        raise ValueError(f"{text!r} is not a protocol; use one of {known}")
     return classes
 
 
 def _protocol(values: Sequence[str], where: str) -> Criterion:
-    classes = tuple(c for group in _each(values, where, _parse_protocol) for c in group)
+    parsed = _each(values, where, _parse_protocol)
+    classes = tuple(c for group in parsed if not isinstance(group, str) for c in group)
+    l7 = {name for name in parsed if isinstance(name, str)}
     numbers = np.array([PROTOCOL_NUMBERS[c] for c in classes])
-    return Criterion(
-        lambda flow: isinstance(flow.l4, classes),
-        lambda columns: np.isin(columns.protocol, numbers),
-    )
+
+    def match(flow: Flow) -> bool:
+        if isinstance(flow.l4, classes):
+            return True
+        record = flow.l7
+        return record is not None and (
+            ("http" in l7 and record.http is not None) or ("dns" in l7 and record.dns is not None)
+        )
+
+    return Criterion(match, lambda columns: np.isin(columns.protocol, numbers))
 
 
 def _tcp_flags(values: Sequence[flow_pb2.TCPFlags], where: str) -> Criterion:
@@ -681,11 +701,6 @@ def _fqdn(end: str) -> Builder:
     return build
 
 
-def _no_http_record(flow: Flow) -> bool:
-    # the HTTP filters match a flow's L7 HTTP record; flowscope's flows carry none yet
-    return False
-
-
 def _parse_method(text: str) -> str:
     method = text.strip().upper()
     if method not in _HTTP_METHODS:
@@ -700,20 +715,55 @@ def _parse_status(text: str) -> str:
     return text.strip()
 
 
-def _parse_path(text: str) -> re.Pattern[str]:
+def _parse_regex(text: str) -> re.Pattern[str]:
     try:
         return re.compile(text)
     except re.error as exc:
         raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
 
 
-def _http(parse: Callable[[str], Any]) -> Builder:
+def _no_l7_rows(columns: FlowColumns) -> np.ndarray:
+    return np.zeros(len(columns), bool)  # columnar batches hold no L7 flows
+
+
+def _http(parse: Callable[[str], Any], test: Callable[[HTTP, list[Any]], bool]) -> Builder:
     def build(values: Sequence[str], where: str) -> Criterion:
-        _each(values, where, parse)
-        # the predicate answers no whatever the flow: so does the mask
-        return Criterion(_no_http_record, lambda columns: np.zeros(len(columns), bool))
+        parsed = _each(values, where, parse)
+
+        def match(flow: Flow) -> bool:
+            http = flow.l7.http if flow.l7 is not None else None
+            return http is not None and test(http, parsed)
+
+        return Criterion(match, _no_l7_rows)
 
     return build
+
+
+def _method_is(http: HTTP, methods: list[str]) -> bool:
+    return http.method.upper() in methods
+
+
+def _status_is(http: HTTP, codes: list[str]) -> bool:
+    # a request (code 0) has no status to match
+    code = str(http.code)
+    return http.code != 0 and any(
+        code.startswith(c[:-1]) if c.endswith("+") else code == c for c in codes
+    )
+
+
+def _path_is(http: HTTP, patterns: list[re.Pattern[str]]) -> bool:
+    path = urlsplit(http.url).path
+    return any(p.search(path) for p in patterns)
+
+
+def _dns_query(values: Sequence[str], where: str) -> Criterion:
+    patterns = _each(values, where, _parse_regex)
+
+    def match(flow: Flow) -> bool:
+        dns = flow.l7.dns if flow.l7 is not None else None
+        return dns is not None and any(p.search(dns.query) for p in patterns)
+
+    return Criterion(match, _no_l7_rows)
 
 
 _BUILDERS: dict[str, Builder] = {
@@ -743,7 +793,8 @@ _BUILDERS: dict[str, Builder] = {
     "node_name": _node_name,
     "source_fqdn": _fqdn("source"),
     "destination_fqdn": _fqdn("destination"),
-    "http_method": _http(_parse_method),
-    "http_status_code": _http(_parse_status),
-    "http_path": _http(_parse_path),
+    "http_method": _http(_parse_method, _method_is),
+    "http_status_code": _http(_parse_status, _status_is),
+    "http_path": _http(_parse_regex, _path_is),
+    "dns_query": _dns_query,
 }

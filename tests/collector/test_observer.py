@@ -145,7 +145,7 @@ async def test_field_mask_keeps_only_the_asked_fields(observed) -> None:
             {"whitelist": [flow_pb2.FlowFilter(destination_fqdn=["a b"])]},
             "whitelist[0].destination_fqdn[0]",
         ),
-        ({"whitelist": [flow_pb2.FlowFilter(dns_query=["a"])]}, "whitelist[0].dns_query"),
+        ({"whitelist": [flow_pb2.FlowFilter(dns_query=["a("])]}, "whitelist[0].dns_query[0]"),
         ({"first": True, "follow": True}, "first"),
         ({"since": ts(5), "until": ts(4)}, "until"),
         ({"field_mask": field_mask_pb2.FieldMask(paths=["nope"])}, "field_mask"),

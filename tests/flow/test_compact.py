@@ -21,6 +21,7 @@ from flowscope.flow import (
     Verdict,
 )
 from flowscope.flow.compact import format_compact
+from flowscope.flow.model import DNS, HTTP, FlowType, L7FlowType, Layer7, MessageType
 from flowscope.flow.summary import summary_of
 
 T0 = 1_764_366_771_123_456_789  # Nov 28 21:52:51.123 UTC
@@ -132,3 +133,43 @@ def test_filter() -> None:
             assert f"filters.{field}" in str(exc)
         else:
             raise AssertionError(bad)
+
+
+def test_l7_flows_as_hubble_prints_them() -> None:
+    def l7(kind: L7FlowType, **record) -> Flow:
+        reply = kind == L7FlowType.RESPONSE
+        return Flow(
+            T0,
+            Verdict.FORWARDED,
+            ip=IP("10.244.2.7", "10.244.1.5") if reply else IP("10.244.1.5", "10.244.2.7"),
+            l4=UDP(53, 40000) if reply else UDP(40000, 53),
+            source=B if reply else A,
+            destination=A if reply else B,
+            type=FlowType.L7,
+            event_type=EventType(MessageType.ACCESS_LOG),
+            is_reply=reply,
+            l7=Layer7(kind, 3_400_000 if reply else 0, **record),
+        )
+
+    query = DNS("api.example.com.", qtypes=("A",))
+    assert format_compact(l7(L7FlowType.REQUEST, dns=query)) == (
+        "Nov 28 21:52:51.123: x/a:40000 (ID:12345) -> y/b:53 (ID:23456) "
+        "dns-request FORWARDED (DNS Query api.example.com. A)"
+    )
+    answer = DNS("api.example.com.", ("1.2.3.4", "1.2.3.5"), 30, qtypes=("A",), rrtypes=("A",))
+    assert format_compact(l7(L7FlowType.RESPONSE, dns=answer)).endswith(
+        "x/a:40000 (ID:12345) <- y/b:53 (ID:23456) dns-response FORWARDED "
+        '(DNS Answer "1.2.3.4,1.2.3.5" TTL: 30 (Proxy api.example.com. A))'
+    )
+    nx = DNS("nope.example.com.", rcode=3, qtypes=("AAAA",))
+    assert format_compact(l7(L7FlowType.RESPONSE, dns=nx)).endswith(
+        "(DNS Answer RCode: NXDOMAIN (Proxy nope.example.com. AAAA))"
+    )
+    get = HTTP(0, "GET", "http://b/public", "HTTP/1.1")
+    assert format_compact(l7(L7FlowType.REQUEST, http=get)).endswith(
+        "http-request FORWARDED (HTTP/1.1 GET http://b/public)"
+    )
+    ok = HTTP(200, "GET", "http://b/public", "HTTP/1.1")
+    assert format_compact(l7(L7FlowType.RESPONSE, http=ok)).endswith(
+        "http-response FORWARDED (HTTP/1.1 200 3ms (GET http://b/public))"
+    )

@@ -39,6 +39,11 @@ from flowscope.flow import (
     Workload,
 )
 from flowscope.flow.model import (
+    DNS,
+    HTTP,
+    HTTPHeader,
+    L7FlowType,
+    Layer7,
     MessageType,
     PolicyMatchType,
     ServiceTranslation,
@@ -286,6 +291,16 @@ def strategies(nonempty: bool):
         st.builds(ICMPv4, st.integers(0, 255), st.integers(0, 255)),
         st.builds(ICMPv6, st.integers(0, 255), st.integers(0, 255)),
     )
+    strings = st.lists(text, max_size=2).map(tuple)
+    dns = st.builds(DNS, s, strings, u32, strings, text, u32, strings, strings)
+    http = st.builds(
+        HTTP, u32, s, text, text, st.lists(st.builds(HTTPHeader, text, text), max_size=2).map(tuple)
+    )
+    l7s = st.one_of(
+        st.none(),
+        st.builds(Layer7, enum_or_unknown(L7FlowType), u64, dns=dns),
+        st.builds(Layer7, enum_or_unknown(L7FlowType), u64, http=http),
+    )
     policies = st.lists(
         st.builds(Policy, text, text, st.lists(text, max_size=2).map(tuple), u64, text),
         max_size=2,
@@ -297,6 +312,7 @@ def strategies(nonempty: bool):
         drop_reason=st.one_of(st.just(0), st.sampled_from(DropReason), st.integers(1, 2**31 - 1)),
         ip=st.one_of(st.none(), st.builds(IP, s, text, ip_versions, st.booleans())),
         l4=l4s,
+        l7=l7s,
         source=st.one_of(st.none(), endpoints),
         destination=st.one_of(st.none(), endpoints),
         type=enum_or_unknown(FlowType),

@@ -6,14 +6,19 @@ from __future__ import annotations
 import pytest
 
 from flowscope.flow.model import (
+    DNS,
+    HTTP,
     IP,
     TCP,
     UDP,
     Endpoint,
     EventType,
     Flow,
+    FlowType,
     ICMPv4,
     IPVersion,
+    L7FlowType,
+    Layer7,
     LostEvent,
     LostEventSource,
     Service,
@@ -159,10 +164,9 @@ def test_filters_in_a_list_or_and_the_blacklist_excludes() -> None:
         ({"source_port": ["70000"]}, "whitelist[1].source_port[0]", "0-65535"),
         ({"http_path": ["/api/("]}, "whitelist[1].http_path[0]", "regular expression"),
         ({"source_fqdn": ["a example"]}, "whitelist[1].source_fqdn[0]", "DNS name"),
-        ({"dns_query": ["x"]}, "whitelist[1].dns_query", "not supported"),
+        ({"dns_query": ["x("]}, "whitelist[1].dns_query[0]", "regular expression"),
         ({"http_status_code": ["6+"]}, "whitelist[1].http_status_code[0]", "status"),
         ({"http_method": ["FETCH"]}, "whitelist[1].http_method[0]", "HTTP method"),
-        ({"protocol": ["http"]}, "whitelist[1].protocol[0]", "L7"),
         ({"protocol": ["gre"]}, "whitelist[1].protocol[0]", "not a protocol"),
         ({"source_label": ["app=(x"]}, "whitelist[1].source_label[0]", "selector"),
         ({"source_pod": [""]}, "whitelist[1].source_pod[0]", "empty"),
@@ -227,3 +231,40 @@ def test_http_filters_are_checked_and_match_no_l4_flow() -> None:
     # as a blacklist it takes nothing away
     sel = compile_selection(blacklist=[flow_pb2.FlowFilter(http_method=["GET"])])
     assert sel.matches(WEB)
+
+
+def _l7(**record) -> Flow:
+    return Flow(
+        T0,
+        Verdict.FORWARDED,
+        ip=IP("10.244.1.5", "10.244.2.7"),
+        l4=TCP(40000, 80),
+        type=FlowType.L7,
+        l7=Layer7(L7FlowType.RESPONSE, 1_000_000, **record),
+    )
+
+
+def test_l7_filters_match_the_l7_record_as_hubble_does() -> None:
+    get_ok = _l7(http=HTTP(200, "GET", "http://web/page/12?q=1", "HTTP/1.1"))
+    post_503 = _l7(http=HTTP(503, "post", "http://web/api", "HTTP/1.1"))
+    request = _l7(http=HTTP(0, "GET", "http://web/page/1", "HTTP/1.1"))
+    dns = _l7(dns=DNS("api.example.com.", ("1.2.3.4",), 30, qtypes=("A",)))
+    flows = (get_ok, post_503, request, dns, WEB)
+
+    def hits(**fields) -> list[bool]:
+        f = compile_filter(flow_pb2.FlowFilter(**fields))
+        return [f.matches(x) for x in flows]
+
+    assert hits(http_method=["get"]) == [True, False, True, False, False]
+    assert hits(http_method=["POST"]) == [False, True, False, False, False]
+    # a request has no status; "5+" is a prefix, "404" exact
+    assert hits(http_status_code=["5+"]) == [False, True, False, False, False]
+    assert hits(http_status_code=["200"]) == [True, False, False, False, False]
+    assert hits(http_status_code=["20+", "50+"]) == [True, True, False, False, False]
+    # the path is matched without the query string
+    assert hits(http_path=[r"^/page/\d+$"]) == [True, False, True, False, False]
+    assert hits(http_path=["q=1"]) == [False] * 5
+    assert hits(dns_query=[r"example\.com\.$"]) == [False, False, False, True, False]
+    assert hits(protocol=["http"]) == [True, True, True, False, False]
+    assert hits(protocol=["dns", "tcp"]) == [True, True, True, True, True]
+    assert hits(protocol=["dns"]) == [False, False, False, True, False]
