@@ -24,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiokafka.abc import ConsumerRebalanceListener
+
 from exporters.config import SourceConfig
-from exporters.exporter import ExportBatch
+from exporters.exporter import ExportBatch, record_key
 from flowscope.flow.kafkaread import MalformedRecord, ReadStats, SeqTracker, decode_batch
 from flowscope.flow.model import Record
 
@@ -71,13 +73,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.next = self.start
-
-
-def with_keys(records: list[Record], keys: list[str], lag: dict) -> ExportBatch:
-    """An ExportBatch; per-record dedup keys ("node:seq") when the contract carries them."""
-    if "keys" in ExportBatch.__dataclass_fields__:
-        return ExportBatch(tuple(records), lag, keys=tuple(keys))  # type: ignore[call-arg]
-    return ExportBatch(tuple(records), lag)
 
 
 class KafkaSource:
@@ -171,7 +166,7 @@ class KafkaSource:
                 read = await consumer.position(tp)
             lag[(tp.topic, tp.partition)] = max(0, high - read)
         self.stats.yielded += len(records)
-        return Pending(with_keys(records, keys, lag), offsets)
+        return Pending(ExportBatch(tuple(records), lag, tuple(keys)), offsets)
 
     def _take(self, value: bytes | None, records: list[Record], keys: list[str]) -> None:
         self.stats.kafka_records += 1
@@ -187,7 +182,7 @@ class KafkaSource:
         for i, record in enumerate(kept):
             if self.matcher is None or self.matcher.matches(record):
                 records.append(record)
-                keys.append(f"{batch.node}:{first + i}")
+                keys.append(record_key(batch.node, batch.run_id, first + i))
 
     async def commit(self, pending: Pending) -> None:
         """Commit the offsets after the batch (only what was handed over). A commit refused
@@ -216,7 +211,7 @@ class CommitError(Exception):
     """Offsets not committed (the broker is away): the runner retries the commit."""
 
 
-class _Revoked:
+class _Revoked(ConsumerRebalanceListener):
     """aiokafka's ConsumerRebalanceListener: a revocation waits until the batch in hand is
     committed."""
 
@@ -312,8 +307,7 @@ class RelaySource:
             except (TimeoutError, asyncio.QueueEmpty):
                 break
         self.stats.yielded += len(records)
-        keys = [f"{r.node_name}:{r.time_ns}" for r in records]
-        return Pending(with_keys(records, keys, {}))
+        return Pending(ExportBatch(tuple(records)))  # no seqs here: no keys
 
     async def commit(self, pending: Pending) -> None:
         self.commits += 1  # nothing to commit: the relay keeps no position
