@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "flowscope.cli.status",  # status: the Observer's health and the pipeline's counters
     "flowscope.cli.policy",  # policy trace
     "flowscope.cli.service",  # service list: the datapath's load balancer
+    "flowscope.cli.tui",  # tui: live flows in the terminal
     "flowscope.cli.export",  # export: the exporters (Prometheus, OpenTelemetry, audit)
 )
 

@@ -1,0 +1,42 @@
+"""The detail pane's text for one record: every field the JSON has, one per line with its dotted
+path (flow.l4.TCP.destination_port: 80), then the record's JSON as `observe -o json` prints it."""
+
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+
+from flowscope.flow.model import Record
+from tui.columns import VERDICT_COLOURS
+
+
+def flatten(obj: object, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted path, value) for every leaf of a JSON object; lists index as [i]."""
+    if isinstance(obj, dict):
+        out: list[tuple[str, str]] = []
+        for key, value in obj.items():
+            out += flatten(value, f"{prefix}.{key}" if prefix else key)
+        return out
+    if isinstance(obj, list):
+        out = []
+        for i, value in enumerate(obj):
+            out += flatten(value, f"{prefix}[{i}]")
+        return out
+    return [(prefix, json.dumps(obj) if isinstance(obj, bool) or obj is None else str(obj))]
+
+
+def describe(record: Record) -> Text:
+    line = json.loads(record.to_json())
+    text = Text()
+    fields = flatten(line)
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        style = ""
+        if key == "flow.verdict" or key == "flow.drop_reason_desc":
+            style = VERDICT_COLOURS.get(value, "red" if key.endswith("desc") else "")
+        text.append(key.ljust(width) + "  ", style="bold")
+        text.append(value + "\n", style=style)
+    text.append("\nJSON\n", style="bold underline")
+    text.append(json.dumps(line, indent=2))
+    return text
