@@ -21,8 +21,7 @@ def values(exp: PrometheusExporter, name: str) -> dict:
     """label dict (as a frozenset of pairs) -> value of one family."""
     family = next(x for x in exp.metrics.families if x.name == name)
     return {
-        frozenset(zip(family.label_names, key, strict=True)): v
-        for key, v in family.values.items()
+        frozenset(zip(family.label_names, key, strict=True)): v for key, v in family.values.items()
     }
 
 
@@ -66,8 +65,9 @@ def test_drop_reason_protocol_and_source_context():
     )
     assert values(exp, "hubble_drop_total") == {
         labels(source="default/web-7d4b9c-x2k1p", reason="POLICY_DENIED", protocol="TCP"): 2,
-        labels(source="shop/client-66b8d-qwert", reason="INVALID_PACKET_DROPPED", protocol="TCP"): 1,
-    }
+        labels(source="shop/client-66b8d-qwert", reason="INVALID_PACKET_DROPPED",
+               protocol="TCP"): 1,
+    }  # fmt: skip
 
 
 def test_tcp_flags_only_forwarded_with_family():
@@ -258,7 +258,8 @@ def test_include_and_exclude_filters_in_both_forms():
         f.tcp(verdict=Verdict.DROPPED, drop_reason=134),
         f.tcp(verdict=Verdict.DROPPED, drop_reason=134, src=f.CLIENT),  # not included
     )
-    assert values(exp, "hubble_drop_total") == {labels(reason="INVALID_PACKET_DROPPED", protocol="TCP"): 1}
+    want = labels(reason="INVALID_PACKET_DROPPED", protocol="TCP")
+    assert values(exp, "hubble_drop_total") == {want: 1}
 
 
 def test_pipeline_records_lost_and_lag():

@@ -57,12 +57,28 @@ async def test_metrics_endpoint_serves_the_exposition_format():
         status, text = await http_get(exp.server.port)
         assert status == 200
         got = samples(text)
-        assert got[("hubble_drop_total", frozenset({"reason": "POLICY_DENIED",
-                                                   "protocol": "TCP"}.items()))] == 1
-        assert got[("hubble_drop_total", frozenset({"reason": "other",
-                                                   "protocol": "other"}.items()))] == 1
-        assert got[("flowscope_metrics_folded_total",
-                    frozenset({"metric": "hubble_drop_total"}.items()))] == 1
+        assert (
+            got[
+                (
+                    "hubble_drop_total",
+                    frozenset({"reason": "POLICY_DENIED", "protocol": "TCP"}.items()),
+                )
+            ]
+            == 1
+        )
+        assert (
+            got[("hubble_drop_total", frozenset({"reason": "other", "protocol": "other"}.items()))]
+            == 1
+        )
+        assert (
+            got[
+                (
+                    "flowscope_metrics_folded_total",
+                    frozenset({"metric": "hubble_drop_total"}.items()),
+                )
+            ]
+            == 1
+        )
         le = frozenset({"method": "GET", "reporter": "client", "le": "0.025"}.items())
         assert got[("hubble_http_request_duration_seconds_bucket", le)] == 1
         assert got[("flowscope_export_records_total", frozenset({"type": "flow"}.items()))] == 4
