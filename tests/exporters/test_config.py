@@ -38,9 +38,7 @@ def test_a_minimal_file_uses_the_kinds_default_group() -> None:
 
 
 def test_group_enabled_and_the_kinds_own_keys_are_separated() -> None:
-    config = parse(
-        {"source": KAFKA, "collect": {"group": "g1", "enabled": True, "path": "/tmp/x"}}
-    )
+    config = parse({"source": KAFKA, "collect": {"group": "g1", "enabled": True, "path": "/tmp/x"}})
     assert config.sections[0].group == "g1"
     assert config.sections[0].config.path == "/tmp/x"
     off = parse({"source": KAFKA, "collect": {"enabled": False, "bogus": 1}})
