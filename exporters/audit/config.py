@@ -8,7 +8,6 @@ audit:
   field_mask: []                         # Flow field paths to keep; empty: all of it
   redact: {enabled: true, headers: [Authorization, Proxy-Authorization, Cookie, Set-Cookie],
            url_query: true, url_userinfo: true}
-  retry_interval_s: 1                    # after a failed write (disk full): the first wait
 """
 
 from __future__ import annotations
@@ -57,7 +56,6 @@ class AuditConfig(_Section):
     deny: tuple[str | dict[str, Any], ...] = ()
     field_mask: tuple[str, ...] = ()
     redact: RedactConfig = RedactConfig()
-    retry_interval_s: float = Field(1.0, gt=0)
 
     def selection(self, field: str = "audit") -> FlowSelection:
         return selection_of(self.allow, self.deny, field)

@@ -4,8 +4,9 @@ record's key from the runner ("<node>:<run_id>:<seq>"), or, without one (from th
 of the line. Records are delivered at least once; a reader drops lines whose key it has seen.
 
 `flush` writes the lines and fsyncs; only then does the runner commit the offsets. A write that
-fails (a full disk) is logged, nothing is committed, and the write is retried, with a growing
-wait, until it succeeds or the flush is cancelled; the lines are kept, so none is lost.
+fails (a full disk) raises FlowscopeError saying so, and the lines are kept: the runner commits
+nothing, logs it and calls flush again with backoff until the write succeeds; none is lost.
+`stalled` says why writing fails meanwhile (None while it works).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from flowscope.flow.timestamp import format_rfc3339
 
 log = logging.getLogger(__name__)
 KEY_FIELD = "flowscope_key"
-MAX_RETRY_INTERVAL_S = 30.0
 
 
 class _Format:
@@ -68,6 +68,7 @@ class AuditExporter:
         self._pending: list[bytes] = []  # lines not yet durable
         self.written = 0  # lines made durable
         self.stalled: str | None = None  # why writing fails now (None: it does not)
+        self._stalled_at = 0.0
 
     @staticmethod
     def _journal_of(config: AuditConfig) -> Journal:
@@ -92,38 +93,32 @@ class AuditExporter:
                 self._pending.append(line)
 
     async def flush(self) -> None:
-        wait = self.config.retry_interval_s
-        since = 0.0
-        while self._pending:
-            before = len(self._pending)
-            try:
-                await asyncio.to_thread(self._journal.append, self._pending)
-            except OSError as e:
-                self.written += before - len(self._pending)
-                reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
-                if self.stalled is None:
-                    since = time.monotonic()
-                    log.error(
-                        "audit: %s writing %s (%d lines waiting); offsets are not committed; "
-                        "retrying every %.0f-%.0f s",
-                        reason,
-                        self.config.path,
-                        len(self._pending),
-                        self.config.retry_interval_s,
-                        MAX_RETRY_INTERVAL_S,
-                    )
-                self.stalled = f"{reason} ({self.config.path})"
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, MAX_RETRY_INTERVAL_S)
-                continue
-            self.written += before
-            if self.stalled is not None:
-                log.warning(
-                    "audit: writing %s again after %.1f s",
-                    self.config.path,
-                    time.monotonic() - since,
-                )
-                self.stalled = None
+        if not self._pending:
+            return
+        before = len(self._pending)
+        try:
+            await asyncio.to_thread(self._journal.append, self._pending)
+        except OSError as e:
+            self.written += before - len(self._pending)  # written before the failure
+            reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+            if self.stalled is None:
+                self._stalled_at = time.monotonic()
+            self.stalled = f"{reason} writing {self.config.path}"
+            # the runner logs this and calls flush again later; the lines stay here meanwhile
+            raise FlowscopeError(
+                f"audit: {self.stalled} ({len(self._pending)} lines waiting); "
+                "offsets are not committed until they are written",
+                hint="free space on the audit file's disk (or lower audit.rotate.max_files); "
+                "writing resumes by itself",
+            ) from None
+        self.written += before
+        if self.stalled is not None:
+            log.warning(
+                "audit: writing %s again after %.1f s",
+                self.config.path,
+                time.monotonic() - self._stalled_at,
+            )
+            self.stalled = None
 
     async def close(self) -> None:
         await asyncio.to_thread(self._journal.close)
