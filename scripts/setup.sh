@@ -78,4 +78,28 @@ fi
 "$VENV/bin/python" -m compileall -q -j 0 flowscope dataplane probes collector exporters tui >/dev/null
 # console scripts on PATH for the lab's runtime (it execs flowscope-cni like containerd does)
 for s in flowscope flowscope-cni; do ln -sfn "$VENV/bin/$s" "/usr/local/bin/$s"; done
+# --- npm: @grafana/schema + typescript, to check the Grafana dashboards (exporters/grafana) -----
+# Installed outside the repo (FLOWSCOPE_NPM, default /var/cache/flowscope/npm); pinned versions.
+# Offline-tolerant: a cache already holding them is used as is; a failed install only warns
+# (tests/exporters/grafana says what is missing).
+NPM_DIR=${FLOWSCOPE_NPM:-/var/cache/flowscope/npm}
+NPM_PKGS=("@grafana/schema@13.2.3" "typescript@5.9.3")
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "installing Debian packages: nodejs npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
+    >/dev/null || log "warning: nodejs/npm not installed; dashboard type checks will fail"
+fi
+npm_want="${NPM_PKGS[*]}"
+if command -v npm >/dev/null && [ "$(cat "$NPM_DIR/.flowscope-npm" 2>/dev/null)" != "$npm_want" ]; then
+  log "installing npm packages into $NPM_DIR: $npm_want"
+  mkdir -p "$NPM_DIR"
+  [ -f "$NPM_DIR/package.json" ] || echo '{"name":"flowscope-npm-cache","private":true}' \
+    > "$NPM_DIR/package.json"
+  if (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent "${NPM_PKGS[@]}" >/dev/null); then
+    echo "$npm_want" > "$NPM_DIR/.flowscope-npm"
+  else
+    log "warning: npm install failed (offline?); dashboard type checks need $npm_want in $NPM_DIR"
+  fi
+fi
+
 log "ready ($VENV)"
