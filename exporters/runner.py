@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RELOAD_POLL_S = 1.0
 PROGRESS_EVERY_S = 30.0
+REVIVE_AFTER_S = 5.0
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Pipeline:
         self._task: asyncio.Task | None = None
         self._progress_every = progress_every
         self.failed: BaseException | None = None  # why the pipeline ended, if not by stop()
+        self.failed_at = 0.0
 
     async def start(self) -> None:
         """Build and start the exporter (its errors, e.g. a port in use, are raised), then
@@ -96,7 +98,7 @@ class Pipeline:
             raise
         except Exception as e:
             if not self._stopping:
-                self.failed = e
+                self.failed, self.failed_at = e, time.monotonic()
                 log.error("%s: stopped: %s", self.name, e)
 
     async def _deliver(self, pending: Pending) -> None:
@@ -267,8 +269,23 @@ class Runner:
                 if self._stop.is_set():
                     break
                 await self.check_file()
+                await self.revive()
         finally:
             await self.stop_all()
+
+    async def revive(self) -> None:
+        """A pipeline that ended on an error (its source failed for good) is started again,
+        at most once per REVIVE_AFTER_S: it resumes from its group's last commit."""
+        now = time.monotonic()
+        for name, pipeline in list(self.pipelines.items()):
+            if pipeline.failed is None or now - pipeline.failed_at < REVIVE_AFTER_S:
+                continue
+            log.warning("%s: restarting after: %s", name, pipeline.failed)
+            await self._stop_one(name)
+            try:
+                await self._start(pipeline.section, pipeline.source_config)
+            except FlowscopeError as e:
+                log.error("%s: cannot start: %s", name, e)
 
     async def check_file(self) -> bool:
         """Apply the file if it changed; True when a new config was taken."""

@@ -176,7 +176,7 @@ class _Observer(observer_pb2_grpc.ObserverServicer):
         self.parts = [first, then]
         self.requests: list = []
 
-    async def GetFlows(self, request, context):  # noqa: N802 (gRPC's name)
+    async def GetFlows(self, request, context):
         self.requests.append(request)
         part = self.parts.pop(0) if self.parts else []
         status = observer_pb2.GetFlowsResponse(node_name="n1")
@@ -214,3 +214,32 @@ async def test_the_relay_source_reconnects_from_the_last_time_seen() -> None:
     finally:
         await source.close()
         await server.stop(None)
+
+
+async def test_two_members_of_a_group_share_the_partitions(broker: Broker) -> None:
+    """Scaling out: a second process with the same group takes some partitions; together they
+    read every record."""
+    nodes = [f"n{i}" for i in range(8)]  # keys spread over the topic's partitions
+    await produce(broker.bootstrap, [(n.encode(), batch(n, 1, [flow(i, n)])) for i, n in
+                                     enumerate(nodes)])  # fmt: skip
+    config = parse_source({"kafka": {"bootstrap": broker.bootstrap}, "max_records": 1})
+    group = unique("fsD")
+    members = [KafkaSource(config, group), KafkaSource(config, group)]
+    await asyncio.gather(*(m.start() for m in members))
+    seen: list[set[str]] = [set(), set()]
+
+    async def read(i: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline and set().union(*seen) != set(nodes):
+            pending = await members[i].next_batch()
+            seen[i].update(r.node_name for r in pending.batch.records)
+            await members[i].commit(pending)
+
+    try:
+        await asyncio.gather(read(0), read(1))
+        assigned = [m._consumer.assignment() for m in members]
+    finally:
+        await asyncio.gather(*(m.close() for m in members))
+    assert set().union(*seen) == set(nodes)
+    assert assigned[0] and assigned[1] and not (assigned[0] & assigned[1])
