@@ -268,7 +268,7 @@ class OtelExporter:
         self._metrics_outcome = _Outcome()
         self._unacked: list[LogEntry] = []  # sent since the last good flush (re-sent on failure)
         self._queued = 0  # emitted since the last force_flush: the batch queue's most
-        self._failed = False  # the last flush failed: re-send _unacked at the next
+        self._failed = False  # logs failed at the last flush: re-send _unacked at the next
 
     async def start(self) -> None:
         if self.config.metrics.enabled:
@@ -350,9 +350,9 @@ class OtelExporter:
                 await self._emit(entry)
         await self._force_flush()
         failures = [f for n in self._nodes.values() for f in n.outcome.take()]
+        self._failed = bool(failures)  # logs given up: re-send them (metrics are cumulative)
         failures += self._metrics_outcome.take()
         if failures:
-            self._failed = True
             raise FlowscopeError(
                 f"otel: the OTLP endpoint did not accept the export ({failures[0]}; "
                 f"{len(failures)} failed exports); offsets are not committed",
