@@ -86,6 +86,7 @@ NPM_DIR=${FLOWSCOPE_NPM:-/var/cache/flowscope/npm}
 NPM_PKGS=("@grafana/schema@13.2.3" "typescript@5.9.3")
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   log "installing Debian packages: nodejs npm"
+  apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm \
     >/dev/null || log "warning: nodejs/npm not installed; dashboard type checks will fail"
 fi
