@@ -172,13 +172,21 @@ class FlowscopeApp(App[None]):
             ("drops-by-pod", ("POD", "COUNT", "RATE/s")),
             ("talkers-table", ("SOURCE", "DESTINATION", "FLOWS")),
         ):
-            self.query_one(f"#{table_id}", DataTable).add_columns(*headers)
-        self.query_one("#drops-by-reason").border_title = "by reason"
-        self.query_one("#drops-by-pod").border_title = "by pod"
+            self._one(f"#{table_id}", DataTable).add_columns(*headers)
+        self._one("#drops-by-reason").border_title = "by reason"
+        self._one("#drops-by-pod").border_title = "by pod"
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(VIEW_INTERVAL, self.refresh_view)
         self.start_source()
-        self.query_one(FlowTable).focus()
+        self._one(FlowTable).focus()
+
+    def _one(self, selector, expect_type=None):
+        """A widget of the main screen (App.query_one asks the screen on top, which may be
+        the help screen or the command palette while the timers run)."""
+        main = self.screen_stack[0]
+        if expect_type is None:
+            return main.query_one(selector)
+        return main.query_one(selector, expect_type)
 
     # --- the source -----------------------------------------------------------------------------
 
@@ -219,7 +227,7 @@ class FlowscopeApp(App[None]):
         if self.paused:
             self.held.extend(records)
         else:
-            self.query_one(FlowTable).add(records)
+            self._one(FlowTable).add(records)
         self.update_status()
 
     def update_status(self) -> None:
@@ -233,21 +241,22 @@ class FlowscopeApp(App[None]):
             Link.REFUSED: "[red]✖[/]",
         }[state.link]
         parts = [f"{mark} {_escape(state.message)}"]
-        if state.link is Link.UNREACHABLE:
-            parts[0] += f" [red]retrying in {state.retry_in:.0f}s (R: now)[/]"
+        if state.link is Link.UNREACHABLE:  # first, so a narrow terminal still shows it
+            parts.insert(0, f"[red]✖ retrying in {state.retry_in:.0f}s (R: now)[/]")
+            parts[1] = _escape(state.message)
         parts.append(f"{self.stats.flows:,} flows")
         if self.stats.lost or self.buffer.overflowed:
             parts.append(f"[red]{self.stats.lost + self.buffer.overflowed:,} lost[/]")
         if self.paused:
             parts.append(f"[reverse] PAUSED [/] {len(self.held):,} new")
-        status = self.query_one("#status", Static)
+        status = self._one("#status", Static)
         status.update(" │ ".join(parts))
         status.set_class(state.link in (Link.UNREACHABLE, Link.REFUSED), "down")
 
     # --- the aggregate views, once a second -----------------------------------------------------
 
     def refresh_view(self) -> None:
-        active = self.query_one(TabbedContent).active
+        active = self._one(TabbedContent).active
         getattr(self, f"_show_{active}", lambda: None)()
 
     def _show_drops(self) -> None:
@@ -256,27 +265,25 @@ class FlowscopeApp(App[None]):
             ("drops-by-reason", self.stats.drop_reasons.top(50, now)),
             ("drops-by-pod", self.stats.drop_pods.top(50, now)),
         ):
-            table = self.query_one(f"#{table_id}", DataTable)
+            table = self._one(f"#{table_id}", DataTable)
             table.clear()
             table.add_rows((c.key, f"{c.total:,}", f"{c.rate:.1f}") for c in counts)
 
     def _show_talkers(self) -> None:
-        table = self.query_one("#talkers-table", DataTable)
+        table = self._one("#talkers-table", DataTable)
         table.clear()
         table.add_rows((s, d, f"{n:,}") for s, d, n in self.stats.top_talkers(50))
 
     def _show_map(self) -> None:
-        drawing = self.query_one("#map-drawing", Static)
+        drawing = self._one("#map-drawing", Static)
         drawing.update(servicemap.draw(self.stats.service_edges(), drawing.size.width or 80))
 
     def _show_rates(self) -> None:
         for verdict in SPARK_VERDICTS:
             key = verdict.lower()
             series = self.stats.rates.series(verdict)
-            self.query_one(f"#spark-{key}", Sparkline).data = series
-            self.query_one(f"#rate-now-{key}", Label).update(
-                f"{self.stats.rates.current(verdict):,}/s"
-            )
+            self._one(f"#spark-{key}", Sparkline).data = series
+            self._one(f"#rate-now-{key}", Label).update(f"{self.stats.rates.current(verdict):,}/s")
 
     # --- the filter -----------------------------------------------------------------------------
 
@@ -286,8 +293,8 @@ class FlowscopeApp(App[None]):
 
     def set_filter(self, text: str) -> bool:
         """Parse and apply `text`; on a bad filter show its error inline and keep the old one."""
-        error = self.query_one("#filter-error", Label)
-        field = self.query_one("#filter", Input)
+        error = self._one("#filter-error", Label)
+        field = self._one("#filter", Input)
         try:
             filters = parse_filters(text)
         except UsageError as exc:
@@ -300,7 +307,7 @@ class FlowscopeApp(App[None]):
         field.remove_class("invalid")
         self.filters = filters
         self.restart()
-        self.query_one(FlowTable).focus()
+        self._one(FlowTable).focus()
         return True
 
     def restart(self) -> None:
@@ -308,50 +315,50 @@ class FlowscopeApp(App[None]):
         self.buffer.drain()
         self.held.clear()
         self.stats = FlowStats()
-        self.query_one(FlowTable).clear()
+        self._one(FlowTable).clear()
         self.start_source()
         self.update_status()
 
     # --- actions --------------------------------------------------------------------------------
 
     def action_edit_filter(self) -> None:
-        self.query_one(TabbedContent).active = "flows"
-        self.query_one("#filter", Input).focus()
+        self._one(TabbedContent).active = "flows"
+        self._one("#filter", Input).focus()
 
     def action_clear_filter(self) -> None:
-        self.query_one("#filter", Input).value = ""
+        self._one("#filter", Input).value = ""
         self.set_filter("")
 
     def action_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused and self.held:
-            self.query_one(FlowTable).add(self.held)
+            self._one(FlowTable).add(self.held)
             self.held.clear()
         self.update_status()
 
     def action_close(self) -> None:
-        if self.focused is self.query_one("#filter", Input):
-            self.query_one(FlowTable).focus()
+        if self.focused is self._one("#filter", Input):
+            self._one(FlowTable).focus()
             return
-        self.query_one("#detail").remove_class("open")
-        self.query_one(FlowTable).focus()
+        self._one("#detail").remove_class("open")
+        self._one(FlowTable).focus()
 
     def action_view(self, tab: str) -> None:
         # focus first: TabbedContent shows the pane of whatever gets focus, so a widget left
         # focused in the old pane would bring it back
         target = _VIEW_FOCUS.get(tab)
         if target:
-            self.query_one(target).focus()
+            self._one(target).focus()
         else:
             self.set_focus(None)
-        self.query_one(TabbedContent).active = tab
+        self._one(TabbedContent).active = tab
         self.refresh_view()
 
     def action_clear(self) -> None:
         self.held.clear()
         self.stats = FlowStats()
-        self.query_one(FlowTable).clear()
-        self.query_one("#detail").remove_class("open")
+        self._one(FlowTable).clear()
+        self._one("#detail").remove_class("open")
         self.refresh_view()
         self.update_status()
 
@@ -371,8 +378,8 @@ class FlowscopeApp(App[None]):
 
     @on(FlowTable.Selected)
     def show_detail(self, event: FlowTable.Selected) -> None:
-        self.query_one("#detail-text", Static).update(detail.describe(event.record))
-        pane = self.query_one("#detail")
+        self._one("#detail-text", Static).update(detail.describe(event.record))
+        pane = self._one("#detail")
         pane.add_class("open")
         pane.scroll_home(animate=False)
 

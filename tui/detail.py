@@ -7,7 +7,8 @@ import json
 
 from rich.text import Text
 
-from flowscope.flow.model import Record
+from flowscope.flow.model import Flow, Record
+from tui import columns
 from tui.columns import VERDICT_COLOURS
 
 
@@ -29,6 +30,17 @@ def flatten(obj: object, prefix: str = "") -> list[tuple[str, str]]:
 def describe(record: Record) -> Text:
     line = json.loads(record.to_json())
     text = Text()
+    if isinstance(record, Flow):  # the headline: what happened, before the fields
+        cells = dict(zip(columns.COLUMNS, columns.row(record), strict=True))
+        verdict = cells["VERDICT"]
+        text.append(verdict, style=f"bold {VERDICT_COLOURS.get(verdict, '')}")
+        if cells["DROP REASON"]:
+            text.append(f" {cells['DROP REASON']}", style="bold red")
+        text.append(f"  {cells['SOURCE']} -> {cells['DESTINATION']} {cells['PORT']}")
+        for extra in ("SERVICE", "L7"):
+            if cells[extra]:
+                text.append(f"  {cells[extra]}")
+        text.append("\n\n")
     fields = flatten(line)
     width = max(len(k) for k, _ in fields)
     for key, value in fields:

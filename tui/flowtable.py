@@ -29,13 +29,13 @@ DEFAULT_SCROLLBACK = 10_000
 # column -> (minimum width, share of the width left over)
 _WIDTHS = {
     "TIME": (8, 0),
-    "SOURCE": (12, 5),
-    "DESTINATION": (12, 5),
-    "SERVICE": (0, 3),
-    "PORT": (9, 0),
+    "SOURCE": (10, 4),
+    "DESTINATION": (10, 4),
+    "SERVICE": (5, 2),
+    "PORT": (8, 0),
     "VERDICT": (10, 0),
-    "DROP REASON": (6, 3),
-    "L7": (2, 4),
+    "DROP REASON": (8, 2),
+    "L7": (10, 4),
 }
 
 
