@@ -168,12 +168,11 @@ class Pipeline:
                 log.error("%s: did not stop in 30 s; cancelled", self.name)
             except asyncio.CancelledError:
                 pass
-        if self.exporter is not None:
+        if self.exporter is not None:  # every batch handed over was flushed (or is logged)
             try:
-                await self.exporter.flush()
+                await self.exporter.close()
             except Exception as e:
-                log.error("%s: final flush failed: %s", self.name, e)
-            await self.exporter.close()
+                log.error("%s: close failed: %s", self.name, _describe(e))
         if self.source is not None:
             await self.source.close()
         log.info("%s: stopped after %d records", self.name, self.stats.records)
