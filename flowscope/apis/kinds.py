@@ -162,6 +162,30 @@ KINDS: tuple[Kind, ...] = (
     ),
 )
 
+
+
+def _cnp_checks(obj: dict[str, Any]) -> list[FieldError]:
+    # the CNP's own parser is its validator (every field is structural); imported here, late,
+    # because it lives with the policy compiler it feeds
+    from dataplane.policy.cnp import check
+
+    return check(obj)
+
+
+KINDS += (
+    Kind(
+        "CiliumNetworkPolicy",
+        "cilium.io",
+        "v2",
+        "ciliumnetworkpolicies",
+        ("cnp", "ciliumnp"),
+        namespaced=True,
+        name_syntax=names.dns1123_subdomain,
+        checks=_cnp_checks,
+        schema=None,
+    ),
+)
+
 _BY_KIND = {k.kind: k for k in KINDS}
 
 
