@@ -1,9 +1,11 @@
 """Keep one node's datapath maps equal to what the cluster's state asks for.
 
 Inputs, each a PrefixMirror of the store (or the allocator's watch): namespaces, pods,
-NetworkPolicies, the ipcache records every agent publishes for its pods, identities, and the
-`applied` marks of the other agents. Outputs, through the datapath's map modules: the ipcache,
-each local endpoint's policy, and the endpoint map (identity, IP, audit mode).
+NetworkPolicies, CiliumNetworkPolicies, the ipcache records every agent publishes for its pods,
+identities, and the `applied` marks of the other agents; and the node's DNS cache (what DNS
+answered: the addresses toFQDNs selectors stand for, dataplane.fqdn). Outputs, through the
+datapath's map modules: the ipcache, each local endpoint's policy, and the endpoint map
+(identity, IP, audit mode).
 
 A reconcile recomputes everything from the mirrors (pure functions: dataplane.policy.compiler,
 dataplane.identity.ipcache) and writes only the differences. Changes are coalesced: however many
@@ -35,13 +37,16 @@ from dataplane.agent import ipcache_records
 from dataplane.agent.ipcache_records import IPRecord
 from dataplane.endpoint.endpoint import GATEWAY, Endpoint
 from dataplane.endpoint.registry import EndpointRegistry
+from dataplane.fqdn.cache import DNSCache
 from dataplane.identity.allocator import IdentityAllocator
 from dataplane.identity.ipcache import IPCacheEntry, PodAddress, diff_ipcache, plan_ipcache
 from dataplane.identity.model import RESERVED_IDENTITIES, Identity, Labels, Reserved
+from dataplane.policy.cnp import CNP, CNPError, fqdn_selectors, parse_cnp, to_policy
 from dataplane.policy.compiler import (
     CompiledPolicy,
     Compiler,
     PodInfo,
+    Policy,
     RuleRef,
     namespace_labels,
     pod_info,
@@ -145,6 +150,15 @@ class Enforcement:
         self.namespaces = mirror(kinds.get("Namespace").prefix(), json_value)
         self.pods = mirror(kinds.get("Pod").prefix(), json_value)
         self.policies = mirror(kinds.get("NetworkPolicy").prefix(), json_value)
+        self.cnp_objects = mirror(kinds.get("CiliumNetworkPolicy").prefix(), json_value)
+        self.dns_cache = DNSCache()
+        self._cnps = PerObject(_parse_cnp)
+        self._cnp_policies: dict[int, tuple[tuple, Policy]] = {}  # id(CNP) -> (addresses, policy)
+        self._fqdn_applied = -1  # the DNS cache version the maps hold
+        self._fqdn_waiters: set[asyncio.Event] = set()
+        # the cluster DNS address and who answers there (the node's DNS proxy, on kube-dns's
+        # behalf): pods' policy must see kube-dns's identity at that address
+        self.dns_service_ip: IPv4Address | None = None
         self.records = mirror(ipcache_records.PREFIX, ipcache_records.decode)
         self._mark_waiters: set[asyncio.Event] = set()
         self.applied_marks = PrefixMirror(kv, APPLIED_PREFIX, _applied, self._marks_changed)
@@ -174,7 +188,14 @@ class Enforcement:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every input, adopt what the maps hold, restore local endpoints, reconcile once."""
-        for m in (self.namespaces, self.pods, self.policies, self.records, self.applied_marks):
+        for m in (
+            self.namespaces,
+            self.pods,
+            self.policies,
+            self.cnp_objects,
+            self.records,
+            self.applied_marks,
+        ):
             await m.load()
         self.identities = await self.allocator.all()
         _, self._identity_rev = await self.kv.range("/flowscope/identities/id/")
@@ -210,7 +231,14 @@ class Enforcement:
 
     async def run(self) -> None:
         """Follow every input and reconcile on change, until cancelled."""
-        mirrors = (self.namespaces, self.pods, self.policies, self.records, self.applied_marks)
+        mirrors = (
+            self.namespaces,
+            self.pods,
+            self.policies,
+            self.cnp_objects,
+            self.records,
+            self.applied_marks,
+        )
         await run_together(
             {
                 **{f"mirror {m.prefix}": m.run() for m in mirrors},
@@ -284,14 +312,19 @@ class Enforcement:
     async def _apply(self, extra_pods: Mapping[tuple[str, str], PodInfo] | None = None) -> None:
         started = time.perf_counter()
         records_rev = self.records.revision
+        fqdn_version = self.dns_cache.version
         ns_labels = namespace_labels(self.namespaces.items.values())
         pods = {p.key: p for p in self._pod_infos.values(self.pods.items)}
         pods.update(extra_pods or {})
+        policies = self._all_policies()
         await self._relabel_local(pods, ns_labels)
-        await self._sync_cidr_identities()
+        await self._sync_cidr_identities(policies)
         await self._sync_ipcache()
-        self._sync_policies(pods, ns_labels)
+        self._sync_policies(policies, pods, ns_labels)
         self._sync_endpoints()
+        self._fqdn_applied = fqdn_version
+        for waiter in self._fqdn_waiters:
+            waiter.set()
         self.reconciles += 1
         self.last_reconcile_ms = (time.perf_counter() - started) * 1000
         if self.last_reconcile_ms > SLOW_RECONCILE_MS:
@@ -329,8 +362,56 @@ class Enforcement:
                 identity.id,
             )
 
-    async def _sync_cidr_identities(self) -> None:
-        wanted = set().union(*self._policy_prefixes.values(self.policies.items))
+    def cnps(self) -> list[CNP]:
+        """The CiliumNetworkPolicies, parsed (a stored one that does not parse is skipped)."""
+        return [c for c in self._cnps.values(self.cnp_objects.items) if c is not None]
+
+    def _all_policies(self) -> list[Any]:
+        """NetworkPolicies (stored objects) and CNPs (as compiler Policies, their FQDN peers
+        being the addresses the DNS cache holds now). A CNP whose addresses did not change keeps
+        its Policy object, so the compiler's caches keep hitting."""
+        out: list[Any] = list(self.policies.items.values())
+        kept: dict[int, tuple[tuple, Policy]] = {}
+        for cnp in self.cnps():
+            addresses = tuple(
+                sorted(str(ip) for s in fqdn_selectors([cnp]) for ip in self.dns_cache.ips_for(s))
+            )
+            hit = self._cnp_policies.get(id(cnp))
+            if hit is None or hit[0] != addresses:
+                hit = (addresses, to_policy(cnp, self.dns_cache.ips_for))
+            kept[id(cnp)] = hit
+            out.append(hit[1])
+        self._cnp_policies = kept
+        return out
+
+    def fqdn_learned(self) -> None:
+        """The DNS cache grew with addresses a toFQDNs selector wants: reconcile."""
+        self._changed.set()
+
+    async def wait_fqdn_applied(self, version: int, timeout: float) -> bool:
+        """Until the maps hold DNS cache version `version` (True), or `timeout` (False)."""
+        deadline = time.monotonic() + timeout
+        event = asyncio.Event()
+        self._fqdn_waiters.add(event)
+        try:
+            while self._fqdn_applied < version:
+                event.clear()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+            return True
+        finally:
+            self._fqdn_waiters.discard(event)
+
+    def expire_fqdns(self, now: float) -> None:
+        if self.dns_cache.expire(now):
+            self._changed.set()
+
+    async def _sync_cidr_identities(self, policies: list[Any]) -> None:
+        wanted: set[IPv4Network] = set().union(*self._policy_prefixes.values(self.policies.items))
+        wanted |= required_prefixes(p for p in policies if isinstance(p, Policy))
         for what in [w for w in self.problems if w.startswith("CIDR identity of ")]:
             if IPv4Network(what.removeprefix("CIDR identity of ")) not in wanted:
                 self.problems.pop(what)  # no policy needs it any more
@@ -362,6 +443,7 @@ class Enforcement:
             self.records.version,
             self._cidr_version,
             frozenset((local.endpoint.ip, local.identity.id) for local in self.local.values()),
+            self._dns_identity(),
         )
         if inputs == self._ipcache_inputs:
             return  # a policy change: the ipcache stays what it is
@@ -383,6 +465,10 @@ class Enforcement:
         plan = plan_ipcache(pods.values(), nodes, self.cidr_identities, self.node)
         # the pods' gateway address: what the node's own traffic to a pod may carry as source
         plan[GATEWAY_PREFIX] = IPCacheEntry(int(Reserved.HOST), 0, self.info.node(self.node).ip)
+        dns_identity = inputs[-1]
+        if self.dns_service_ip is not None and dns_identity is not None:
+            node_ip = self.info.node(self.node).ip
+            plan[IPv4Network(f"{self.dns_service_ip}/32")] = IPCacheEntry(dns_identity, 0, node_ip)
         upserts, deletes = diff_ipcache(self._ipcache, plan)
         with self._reporting("ipcache"):
             if upserts:
@@ -392,13 +478,13 @@ class Enforcement:
             self._ipcache = plan  # only once written: a failed write is retried next round
             self._ipcache_inputs = inputs if complete else None
 
-    def _sync_policies(self, pods: Mapping, ns_labels: Mapping) -> None:
+    def _sync_policies(self, policies: list[Any], pods: Mapping, ns_labels: Mapping) -> None:
         by_labels: dict[Labels, int] = {
             i.labels: i.id for i in self.identities.values() if not i.is_reserved and not i.is_cidr
         }
         local_keys = {local.pod_key for local in self.local.values()}
         self.compiled = self.compiler.compile(
-            list(self.policies.items.values()),
+            policies,
             pods.values(),
             ns_labels,
             by_labels,
@@ -437,6 +523,15 @@ class Enforcement:
             self.problems[what] = f"{e}" + (f" ({e.hint})" if e.hint else "")
         else:
             self.problems.pop(what, None)
+
+    def _dns_identity(self) -> int | None:
+        """The identity of the cluster DNS pods (kube-system, k8s-app=kube-dns), if any runs."""
+        for record in self.records.items.values():
+            pod = self.pods.items.get(f"{record.namespace}/{record.pod}")
+            labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+            if record.namespace == "kube-system" and labels.get("k8s-app") == "kube-dns":
+                return record.identity
+        return None
 
     # -- the directory the collector reads (collector.enrich.Directory) ------------------------
     @property
@@ -529,3 +624,14 @@ class Enforcement:
     def _marks_changed(self) -> None:
         for event in self._mark_waiters:
             event.set()
+
+
+def _parse_cnp(obj: Mapping[str, Any]) -> CNP | None:
+    try:
+        return parse_cnp(obj)
+    except CNPError as e:  # apply validates; an object written around it is skipped, loudly
+        meta = obj.get("metadata") or {}
+        log.error(
+            "CiliumNetworkPolicy %s/%s ignored: %s", meta.get("namespace"), meta.get("name"), e
+        )
+        return None

@@ -299,3 +299,54 @@ async def test_add_fails_cleanly_when_the_endpoints_policy_cannot_be_written(kv,
         # nothing is left for a later veth that gets the same ifindex, nor reported any more
         assert 7 not in dp.endpoints and 7 not in dp.policies
         assert not enf.problems
+
+
+def fqdn_cnp(ns: str) -> dict:
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "to-api", "namespace": ns},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "a"}},
+            "egress": [
+                {
+                    "toFQDNs": [{"matchName": "api.example.com"}],
+                    "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}],
+                }
+            ],
+        },
+    }
+
+
+async def test_fqdn_policy_follows_what_dns_answered(kv, objects):
+    async with running(kv, "n1") as (enf, dp):
+        await add(kv, enf, endpoint("n1", "x", "a", "10.244.0.10", 7))
+        await objects.apply([fqdn_cnp("x")])
+
+        def egress() -> set:
+            return {e for e in dp.policies[7].entries if e.direction == Direction.EGRESS}
+
+        # isolated, and nothing answered yet: no egress entry at all
+        await until(lambda: not egress())
+        assert enf.cnps()[0].name == "to-api"
+        # an answer the selector wants: a CIDR identity for the /32, an entry for port 80
+        assert enf.dns_cache.learn(["api.example.com"], ["192.0.2.7"], 30, now=0)
+        enf.fqdn_learned()
+        assert await enf.wait_fqdn_applied(enf.dns_cache.version, timeout=5)
+        cidr = dp.ipcache[IPv4Network("192.0.2.7/32")]
+        assert {(e.identity, e.port) for e in egress()} == {(cidr.identity, 80)}
+        # the TTL runs out: the address is no longer allowed
+        enf.expire_fqdns(now=10_000)
+        await until(lambda: not egress())
+        assert IPv4Network("192.0.2.7/32") not in dp.ipcache
+
+
+async def test_the_cluster_dns_address_carries_the_dns_pods_identity(kv, objects):
+    async with running(kv, "n1") as (enf, dp):
+        enf.dns_service_ip = IPv4Address("10.0.0.10")
+        await objects.apply(
+            [namespace("kube-system"), pod("kube-system", "coredns", {"k8s-app": "kube-dns"})]
+        )
+        await add(kv, enf, endpoint("n1", "kube-system", "coredns", "10.244.0.2", 3))
+        await until(lambda: IPv4Network("10.0.0.10/32") in dp.ipcache)
+        assert dp.ipcache[IPv4Network("10.0.0.10/32")].identity == dp.endpoints[3][1]
