@@ -140,7 +140,7 @@ class FlowscopeApp(App[None]):
             yield Label("filter", id="filter-label")
             yield Input(
                 value=self.filters.text,
-                placeholder="observe's filter flags: --from-pod default/web --verdict DROPPED",
+                placeholder="observe's filter flags, e.g. --from-pod NS/POD --to-port 80",
                 id="filter",
             )
         yield Label("", id="filter-error")
