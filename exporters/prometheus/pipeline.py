@@ -33,6 +33,9 @@ class PipelineMetrics:
             "Events lost before any reader saw them, by where they were lost",
             ("source", "node"),
         )
+        self.hubble_lost = metrics.counter(
+            "hubble_lost_events_total", "Number of lost events", ("source",)
+        )
         self.lag = metrics.gauge(
             "flowscope_consumer_lag_records",
             "Records on the broker this exporter's consumer group has not read yet",
@@ -67,7 +70,9 @@ class PipelineMetrics:
                 flows += 1
             elif isinstance(r, LostEvent):
                 self.records.inc(("lost_events",))
-                self.lost.inc((_source_name(r.source), r.node_name), r.num_events_lost)
+                source = _source_name(r.source)
+                self.lost.inc((source, r.node_name), r.num_events_lost)
+                self.hubble_lost.inc((source.lower(),), r.num_events_lost)
         if flows:
             self.records.inc(("flow",), flows)
         for (topic, partition), behind in lag.items():

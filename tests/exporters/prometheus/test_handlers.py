@@ -275,6 +275,10 @@ def test_pipeline_records_lost_and_lag():
         labels(source="PERF_EVENT_RING_BUFFER", node="node-2"): 34,
         labels(source="PUBLISHER_SPOOL", node="node-1"): 5,
     }
+    assert values(exp, "hubble_lost_events_total") == {
+        labels(source="perf_event_ring_buffer"): 34,
+        labels(source="publisher_spool"): 5,
+    }
     assert values(exp, "flowscope_consumer_lag_records") == {
         labels(topic="flowscope.flows", partition="2"): 40
     }
