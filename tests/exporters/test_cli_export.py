@@ -18,7 +18,7 @@ import yaml
 from exporters.exporter import record_key
 from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import unique
-from tests.exporters.test_source import batch, flow, produce
+from tests.exporters.kafkaflows import batch, flow, produce
 
 REPO = Path(__file__).parents[2]
 PLUGIN = {"collect": "tests.exporters.collectkind"}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from exporters.exporter import ConfigError, ExporterKind
 from exporters.runner import Runner
@@ -19,7 +18,7 @@ from flowscope.errors import FlowscopeError
 from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import unique
 from tests.exporters import collectkind
-from tests.exporters.test_source import TOPIC, batch, flow, produce
+from tests.exporters.kafkaflows import batch, committed, flow, produce
 
 KINDS = {"collect": collectkind.KIND}
 
@@ -41,25 +40,6 @@ async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.05)
-
-
-async def committed(bootstrap: str, group: str) -> int:
-    """The sum of the group's committed offsets over the flows topic's partitions."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(TOPIC)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(TOPIC)
-        total = 0
-        for p in parts:
-            total += await consumer.committed(TopicPartition(TOPIC, p)) or 0
-        return total
-    finally:
-        await consumer.stop()
 
 
 async def running(runner: Runner) -> asyncio.Task:

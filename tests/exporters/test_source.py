@@ -10,48 +10,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from collector.publisher import encode_batch
 from exporters.config import parse_source
 from exporters.exporter import record_key
 from exporters.source import KafkaSource, Pending, RelaySource
-from flowscope.flow.model import IP, TCP, Endpoint, Flow, LostEvent, LostEventSource, Verdict
+from flowscope.flow.model import LostEvent, LostEventSource
 from flowscope.flow.protoconv import record_to_response
 from flowscope.proto import observer_pb2, observer_pb2_grpc
 from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import free_port, unique
-
-T0 = 1_800_000_000_000_000_000
-TOPIC = "flowscope.flows"
-
-
-def flow(t: int, node: str, ns: str = "shop") -> Flow:
-    return Flow(
-        T0 + t,
-        Verdict.FORWARDED,
-        ip=IP("10.0.0.1", "10.0.0.2"),
-        l4=TCP(40000 + t % 20000, 80),
-        source=Endpoint(identity=300, namespace=ns, pod_name="a"),
-        destination=Endpoint(identity=301, namespace="db", pod_name="b"),
-        node_name=node,
-    )
-
-
-def batch(node: str, first_seq: int, records: list, run_id: int = 7) -> bytes:
-    return encode_batch(
-        node, first_seq, run_id, [record_to_response(r).SerializeToString() for r in records]
-    )
-
-
-async def produce(bootstrap: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        for key, value in values:
-            await (await producer.send(TOPIC, value, key=key))
-    finally:
-        await producer.stop()
+from tests.exporters.kafkaflows import T0, batch, committed, flow, produce
 
 
 @pytest.fixture
@@ -73,7 +41,7 @@ async def drain(source: KafkaSource, want: int, timeout: float = 20.0) -> list[P
     return out
 
 
-async def test_a_group_resumes_after_what_it_committed_with_keys_lag_and_dedup(
+async def test_batches_carry_keys_and_lag_drop_duplicates_and_commit_what_was_handed(
     broker: Broker,
 ) -> None:
     config = parse_source({"kafka": {"bootstrap": broker.bootstrap}, "max_records": 2})
@@ -88,36 +56,35 @@ async def test_a_group_resumes_after_what_it_committed_with_keys_lag_and_dedup(
             (b"n1", batch("n1", 3, n1[2:])),
         ],
     )
-    first = KafkaSource(config, group)
-    await first.start()
+    source = KafkaSource(config, group)
+    await source.start()
     try:
-        # max_records=2 Kafka records per batch: the first hand-out is the first FlowBatch and
-        # the garbage; lag says two more records wait on the partition
-        pending = await first.next_batch()
+        # max_records=2 Kafka records per batch: the first FlowBatch and the garbage; lag says
+        # two more records wait on the partition
+        pending = await source.next_batch()
         while not pending.offsets:
-            pending = await first.next_batch()
+            pending = await source.next_batch()
         assert [r.time_ns - T0 for r in pending.batch.records] == [0, 1]
         assert pending.batch.keys == (record_key("n1", 7, 1), record_key("n1", 7, 2))
         assert sum(pending.batch.lag.values()) == 2
-        assert first.stats.malformed == 1
-        await first.commit(pending)
+        assert source.stats.malformed == 1
+        assert sum(pending.offsets.values()) == 2
+        # not committed yet: the group has nothing
+        assert await committed(broker.bootstrap, group) == 0
+        await source.commit(pending)
+        assert await committed(broker.bootstrap, group) == 2
+        # the duplicate is dropped by seq, its offset committed with the next batch's
+        rest = await drain(source, 2)
+        assert [r.time_ns - T0 for p in rest for r in p.batch.records] == [2, 3]
+        assert [k for p in rest for k in p.batch.keys] == [
+            record_key("n1", 7, 3),
+            record_key("n1", 7, 4),
+        ]
+        assert source.stats.duplicates == 2
+        assert sum(rest[-1].batch.lag.values()) == 0
+        assert await committed(broker.bootstrap, group) == 4
     finally:
-        await first.close()
-    # a new member of the group starts after the commit, not at the beginning
-    second = KafkaSource(config, group)
-    await second.start()
-    try:
-        got = await drain(second, 2)
-        records = [r for p in got for r in p.batch.records]
-        keys = [k for p in got for k in p.batch.keys]
-        # the duplicate batch was read by this member, but its seqs were not yet seen here:
-        # at-least-once means it comes again; the last batch comes once
-        assert [r.time_ns - T0 for r in records][-2:] == [2, 3]
-        assert keys[-2:] == [record_key("n1", 7, 3), record_key("n1", 7, 4)]
-        assert second.commits >= 1
-        assert sum(got[-1].batch.lag.values()) == 0
-    finally:
-        await second.close()
+        await source.close()
 
 
 async def test_filters_apply_and_lost_events_pass(broker: Broker) -> None:
