@@ -30,7 +30,7 @@ from typing import Any
 
 from exporters.config import ExportConfig, SectionConfig, SourceConfig, load_config
 from exporters.exporter import ConfigError, Exporter, ExporterKind
-from exporters.source import Backoff, CommitError, Pending, Source, make_source
+from exporters.source import Backoff, Pending, Source, make_source
 from flowscope.errors import FlowscopeError
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Pipeline:
             except Exception as e:
                 self.stats.failures += 1
                 step = "export" if not exported else "flush" if not flushed else "commit"
-                if self._stopping and not isinstance(e, CommitError):
+                if self._stopping:
                     log.error(
                         "%s: %s failed while stopping (%s): %d records not committed; they are"
                         " read again on the next start",

@@ -95,6 +95,7 @@ class KafkaSource:
         self.stopping = stopping
         self.stats = ReadStats()
         self.commits = 0
+        self.refused_commits = 0
         self._seqs = SeqTracker()
         self._consumer: Any = None
         # held while a batch is between hand-out and commit: a rebalance waits for it, so the
@@ -185,10 +186,11 @@ class KafkaSource:
                 keys.append(record_key(batch.node, batch.run_id, first + i))
 
     async def commit(self, pending: Pending) -> None:
-        """Commit the offsets after the batch (only what was handed over). A commit refused
-        because the group rebalanced is logged: the new owner reads those records again."""
+        """Commit the offsets after the batch (only what was handed over). While the broker is
+        away the client retries by itself. A commit refused (the group rebalanced and the
+        partition has a new owner) is logged: that owner reads those records again."""
         from aiokafka import TopicPartition
-        from aiokafka.errors import CommitFailedError, KafkaError
+        from aiokafka.errors import KafkaError
 
         if not pending.offsets:
             return
@@ -196,10 +198,12 @@ class KafkaSource:
         try:
             await self._consumer.commit(offsets)
             self.commits += 1
-        except CommitFailedError as e:
-            log.warning("%s: commit refused (%s); these records will be read again", self.group, e)
         except KafkaError as e:
-            raise CommitError(f"{self.group}: cannot commit offsets: {e}") from e
+            self.refused_commits += 1
+            log.warning(
+                "%s: commit of %s refused (%s); those records will be read again",
+                self.group, _describe_offsets(pending.offsets), e,
+            )  # fmt: skip
 
     async def close(self) -> None:
         if self._consumer is not None:
@@ -207,8 +211,8 @@ class KafkaSource:
             await consumer.stop()
 
 
-class CommitError(Exception):
-    """Offsets not committed (the broker is away): the runner retries the commit."""
+def _describe_offsets(offsets: dict[tuple[str, int], int]) -> str:
+    return ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
 
 
 class _Revoked(ConsumerRebalanceListener):
