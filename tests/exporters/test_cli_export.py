@@ -92,7 +92,8 @@ async def wait_for(check, proc: subprocess.Popen, timeout: float) -> None:  # ty
     deadline = loop.time() + timeout
     while not check():
         if proc.poll() is not None:
-            raise AssertionError(f"export exited {proc.returncode}: {proc.stderr.read()}")
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"export exited {proc.returncode}: {err}")
         if loop.time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.1)
@@ -147,3 +148,77 @@ async def test_a_consumer_killed_mid_batch_resumes_from_its_commit(
     again = len(after) - len(expected)
     assert 0 <= again <= per_batch, again
     assert "collect: stopped after" in err
+
+
+def lab_info(extra: dict):  # type: ignore[no-untyped-def]
+    from ipaddress import IPv4Address, IPv4Network
+
+    from flowscope.clusterinfo import ClusterInfo
+
+    return ClusterInfo(
+        "fsx", "overlay", IPv4Network("10.224.0.0/24"), IPv4Network("10.244.0.0/16"),
+        IPv4Network("10.96.0.0/16"), IPv4Address("10.224.0.1"), "http://127.0.0.1:2379",
+        extra=extra,
+    )  # fmt: skip
+
+
+def test_without_a_source_section_the_labs_broker_or_relay_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from flowscope import clusterinfo
+    from flowscope.cli.export import cluster_source
+    from flowscope.cli.main import main
+    from flowscope.errors import ClusterNotUp
+
+    kafka = {"kafka": {"bootstrap": "127.0.0.1:39092", "topics": {"flows": "fs.flows"}}}
+    labs = {"withkafka": lab_info(kafka), "relayonly": lab_info({"relay": {"address": "x:4245"}})}
+
+    def load(name: str):  # type: ignore[no-untyped-def]
+        if name not in labs:
+            raise ClusterNotUp(name)
+        return labs[name]
+
+    monkeypatch.setattr(clusterinfo, "load", load)
+    assert cluster_source("withkafka") == {
+        "kafka": {"bootstrap": "127.0.0.1:39092", "topics": {"flows": "fs.flows"}}
+    }
+    assert cluster_source("relayonly") == {"relay": {"address": "x:4245"}}
+    assert cluster_source("nolab") is None
+
+    path = tmp_path / "export.yaml"
+    write(path, {"plugins": PLUGIN, "collect": {}})
+    assert main(["--cluster", "withkafka", "export", "--config", str(path), "--check"]) == 0
+    assert "enabled exporters: collect" in capsys.readouterr().out
+    assert main(["--cluster", "nolab", "export", "--config", str(path), "--check"]) == 2
+    assert "source: missing" in capsys.readouterr().err
+
+
+async def test_an_unreachable_broker_is_reported_and_sigterm_still_ends_it(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    path = tmp_path / "export.yaml"
+    write(
+        path,
+        {"source": {"kafka": {"bootstrap": f"127.0.0.1:{port}"}}, "plugins": PLUGIN, "collect": {}},
+    )
+    log = tmp_path / "err.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowscope.cli.main", "export", "--config", str(path)],
+            cwd=REPO,
+            stderr=err,
+        )
+    try:
+        reported = f"cannot reach the Kafka brokers at 127.0.0.1:{port}"
+        await wait_for(lambda: log.read_text().count(reported) >= 2, proc, 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "retrying in" in text and "Traceback" not in text
