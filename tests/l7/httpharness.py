@@ -87,12 +87,15 @@ class Upstream:
                     elif isinstance(ev, h11.ConnectionClosed):
                         return
                 assert req is not None
-                target = req.target.decode()
+                target = req.target.decode("latin-1")
                 self.seen.append(
                     Seen(
-                        req.method.decode(),
+                        req.method.decode("latin-1"),
                         target,
-                        [(n.decode(), v.decode()) for n, v in req.headers.raw_items()],
+                        [
+                            (n.decode("latin-1"), v.decode("latin-1"))
+                            for n, v in req.headers.raw_items()
+                        ],
                         bytes(body),
                     )
                 )
