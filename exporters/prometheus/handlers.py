@@ -6,7 +6,8 @@ and drop, before) Hubble's own, its include/exclude filters pick the flows it se
 families fold label sets beyond the cardinality limit into "other" (series.py).
 
 Known, deliberate differences from Hubble: the icmp metric's family label is "IPv6" for ICMPv6
-(Hubble writes "IPv4" for both, a bug); "workload" context (see context.py).
+(Hubble writes "IPv4" for both, a bug); "workload" context (see context.py); the http metrics'
+`exemplars` option is accepted but adds none (our flows carry no trace context yet).
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class FlowsProcessed(Handler):
         if kind == MessageType.ACCESS_LOG:
             name = "L7"
             if flow.l7 is not None:
-                subtype = "DNS" if flow.l7.dns is not None else "HTTP" if flow.l7.http else ""
+                l7 = flow.l7
+                subtype = "DNS" if l7.dns is not None else "HTTP" if l7.http is not None else ""
         elif kind == MessageType.DROP:
             name = "Drop"
         elif kind == MessageType.CAPTURE:
