@@ -157,6 +157,21 @@ class Pipeline:
             self.section = section
         return taken
 
+    async def replace_exporter(self, section: SectionConfig) -> None:
+        """Close the exporter and start a new one from `section`, between batches (everything
+        handed over is flushed and committed by then); the source and its group membership
+        stay. A new exporter that cannot start is raised (the caller stops the pipeline)."""
+        async with self.source.handing:
+            await self.exporter.close()
+            self.exporter = None
+            try:
+                exporter = section.kind.build(section.config)
+                await exporter.start()
+            except BaseException:
+                self._stopping = True  # nothing to feed: the loop must not take another batch
+                raise
+            self.exporter, self.section = exporter, section
+
     async def stop(self) -> None:
         """After the batch in hand is flushed and committed: close the source and exporter."""
         self._stopping = True
@@ -306,6 +321,7 @@ class Runner:
         old = self.config
         assert old is not None
         source_changed = new.source != old.source
+        failed: set[str] = set()
         for name in list(self.pipelines):
             section = new.section(name)
             pipeline = self.pipelines[name]
@@ -320,9 +336,14 @@ class Runner:
                     log.info("%s: reconfigured in place", name)
                 else:
                     log.info("%s: config changed; replacing the exporter", name)
-                    await self._stop_one(name)
+                    try:
+                        await pipeline.replace_exporter(section)
+                    except FlowscopeError as e:
+                        log.error("%s: the new exporter cannot start: %s; stopped", name, e)
+                        await self._stop_one(name)
+                        failed.add(name)
         for section in new.sections:
-            if section.name not in self.pipelines:
+            if section.name not in self.pipelines and section.name not in failed:
                 try:
                     await self._start(section, new.source)
                 except FlowscopeError as e:
