@@ -41,6 +41,7 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ConnectUpstream = Callable[[], Awaitable[Streams]]
 Emit = Callable[[Flow], None]
 
+_HIGH_WATER = 64 * 1024  # bytes queued to a peer beyond which the sender waits for it
 DENIED_BODY = b"Access denied\r\n"  # what Cilium's proxy (Envoy) answers a denied request with
 
 
@@ -123,6 +124,15 @@ async def _linger_close(
             await asyncio.wait_for(writer.wait_closed(), timeout)
 
 
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    """Small writes (a head, then its body) must not wait for the peer's delayed ACK (40 ms):
+    asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP, not proto 0."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Peer:
     """One side of the proxy: its streams and the h11 connection that frames them."""
 
@@ -130,6 +140,7 @@ class _Peer:
         self, streams: Streams, role: type[h11.CLIENT] | type[h11.SERVER], cfg: ProxyConfig
     ):
         self.reader, self.writer = streams
+        _set_nodelay(self.writer)
         self.h11 = h11.Connection(role, max_incomplete_event_size=cfg.max_header_bytes)
         self.read_size = cfg.read_size
 
@@ -144,7 +155,8 @@ class _Peer:
             if wait <= 0:
                 raise TimeoutError
             try:
-                data = await asyncio.wait_for(self.reader.read(self.read_size), wait)
+                async with asyncio.timeout(wait):  # (cheaper than wait_for: no task)
+                    data = await self.reader.read(self.read_size)
             except TimeoutError:  # (an OSError too: not to be taken for a reset)
                 raise
             except (ConnectionError, OSError):
@@ -154,8 +166,12 @@ class _Peer:
     async def send(self, event: object, timeout: float) -> None:
         data = self.h11.send(event)
         if data:
+            if self.writer.transport.is_closing():
+                raise ConnectionResetError("the peer's connection is gone")
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), timeout)
+            if self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                async with asyncio.timeout(timeout):  # a slow reader: wait, but not forever
+                    await self.writer.drain()
 
     def close(self) -> None:
         self.writer.close()
@@ -291,7 +307,8 @@ class _Session:
                 if wait <= 0:
                     raise _ClientError(408, "request head not complete in header_timeout")
             try:
-                data = await asyncio.wait_for(c.reader.read(c.read_size), wait)
+                async with asyncio.timeout(wait):
+                    data = await c.reader.read(c.read_size)
             except TimeoutError:
                 if deadline is None:
                     raise  # idle: close without a word, as servers do
