@@ -8,6 +8,7 @@ Headers and URLs are redacted here, the only place flows get them from. Pure.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ class Connection:
         return f"http://{host}{target}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(src: str, dst: str) -> IP:
+    # cached: a connection's requests share it, and parsing addresses per flow shows in the CPU
     version = IPVersion.IPv6 if ipaddress.ip_address(src).version == 6 else IPVersion.IPv4
     return IP(src, dst, version)
 

@@ -33,12 +33,11 @@ from dataplane.l7.httpflow import Address, Connection, Describe, request_flow, r
 from dataplane.l7.httpmessage import RequestHead, ResponseHead
 from dataplane.l7.httprules import HTTPRules
 from dataplane.l7.redact import Redaction
+from dataplane.l7.upstream import ConnectUpstream, Streams, direct_upstream
 from flowscope.flow.model import Endpoint, Flow, TrafficDirection, Verdict
 
 log = logging.getLogger(__name__)
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-ConnectUpstream = Callable[[], Awaitable[Streams]]
 Emit = Callable[[Flow], None]
 
 _HIGH_WATER = 64 * 1024  # bytes queued to a peer beyond which the sender waits for it
@@ -547,12 +546,6 @@ class _Session:
 ResolveOriginalDst = Callable[[socket.socket], Address | Awaitable[Address]]
 RulesFor = Callable[[Address, Address], HTTPRules | None]
 UpstreamFor = Callable[[Address, Address], ConnectUpstream]
-
-
-def direct_upstream(client: Address, original_dst: Address) -> ConnectUpstream:
-    """Connect to the original destination from this namespace (tests, benchmarks)."""
-    del client
-    return lambda: asyncio.open_connection(*original_dst)
 
 
 class ProxyListener:
