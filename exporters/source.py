@@ -49,6 +49,7 @@ class Pending:
 
 class Source(Protocol):
     stats: ReadStats
+    handing: asyncio.Lock  # held by the runner from a batch's hand-out to its commit
 
     async def start(self) -> None: ...
 
