@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -151,6 +151,17 @@ def _mix(words: tuple[np.ndarray, ...] | list[np.ndarray], seed: np.uint64) -> n
     return mixed  # the top bits depend on every bit of every word
 
 
+class Ends(NamedTuple):
+    """A flow's two ends as named when its batch was collected: [0] and [1] are the source and
+    destination endpoints (the columnar filters index them so), then the DNS names of their
+    addresses."""
+
+    source: Endpoint
+    destination: Endpoint
+    source_names: tuple[str, ...] = ()
+    destination_names: tuple[str, ...] = ()
+
+
 class FlowBatch(ColumnBatch):
     """One drain of the datapath's ring: the events and the names found for them, as columns.
     A chunk of the flow ring (collector.ring): `record(i)` builds entry i's Flow on demand."""
@@ -163,7 +174,7 @@ class FlowBatch(ColumnBatch):
         *,
         node: str,
         wall_offset: int,
-        endpoints: list[tuple[Endpoint, Endpoint]],
+        endpoints: list[Ends],
         ends: np.ndarray,
         allowed_names: list[tuple[Policy, ...]],
         allowed: np.ndarray,
@@ -184,15 +195,16 @@ class FlowBatch(ColumnBatch):
     def _build(self, index: int) -> Flow:
         allowed = int(self.allowed[index])
         link = int(self.links[index])
-        source, destination = self.endpoints[self.ends[index]]
+        ends = self.endpoints[self.ends[index]]
         return named_flow(
             self.event(index),
-            source,
-            destination,
+            ends.source,
+            ends.destination,
             self.allowed_names[allowed] if allowed != _NO_NAME else (),
             self.link_names[link] if link != _NO_NAME else None,
             self.node,
             self.wall_offset,
+            (ends.source_names, ends.destination_names),
         )
 
 
@@ -214,24 +226,19 @@ class DatapathNamer:
         self._version: Any = object()
         # both ends of an event at once, keyed by its identities, addresses, endpoint id and
         # observation point (which end the endpoint id belongs to)
-        self.endpoints: KeyIndex[tuple[Endpoint, Endpoint]] = KeyIndex(self._ends, words=3)
+        self.endpoints: KeyIndex[Ends] = KeyIndex(self._ends, words=3)
         self.policies: KeyIndex[tuple[Policy, ...]] = KeyIndex(self._allowed, bits=10)
         self.connections: KeyIndex[tuple[str, str, int, int]] = KeyIndex(self._connection)
 
-    def _ends(self, identities: int, addresses: int, local: int) -> tuple[Endpoint, Endpoint]:
+    def _ends(self, identities: int, addresses: int, local: int) -> Ends:
         endpoint_id, from_endpoint = local >> 8, (local & 0xFF) == _FROM_ENDPOINT
         endpoint = self.enricher.endpoint
-        return (
-            endpoint(
-                _address(addresses & _LOW32),
-                identities & _LOW32,
-                endpoint_id if from_endpoint else 0,
-            ),
-            endpoint(
-                _address(addresses >> 32),
-                identities >> 32,
-                0 if from_endpoint else endpoint_id,
-            ),
+        source, destination = _address(addresses & _LOW32), _address(addresses >> 32)
+        return Ends(
+            endpoint(source, identities & _LOW32, endpoint_id if from_endpoint else 0),
+            endpoint(destination, identities >> 32, 0 if from_endpoint else endpoint_id),
+            self.enricher.names_of(source),
+            self.enricher.names_of(destination),
         )
 
     def _allowed(self, cookie: int, direction: int) -> tuple[Policy, ...]:

@@ -80,7 +80,8 @@ def datapath_flow(
             link = links.lookup((daddr, saddr, int(ev.sport), int(ev.proto)), time_ns)
         else:
             link = links.lookup((saddr, daddr, int(ev.dport), int(ev.proto)), time_ns)
-    return named_flow(ev, src, dst, allowed, link, node, wall_offset)
+    names = (enricher.names_of(saddr), enricher.names_of(daddr))
+    return named_flow(ev, src, dst, allowed, link, node, wall_offset, names)
 
 
 def policy_direction(traffic_direction: int) -> Direction:
@@ -96,9 +97,11 @@ def named_flow(
     link: Link | None,
     node: str,
     wall_offset: int,
+    names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> Flow:
     """The flow of an event whose names were found already: its two endpoints, the policy
-    that allowed it (new connections only) and its socket-LB translation."""
+    that allowed it (new connections only), its socket-LB translation and the DNS names its
+    addresses are known by (what the node's DNS proxy saw answered for them)."""
     l4 = _l4(ev)
     verdict = member_of(Verdict, ev.verdict)
     point = member_of(TraceObservationPoint, ev.obs_point)
@@ -118,6 +121,8 @@ def named_flow(
         source=src,
         destination=dst,
         type=FlowType.L3_L4,
+        source_names=names[0],
+        destination_names=names[1],
         node_name=node,
         event_type=event_type,
         traffic_direction=direction,

@@ -10,6 +10,7 @@ read, never written: data flows from the dataplane to the collector only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from dataplane.agent.ipcache_records import IPRecord
@@ -41,11 +42,13 @@ class Enricher:
         *,
         services: ServiceIndex | None = None,
         pods: PodCgroups | None = None,
+        names: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
         self.directory = directory
         self.cluster = cluster
         self.services = services
         self.pods = pods
+        self.names = names  # address -> the DNS names it is known by (the node's DNS cache)
         self._version: object = None
         self._endpoints: dict[tuple[str, int, int], Endpoint] = {}
 
@@ -84,6 +87,9 @@ class Enricher:
             namespace=namespace_of(identity.labels) or "" if identity else "",
             labels=labels,
         )
+
+    def names_of(self, ip: str) -> tuple[str, ...]:
+        return self.names(ip) if self.names is not None else ()
 
     def by_ip(self, ip: str) -> Endpoint:
         """The endpoint of an address when only the address is known (kernel events)."""

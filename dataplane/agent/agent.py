@@ -26,10 +26,12 @@ from collector.services import ServiceIndex
 from dataplane.agent import routing
 from dataplane.agent.enforcement import Enforcement
 from dataplane.agent.nodedatapath import NodeDatapath
+from dataplane.agent.nodedns import NodeDNS
 from dataplane.agent.services import ServiceSync
 from dataplane.cni.conf import write_conflist
 from dataplane.cni.server import serve_cni
 from dataplane.cni.service import CNIService
+from dataplane.dns.resolvconf import dns_service_ip
 from dataplane.endpoint.endpoint import Endpoint
 from dataplane.identity.allocator import IdentityAllocator
 from dataplane.ipam import IPAM, PREFIXES_KEY_PREFIX, IPAMConfig, all_node_prefixes
@@ -115,6 +117,8 @@ class Agent:
 
         maps = NodeDatapath(datapath, netns)
         enforcement = Enforcement(self.info, self.node, kv, maps, IdentityAllocator(kv, self.node))
+        dns_ip = dns_service_ip(self.info.service_cidr)
+        enforcement.dns_service_ip = dns_ip
         await enforcement.start()
         hooks = DatapathHooks(enforcement, tracepoints)
         for local in enforcement.local.values():
@@ -123,7 +127,7 @@ class Agent:
         publisher = self._start_publisher(stream)
         # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it
         observer = await serve_observer(stream, observer_socket(self.paths, self.node))
-        enricher = Enricher(enforcement, self.info.name)
+        enricher = Enricher(enforcement, self.info.name, names=enforcement.dns_cache.names_of)
         collector = NodeCollector(
             self.node,
             enricher,
@@ -139,7 +143,12 @@ class Agent:
         # NodePort: tc on the uplink (both IPAM modes), before masquerade; adopts pinned maps
         nodeport = await self._start_nodeport()
         services = ServiceSync(
-            kv, self.node, socklb.maps, nodeport=nodeport.maps, node_ip=str(self.node_ip)
+            kv,
+            self.node,
+            socklb.maps,
+            nodeport=nodeport.maps,
+            node_ip=str(self.node_ip),
+            local_addresses=frozenset({str(dns_ip)}),  # the node's DNS proxy answers there
         )
         await services.start()
         # flows name services by frontend, and the socket LB's clients by their pod's cgroup
@@ -151,6 +160,10 @@ class Agent:
                 for local in enforcement.local.values()
             ]
         )
+
+        # every pod's DNS through the node's proxy: L7 DNS flows, DNS rules, FQDN policy
+        node_dns = NodeDNS(self.info, self.node, enforcement, services, stream.publish, enricher)
+        await node_dns.start()
 
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
@@ -173,6 +186,7 @@ class Agent:
             asyncio.create_task(collector.run_tracepoints(tracepoints), name="kernel-events"),
             asyncio.create_task(_every(CT_GC_INTERVAL, datapath.ct.gc), name="ct-gc"),
             asyncio.create_task(_every(CT_GC_INTERVAL, nodeport.gc), name="nodeport-gc"),
+            asyncio.create_task(node_dns.run(), name="dns-proxy"),
         ]
         if masquerade is not None:
             tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
@@ -193,6 +207,7 @@ class Agent:
         server.close()
         if publisher is not None:
             await publisher.close()  # what the broker did not take stays in the spool
+        await node_dns.close()
         await observer.close(grace=0.5)
         await service.close()
         await kv.close()

@@ -535,9 +535,15 @@ class Enforcement:
 
     # -- the directory the collector reads (collector.enrich.Directory) ------------------------
     @property
-    def version(self) -> tuple[int, int, int, int]:
+    def version(self) -> tuple[int, int, int, int, int]:
         """Changes whenever a name the directory gives may have changed."""
-        return (self.reconciles, self.records.version, len(self.identities), self._local_changes)
+        return (
+            self.reconciles,
+            self.records.version,
+            len(self.identities),
+            self._local_changes,
+            self.dns_cache.version,  # the names addresses are known by
+        )
 
     def record(self, ip: str) -> IPRecord | None:
         for local in self.local.values():  # ours first: the record mirror may lag a new pod

@@ -98,6 +98,7 @@ class ServiceSync:
         *,
         nodeport: NodePortMaps | None = None,
         node_ip: str | None = None,
+        local_addresses: frozenset[str] = frozenset(),
     ) -> None:
         self.node = node
         self.maps = maps
@@ -110,6 +111,10 @@ class ServiceSync:
         self.slices = PrefixMirror(
             kv, kinds.get("EndpointSlice").prefix(), json_value, self._changed.set
         )
+        # service addresses served on the node itself (the DNS proxy on kube-dns's address): the
+        # socket LB leaves them alone, so pods' packets to them reach the node
+        self.local_addresses = local_addresses
+        self.frontends: tuple[Frontend, ...] = ()  # the last plan's
         self.problem: str | None = None  # why the maps could not be written, while it lasts
         self.syncs = 0
 
@@ -128,11 +133,20 @@ class ServiceSync:
             "service sync",
         )
 
+    def backends(self, address: str, port: int, protocol: str) -> tuple:
+        """The ready backends of a ClusterIP frontend, from the last plan."""
+        for f in self.frontends:
+            k = f.key
+            if (k.address, k.port, k.protocol) == (address, port, protocol):
+                return f.backends
+        return ()
+
     async def sync(self) -> None:
         frontends = plan(
             list(self.services.items.values()), list(self.slices.items.values()), self.node
         ).frontends
-        wanted = socket_services(frontends)
+        self.frontends = frontends
+        wanted = [s for s in socket_services(frontends) if str(s.vip) not in self.local_addresses]
         if self.node_ip is not None:
             wanted += nodeport_socket_services(frontends, self.node_ip)
         nodeports = nodeport_services(frontends, self.node)

@@ -8,7 +8,8 @@ reply comes from the address the pod asked. The proxy
 1. sees the query (an l7 dns-request flow) and checks it against the DNS rules of the pod's
    CiliumNetworkPolicies: a name no rule allows is answered REFUSED, never forwarded (a DROPPED
    flow);
-2. forwards it to a kube-dns backend, from the node (its own socket);
+2. forwards it to a kube-dns backend, from the client pod's namespace (a socket the proxy opens
+   there: the query leaves as the pod's own, under its policy, from its address);
 3. hands the answer to `learn` before the pod gets it: the names become addresses in the DNS
    cache and, when a toFQDNs selector wants them, in the pod's policy; `learn` returns once the
    datapath allows them (bounded), so the pod's first connect to the answer is not dropped;
@@ -82,6 +83,7 @@ class DNSProxy:
         emit: Callable[[Flow], None],
         describe: Callable[[str], Endpoint | None],
         new_socket: SocketFactory,
+        upstream_socket: Callable[[str], SocketFactory] | None = None,
         port: int = 53,
         node_name: str = "",
         service: Service | None = None,
@@ -95,7 +97,10 @@ class DNSProxy:
         self.learn = learn
         self.emit = emit
         self.describe = describe
-        self.new_socket = new_socket
+        self.new_socket = new_socket  # the listening sockets'
+        # the forwarded query's socket, by client address: the agent opens it in the client
+        # pod's namespace, so the query travels as the pod's own (its policy, its address)
+        self.upstream_socket = upstream_socket or (lambda _ip: new_socket)
         self.node_name = node_name
         self.service = service
         self.max_inflight = max_inflight
@@ -151,7 +156,11 @@ class DNSProxy:
         server = upstreams[0].host if upstreams else self.address
         self.emit(self._flow(who, server, query, L7FlowType.REQUEST))
         reply = await forward(
-            wire, upstreams, tcp=who.tcp, new_socket=self.new_socket, timeout=self.timeout
+            wire,
+            upstreams,
+            tcp=who.tcp,
+            new_socket=self.upstream_socket(who.client_ip),
+            timeout=self.timeout,
         )
         summary = response_summary(reply) if reply is not None else None
         if reply is None or summary is None or reply[:2] != wire[:2]:

@@ -80,19 +80,39 @@ def controller_daemon(paths: ClusterPaths) -> daemons.Daemon:
     return _daemon(paths, "controller", [*_python(), "--cluster", paths.cluster, "controller"])
 
 
-def world_daemon(paths: ClusterPaths) -> daemons.Daemon:
-    argv = [
+def world_daemons(paths: ClusterPaths, plan: topology.LabPlan) -> list[daemons.Daemon]:
+    """Each outside host's responder, and the outside world's DNS server on the first host."""
+    out = []
+    for host in plan.outside:
+        argv = [
+            sys.executable,
+            "-m",
+            "dataplane.lab.responder",
+            "--name",
+            host.name,
+            "--netns",
+            str(netns.path(fabric.world_netns(paths, host.name))),
+        ]
+        argv += [a for p in WORLD_TCP_PORTS for a in ("--tcp", str(p))]
+        argv += [a for p in WORLD_UDP_PORTS for a in ("--udp", str(p))]
+        out.append(
+            _daemon(
+                paths, fabric.world_netns(paths, host.name).removeprefix(paths.netns_prefix), argv
+            )
+        )
+    resolver = [
         sys.executable,
         "-m",
-        "dataplane.lab.responder",
-        "--name",
-        "world",
+        "dataplane.lab.resolver",
         "--netns",
         str(netns.path(fabric.world_netns(paths))),
+        "--ttl",
+        str(topology.OUTSIDE_TTL),
     ]
-    argv += [a for p in WORLD_TCP_PORTS for a in ("--tcp", str(p))]
-    argv += [a for p in WORLD_UDP_PORTS for a in ("--udp", str(p))]
-    return _daemon(paths, "world", argv)
+    for host in plan.outside:
+        resolver += [a for name in host.names for a in ("--name", f"{name}={host.ip}")]
+    out.append(_daemon(paths, "resolver", resolver))
+    return out
 
 
 def relay_daemon(paths: ClusterPaths, address: str) -> daemons.Daemon:
@@ -180,7 +200,10 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
         _check_same_shape(existing, opts, plan)
     started = time.monotonic()
 
-    progress(f"network: fabric, {len(plan.nodes)} nodes, outside host ({plan.ipam} IPAM)")
+    progress(
+        f"network: fabric, {len(plan.nodes)} nodes, {len(plan.outside)} outside hosts "
+        f"({plan.ipam} IPAM)"
+    )
     fabric.build_fabric(paths, plan)
     for node in plan.nodes:
         fabric.build_node(paths, plan, node)
@@ -196,7 +219,7 @@ def up(opts: UpOptions, progress: Progress) -> tuple[ClusterInfo, bool]:
     info = _ensure_relay(info, progress)
     asyncio.run(_seed(info))
 
-    for daemon in [controller_daemon(paths), world_daemon(paths)]:
+    for daemon in [controller_daemon(paths), *world_daemons(paths, plan)]:
         if daemons.pid_of(daemon.pidfile) is None:
             daemons.start(daemon)
     for node in plan.nodes:
@@ -253,6 +276,11 @@ def _start_store(
         nodes=tuple(NodeInfo(n.name, n.ip, paths.node_netns(n.name)) for n in plan.nodes),
         extra={
             "world_ip": str(plan.world_ip),
+            # the cluster DNS forwards other names to the outside world's resolver
+            "dns_upstreams": [str(plan.world_ip)],
+            "outside_hosts": {
+                h.name: {"ip": str(h.ip), "names": list(h.names)} for h in plan.outside
+            },
             "lb_pool": str(plan.lb_pool),
             "policy_audit_mode": opts.policy_audit_mode,
             "policy_map_entries": opts.policy_map_entries,

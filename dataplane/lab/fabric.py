@@ -30,8 +30,9 @@ ROUTER_SYSCTLS = {
 }
 
 
-def world_netns(paths: ClusterPaths) -> str:
-    return f"{paths.netns_prefix}world"
+def world_netns(paths: ClusterPaths, host: str = "world") -> str:
+    """The namespace of an outside host ("world": the one `lab probe world` uses)."""
+    return f"{paths.netns_prefix}world" + ("" if host == "world" else f".{host}")
 
 
 def _link_index(ipr: IPRoute, ifname: str) -> int | None:
@@ -94,7 +95,10 @@ def build_node(paths: ClusterPaths, plan: LabPlan, node: NodePlan) -> None:
 
 
 def build_world(paths: ClusterPaths, plan: LabPlan) -> None:
-    _attach_leg(paths, world_netns(paths), WORLD_IFNAME, plan.world_ip, plan)
+    """The outside hosts, each in its own namespace with a leg on the VNET."""
+    for host in plan.outside or ():
+        ifname = WORLD_IFNAME if host.name == "world" else f"vout-{host.name}"[:15]
+        _attach_leg(paths, world_netns(paths, host.name), ifname, host.ip, plan)
 
 
 def route_lb_pool(paths: ClusterPaths, plan: LabPlan) -> None:

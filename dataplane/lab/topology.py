@@ -32,6 +32,32 @@ class NodePlan:
 
 
 @dataclass(frozen=True)
+class OutsideHost:
+    """A host on the VNET outside the cluster, with DNS names the lab resolver answers."""
+
+    name: str  # "world" is the first: the host `lab probe world` probes from
+    ip: IPv4Address
+    names: tuple[str, ...]
+
+
+# The outside world, from the top of the reserved /24 down: names under example.* (RFC 2606), so
+# that policies in the docs read like real ones and can never leak to a real resolver.
+OUTSIDE = (
+    ("world", ("www.example.org",)),
+    ("api", ("api.example.com", "login.example.com")),
+    ("other", ("other.example.net",)),
+)
+OUTSIDE_TTL = 30  # seconds: what the lab resolver answers with
+
+
+def outside_hosts(reserved_last: int) -> tuple[OutsideHost, ...]:
+    return tuple(
+        OutsideHost(name, IPv4Address(reserved_last - i), names)
+        for i, (name, names) in enumerate(OUTSIDE)
+    )
+
+
+@dataclass(frozen=True)
 class LabPlan:
     cluster: str
     ipam: str
@@ -42,6 +68,7 @@ class LabPlan:
     world_ip: IPv4Address
     nodes: tuple[NodePlan, ...]
     lb_pool: IPv4Network = DEFAULT_LB_POOL
+    outside: tuple[OutsideHost, ...] = ()
 
     @property
     def reserved(self) -> IPv4Network:
@@ -97,7 +124,7 @@ def plan(
             )
     base = vnet_cidr.network_address
     reserved_last = int(base) + 2 ** (32 - RESERVED_PREFIX) - 2
-    if FIRST_NODE_OFFSET + nodes > reserved_last - int(base):
+    if FIRST_NODE_OFFSET + nodes > reserved_last - len(OUTSIDE) - int(base):
         raise UsageError(f"--nodes: {nodes} nodes do not fit the reserved /24 of {vnet_cidr}")
     node_plans = tuple(
         NodePlan(
@@ -115,4 +142,5 @@ def plan(
         world_ip=IPv4Address(reserved_last),
         nodes=node_plans,
         lb_pool=lb_pool,
+        outside=outside_hosts(reserved_last),
     )

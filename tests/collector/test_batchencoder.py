@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from collector.batchencoder import BatchEncoder, merged_runs
 from collector.columnbatch import ColumnBatch
-from collector.columns import FlowBatch
+from collector.columns import Ends, FlowBatch
 from collector.kernelcolumns import AddressName, KernelBatch
 from collector.socklb_flows import TranslationNames
 from collector.translationcolumns import TranslationBatch
@@ -99,7 +99,14 @@ event_rows = st.fixed_dictionaries({**small, **wide, "ktime_ns": times})
 
 @st.composite
 def batches(draw) -> FlowBatch:
-    pairs = draw(st.lists(st.tuples(endpoints, endpoints), min_size=1, max_size=3))
+    names = st.lists(st.sampled_from(["api.example.com.", "x.example.org."]), max_size=2)
+    pairs = draw(
+        st.lists(
+            st.builds(Ends, endpoints, endpoints, names.map(tuple), names.map(tuple)),
+            min_size=1,
+            max_size=3,
+        )
+    )
     allowed_names = draw(st.lists(policies, max_size=2))
     link_names = draw(st.lists(links, max_size=2))
     rows = draw(st.lists(event_rows, min_size=1, max_size=30))
@@ -175,7 +182,7 @@ def test_a_time_before_1970_goes_one_flow_at_a_time() -> None:
         events,
         node="n",
         wall_offset=-(10**9),
-        endpoints=[(Endpoint(id=1), Endpoint())],
+        endpoints=[Ends(Endpoint(id=1), Endpoint())],
         ends=np.zeros(2, np.int32),
         allowed_names=[],
         allowed=np.full(2, -1, np.int32),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collector.columns import FlowBatch
+from collector.columns import Ends, FlowBatch
 from collector.flowstream import FlowStream
 from collector.kafkaconfig import KafkaConfig
 from collector.kernelcolumns import AddressName, KernelBatch
@@ -354,7 +354,7 @@ def columnar(node: str, first: int, n: int) -> FlowBatch:
 
 _A = Endpoint(identity=300, namespace="x", pod_name="a", labels=("k8s:app=a",))
 _B = Endpoint(identity=301, namespace="y", pod_name="b")
-COLUMNAR_ENDS = [(_A, _B), (_B, _A)]
+COLUMNAR_ENDS = [Ends(_A, _B), Ends(_B, _A, (), ("b.example.com.",))]
 COLUMNAR_POLICIES = [(Policy("allow-a", "y", ("k8s:io.cilium.k8s.policy.name=allow-a",)),)]
 
 
