@@ -209,7 +209,35 @@ class KafkaSource:
     async def close(self) -> None:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
+            _leave_at_generation_zero(consumer)
             await consumer.stop()
+
+
+def _leave_at_generation_zero(consumer: Any) -> None:
+    """Tansu numbers a group's first generation 0, and aiokafka leaves a group on close only
+    when its generation is above 0: without this, a member that stops cleanly holds its
+    partitions until its session times out (~10 s), and a restarted or scaled-down exporter
+    waits that long. Called at close, after the coordination task ended (no heartbeat races)."""
+    from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
+
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0:
+        return
+    own = coordinator._maybe_leave_group
+
+    async def leave() -> None:
+        if coordinator.member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID:
+            try:
+                await coordinator._send_req(
+                    LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+                )
+            except Exception as e:  # a minimal effort, as aiokafka's own
+                log.debug("LeaveGroup failed: %s", e)
+            coordinator.reset_generation()
+        else:
+            await own()
+
+    coordinator._maybe_leave_group = leave
 
 
 def _describe_offsets(offsets: dict[tuple[str, int], int]) -> str:

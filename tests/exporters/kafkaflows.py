@@ -58,3 +58,17 @@ async def committed(bootstrap: str, group: str) -> int:
         return total
     finally:
         await consumer.stop()
+
+
+async def members(bootstrap: str, group: str) -> list[str]:
+    """The member ids the broker holds in a consumer group."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        (described,) = response.groups
+        return [m[0] for m in described[5]]  # (error, group, state, type, protocol, members)
+    finally:
+        await admin.close()

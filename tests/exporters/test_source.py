@@ -19,7 +19,7 @@ from flowscope.flow.protoconv import record_to_response
 from flowscope.proto import observer_pb2, observer_pb2_grpc
 from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import free_port, unique
-from tests.exporters.kafkaflows import T0, batch, committed, flow, produce
+from tests.exporters.kafkaflows import T0, batch, committed, flow, members, produce
 
 
 @pytest.fixture
@@ -83,8 +83,12 @@ async def test_batches_carry_keys_and_lag_drop_duplicates_and_commit_what_was_ha
         assert source.stats.duplicates == 2
         assert sum(rest[-1].batch.lag.values()) == 0
         assert await committed(broker.bootstrap, group) == 4
+        assert len(await members(broker.bootstrap, group)) == 1
     finally:
         await source.close()
+    # a clean close leaves the group at once (Tansu's generation 0 included), so a restarted
+    # or remaining member need not wait for this one's session to time out
+    assert await members(broker.bootstrap, group) == []
 
 
 async def test_filters_apply_and_lost_events_pass(broker: Broker) -> None:
