@@ -127,7 +127,13 @@ class Agent:
         publisher = self._start_publisher(stream)
         # the Observer API (GetFlows, ServerStatus, GetNodes) on a 0600 socket; the relay reads it
         observer = await serve_observer(stream, observer_socket(self.paths, self.node))
-        enricher = Enricher(enforcement, self.info.name, names=enforcement.dns_cache.names_of)
+        # flows name addresses as Hubble does: "api.example.com", without the root's dot
+        cache = enforcement.dns_cache
+        enricher = Enricher(
+            enforcement,
+            self.info.name,
+            names=lambda ip: tuple(n.rstrip(".") for n in cache.names_of(ip)),
+        )
         collector = NodeCollector(
             self.node,
             enricher,
