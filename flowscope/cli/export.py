@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -68,8 +69,19 @@ async def cmd_export(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise UsageError(e.args[0], hint=e.hint) from None
     loop = asyncio.get_running_loop()
+    signals = [0]
+
+    def on_signal() -> None:
+        signals[0] += 1
+        if signals[0] == 1:
+            log.info("stopping: flushing and committing the batches in hand (again to force)")
+            runner.stop()
+        else:  # a second signal: leave now; what was not committed is read again next time
+            log.warning("stopping at once; uncommitted records will be read again")
+            os._exit(130)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop)
+        loop.add_signal_handler(sig, on_signal)
     names = ", ".join(runner.pipelines)
     print(f"exporting: {names} (config {args.config}; SIGTERM or Ctrl-C to stop)", file=sys.stderr)
     try:

@@ -19,6 +19,7 @@ from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import unique
 from tests.exporters import collectkind
 from tests.exporters.kafkaflows import batch, committed, flow, produce
+from tests.exporters.relayserver import Observer, serving
 
 KINDS = {"collect": collectkind.KIND}
 
@@ -167,3 +168,30 @@ async def test_start_fails_cleanly(tmp_path: Path) -> None:
     # the exporter started before it was stopped again: nothing left running
     assert runner.pipelines == {}
     assert collectkind.INSTANCES[0].closed
+
+
+async def test_without_kafka_the_relay_feeds_the_exporter(tmp_path: Path) -> None:
+    collectkind.INSTANCES.clear()
+    servicer = Observer([flow(1, "n1"), flow(2, "n2")], [flow(3, "n1")])
+    async with serving(servicer) as address:
+        path = tmp_path / "export.yaml"
+        write(
+            path,
+            {
+                "source": {"relay": address, "filters": {"allow": ["--from-namespace shop"]}},
+                "collect": {},
+            },
+        )
+        runner = Runner(path, kinds=KINDS)
+        task = await running(runner)
+        try:
+            (exporter,) = collectkind.INSTANCES
+            await until(lambda: len(exporter.records) == 3)
+            assert [r.node_name for r in exporter.records] == ["n1", "n2", "n1"]
+            assert exporter.keys == []  # no seqs from the relay: no keys
+            assert exporter.flushes >= 1
+            assert len(servicer.requests[0].whitelist) == 1  # the filter ran at the relay
+        finally:
+            runner.stop()
+            await asyncio.wait_for(task, 20)
+    assert exporter.closed

@@ -8,18 +8,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from exporters.config import parse_source
 from exporters.exporter import record_key
 from exporters.source import KafkaSource, Pending, RelaySource
 from flowscope.flow.model import LostEvent, LostEventSource
-from flowscope.flow.protoconv import record_to_response
-from flowscope.proto import observer_pb2, observer_pb2_grpc
 from tests.collector.kafkabroker import Broker, running_broker
 from tests.conftest import free_port, unique
 from tests.exporters.kafkaflows import T0, batch, committed, flow, members, produce
+from tests.exporters.relayserver import Observer, serving
 
 
 @pytest.fixture
@@ -139,35 +137,15 @@ async def test_an_unreachable_broker_is_reported_and_retried(
     assert "retrying in 0.5s" in warnings[0] and "retrying in 1.0s" in warnings[1]
 
 
-class _Observer(observer_pb2_grpc.ObserverServicer):
-    """A relay that serves `records` to the first stream and then ends it, and the rest to the
-    next one; it remembers the requests."""
-
-    def __init__(self, first: list, then: list) -> None:
-        self.parts = [first, then]
-        self.requests: list = []
-
-    async def GetFlows(self, request, context):
-        self.requests.append(request)
-        part = self.parts.pop(0) if self.parts else []
-        status = observer_pb2.GetFlowsResponse(node_name="n1")
-        status.node_status.state_change = observer_pb2.NODE_CONNECTED
-        yield status
-        for record in part:
-            yield record_to_response(record)
-        if not self.parts and not part:
-            await asyncio.sleep(30)
-
-
 async def test_the_relay_source_reconnects_from_the_last_time_seen() -> None:
-    port = free_port()
-    servicer = _Observer([flow(1, "n1"), flow(2, "n1")], [flow(3, "n1")])
-    server = grpc.aio.server()
-    observer_pb2_grpc.add_ObserverServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    servicer = Observer([flow(1, "n1"), flow(2, "n1")], [flow(3, "n1")])
+    async with serving(servicer) as address:
+        await read_relay(servicer, address)
+
+
+async def read_relay(servicer: Observer, address: str) -> None:
     config = parse_source(
-        {"relay": {"address": f"127.0.0.1:{port}"}, "filters": {"deny": ["--verdict DROPPED"]}}
+        {"relay": {"address": address}, "filters": {"deny": ["--verdict DROPPED"]}}
     )
     source = RelaySource(config, "t")
     await source.start()
@@ -184,7 +162,6 @@ async def test_the_relay_source_reconnects_from_the_last_time_seen() -> None:
         assert second.since.ToNanoseconds() == T0 + 2 + 1
     finally:
         await source.close()
-        await server.stop(None)
 
 
 async def test_two_members_of_a_group_share_the_partitions(broker: Broker) -> None:
@@ -195,22 +172,22 @@ async def test_two_members_of_a_group_share_the_partitions(broker: Broker) -> No
                                      enumerate(nodes)])  # fmt: skip
     config = parse_source({"kafka": {"bootstrap": broker.bootstrap}, "max_records": 1})
     group = unique("fsD")
-    members = [KafkaSource(config, group), KafkaSource(config, group)]
-    await asyncio.gather(*(m.start() for m in members))
+    sources = [KafkaSource(config, group), KafkaSource(config, group)]
+    await asyncio.gather(*(m.start() for m in sources))
     seen: list[set[str]] = [set(), set()]
 
     async def read(i: int) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while loop.time() < deadline and set().union(*seen) != set(nodes):
-            pending = await members[i].next_batch()
+            pending = await sources[i].next_batch()
             seen[i].update(r.node_name for r in pending.batch.records)
-            await members[i].commit(pending)
+            await sources[i].commit(pending)
 
     try:
         await asyncio.gather(read(0), read(1))
-        assigned = [m._consumer.assignment() for m in members]
+        assigned = [m._consumer.assignment() for m in sources]
     finally:
-        await asyncio.gather(*(m.close() for m in members))
+        await asyncio.gather(*(m.close() for m in sources))
     assert set().union(*seen) == set(nodes)
     assert assigned[0] and assigned[1] and not (assigned[0] & assigned[1])
