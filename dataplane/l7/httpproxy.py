@@ -77,9 +77,20 @@ class _ClientError(Exception):
 
 
 class _UpstreamError(Exception):
-    def __init__(self, code: int, why: str) -> None:
+    """The upstream failed: answer `code`. `stale`: a kept-alive connection that turned out to
+    be closed before it took the request (a server's idle close racing our reuse)."""
+
+    def __init__(self, code: int, why: str, *, stale: bool = False) -> None:
         super().__init__(why)
         self.code = code
+        self.stale = stale
+
+
+def _has_body(request: RequestHead) -> bool:
+    length = request.header("content-length")
+    return request.header("transfer-encoding") is not None or (
+        length is not None and length.strip() != "0"
+    )
 
 
 def _no_endpoint(_ip: str) -> Endpoint | None:
@@ -353,17 +364,18 @@ class _Session:
         )
         await c.send(h11.Data(data=DENIED_BODY), cfg.idle_timeout)
         await c.send(h11.EndOfMessage(), cfg.idle_timeout)
+        self.linger = not keep  # a body may still be coming: let the 403 be read first
         return keep
 
-    async def _open_upstream(self) -> _Peer:
+    async def _open_upstream(self) -> tuple[_Peer, bool]:
+        """The upstream connection, and whether it is one kept alive from an earlier request."""
         up = self.upstream
         if up is not None:
             u = up.h11
-            if u.our_state is h11.DONE and u.their_state is h11.DONE:
+            gone = up.reader.at_eof() or up.writer.transport.is_closing()
+            if not gone and u.our_state is h11.DONE and u.their_state is h11.DONE:
                 u.start_next_cycle()
-                return up
-            if u.our_state is h11.IDLE and u.their_state is h11.IDLE:
-                return up
+                return up, True
             up.close()
             self.upstream = None
         try:
@@ -373,18 +385,10 @@ class _Session:
         except OSError as exc:
             raise _UpstreamError(503, f"upstream unreachable: {exc}") from None
         self.upstream = _Peer(streams, h11.CLIENT, self.cfg)
-        return self.upstream
+        return self.upstream, False
 
     async def _forward(self, event: h11.Request, request: RequestHead) -> bool:
         cfg = self.cfg
-        try:
-            up = await self._open_upstream()
-        except _UpstreamError as exc:
-            # nothing went upstream: the request's flow says so
-            self._fail(exc.code, str(exc), request)
-            return False
-        self.proxy._emit(request_flow(self.conn, request, Verdict.FORWARDED, cfg.redaction))
-        start = time.monotonic_ns()
         if not request.host:  # HTTP/1.0 without Host: h11 speaks 1.1 upstream, which needs one
             ip, port = self.conn.original_dst
             host = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
@@ -393,22 +397,56 @@ class _Session:
                 target=event.target,
                 headers=[*event.headers.raw_items(), (b"Host", host.encode())],
             )
-        pump: asyncio.Task[None] | None = None
-        try:
-            await up.send(event, cfg.idle_timeout)
-            pump = asyncio.create_task(self._pump_request_body(up))
-            return await self._relay_response(up, request, start, pump)
-        except _UpstreamError as exc:
-            if pump is not None and pump.done() and not pump.cancelled() and pump.exception():
-                raise pump.exception() from None  # the client broke the body: its error
-            self._upstream_failed(exc, request, start)
-            return False
-        finally:
-            if pump is not None:
-                if not pump.done():
-                    pump.cancel()
-                with contextlib.suppress(BaseException):
-                    await pump  # its error (if any) is retrieved, not logged as lost
+        # a request without a body can be sent again on a new connection when a kept-alive
+        # one was closed under it (nothing of it was taken); one with a body was consumed
+        may_retry = not _has_body(request)
+        retrying = False
+        start = 0
+        while True:
+            try:
+                up, reused = await self._open_upstream()
+            except _UpstreamError as exc:
+                self._fail(exc.code, str(exc), request)  # nothing went upstream: the flow says so
+                return False
+            if not start:
+                self.proxy._emit(request_flow(self.conn, request, Verdict.FORWARDED, cfg.redaction))
+                start = time.monotonic_ns()
+            pump: asyncio.Future[None] | None = None
+            try:
+                try:
+                    await up.send(event, cfg.idle_timeout)
+                except (ConnectionError, OSError) as exc:
+                    raise _UpstreamError(
+                        502, f"upstream connection lost: {exc}", stale=True
+                    ) from None
+                if retrying:
+                    # the request (without a body) was read whole on the first try
+                    await up.send(h11.EndOfMessage(), cfg.idle_timeout)
+                    pump = asyncio.get_running_loop().create_future()
+                    pump.set_result(None)
+                elif self._forward_buffered_body(up):
+                    # the whole request was in hand (most requests): no task to pump its body
+                    pump = asyncio.get_running_loop().create_future()
+                    pump.set_result(None)
+                else:
+                    pump = asyncio.create_task(self._pump_request_body(up))
+                return await self._relay_response(up, request, start, pump)
+            except _UpstreamError as exc:
+                if pump is not None and pump.done() and not pump.cancelled() and pump.exception():
+                    raise pump.exception() from None  # the client broke the body: its error
+                if exc.stale and reused and may_retry and not retrying:
+                    retrying = True
+                    log.debug("l7 proxy: kept-alive upstream connection was closed; retrying")
+                    continue
+                self._upstream_failed(exc, request, start)
+                return False
+            finally:
+                if pump is not None:
+                    if not pump.done():
+                        pump.cancel()
+                        await asyncio.wait([pump])  # (our own cancellation still passes)
+                    if not pump.cancelled():
+                        pump.exception()  # retrieved: not logged as lost
 
     def _upstream_failed(self, exc: _UpstreamError, request: RequestHead, start: int) -> None:
         cfg = self.cfg
@@ -430,6 +468,23 @@ class _Session:
         with contextlib.suppress(OSError, RuntimeError):
             self.client.writer.write(_error_bytes(exc.code))
         self.linger = True
+
+    def _forward_buffered_body(self, up: _Peer) -> bool:
+        """Forward what of the request's body has already been read; True when that was all of
+        it (h11's RemoteProtocolError passes to the caller, as for a bad head)."""
+        while True:
+            event = self.client.h11.next_event()
+            if event is h11.NEED_DATA:
+                return False
+            if isinstance(event, h11.Data):
+                event = h11.Data(data=event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                raise _ClientError(400, "client closed before its request's end")
+            data = up.h11.send(event)
+            if data:
+                up.writer.write(data)  # at most one read's worth: no need to wait for a drain
+            if isinstance(event, h11.EndOfMessage):
+                return True
 
     async def _pump_request_body(self, up: _Peer) -> None:
         """The request's body and end, client -> upstream, as they come. A client error stops
@@ -461,13 +516,18 @@ class _Session:
         except TimeoutError:
             raise _UpstreamError(504, f"upstream sent no {waiting_for} in time") from None
         except h11.RemoteProtocolError as exc:
+            rest, closed = up.h11.trailing_data
+            if closed and not rest and waiting_for == "response head":
+                raise _UpstreamError(
+                    502, "upstream closed before the response head", stale=True
+                ) from None
             raise _UpstreamError(502, f"upstream broke the protocol: {exc}") from None
         if isinstance(event, h11.ConnectionClosed):
             raise _UpstreamError(502, f"upstream closed before the {waiting_for}")
         return event
 
     async def _relay_response(
-        self, up: _Peer, request: RequestHead, start: int, pump: asyncio.Task[None]
+        self, up: _Peer, request: RequestHead, start: int, pump: asyncio.Future[None]
     ) -> bool:
         cfg = self.cfg
         c = self.client
@@ -498,6 +558,7 @@ class _Session:
                 await c.send(event, cfg.idle_timeout)
                 break
         if not pump.done():
+            self.linger = True  # the rest of the request is unread: close gently
             return False  # the upstream answered before the request's end: close, as it will
         return pump.exception() is None
 

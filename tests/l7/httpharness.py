@@ -29,7 +29,8 @@ class Seen:
 @dataclass
 class Upstream:
     """Routes: /chunked answers a chunked body, /echo echoes the request body, /slow answers
-    after `slow` seconds, /close answers with Connection: close, /big answers `big` bytes;
+    after `slow` seconds, /close answers with Connection: close, /drop answers and closes
+    without a word, /big answers `big` bytes;
     anything else: 200 "hello <target>". Every request that reaches it is kept in `seen`."""
 
     seen: list[Seen] = field(default_factory=list)
@@ -140,9 +141,13 @@ class Upstream:
             if target == "/close":
                 headers.append(("Connection", "close"))
             send(h11.Response(status_code=200, headers=headers))
-            send(h11.Data(data=text))
+            if req.method != b"HEAD":
+                send(h11.Data(data=text))
         send(h11.EndOfMessage())
         await writer.drain()
+        if target == "/drop":  # a server whose keep-alive ends now, without saying so
+            writer.close()
+            raise ConnectionError("dropped")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import h11
@@ -393,3 +394,81 @@ async def test_a_failing_emit_does_not_break_traffic() -> None:
     finally:
         await listener.close()
         await up.stop()
+
+
+async def test_head_response_has_no_body_and_the_connection_serves_on() -> None:
+    async with running(None) as h:
+        c = await h.client()
+        await c.send(b"HEAD /public HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await c.reply(head=True)
+        await c.send(get("/public/after"))
+        after = await c.reply()
+        await c.close()
+    assert head.code == 200 and head.body == b"" and head.headers["content-length"] == "13"
+    assert after.body == b"hello /public/after"
+
+
+async def test_denied_request_waiting_for_100_continue_gets_403_and_close() -> None:
+    async with running(RULES) as h:
+        c = await h.client()
+        await c.send(
+            b"PUT /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
+        )
+        reply = await c.reply()
+        assert await c.closed(timeout=3)
+        await c.close()
+    assert reply.code == 403 and reply.headers.get("connection") == "close"
+    assert h.upstream.connections == 0
+
+
+async def test_a_kept_alive_upstream_closed_in_between_is_replaced() -> None:
+    async with running(None) as h:
+        c = await h.client()
+        codes = []
+        for path in ("/drop", "/public/1", "/drop", "/public/2"):
+            await c.send(get(path))
+            codes.append((await c.reply()).code)
+        await c.close()
+    assert codes == [200, 200, 200, 200]
+    assert [s.target for s in h.upstream.seen] == ["/drop", "/public/1", "/drop", "/public/2"]
+    assert h.upstream.connections == 3
+
+
+async def test_a_bodiless_request_is_retried_once_when_the_reused_connection_drops_it() -> None:
+    """The upstream takes one request per connection and drops the next unanswered (an idle
+    close racing the reuse): a GET is sent again on a new connection, a POST (whose body was
+    consumed) gets 502."""
+    got: list[tuple[int, bytes]] = []
+    conns = 0
+
+    async def one_per_connection(reader, writer) -> None:
+        nonlocal conns
+        conns += 1
+        me = conns
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            got.append((me, head.split(b" ")[1]))
+            if b"Content-Length: 4" in head:
+                await reader.readexactly(4)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")  # the next one: taken, not answered
+            got.append((me, head.split(b" ")[1]))
+        writer.close()
+
+    srv = await asyncio.start_server(one_per_connection, "127.0.0.1", 0)
+    dst = srv.sockets[0].getsockname()[:2]
+    try:
+        async with running(None, FAST, original_dst=dst) as h:
+            c = await h.client()
+            await c.send(get("/a"))
+            first = await c.reply()
+            await c.send(get("/b"))
+            second = await c.reply()
+            await c.send(b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
+            third = await c.reply()
+            await c.close()
+    finally:
+        srv.close()
+    assert [first.code, second.code, third.code] == [200, 200, 502]
+    assert got == [(1, b"/a"), (1, b"/b"), (2, b"/b"), (2, b"/c")]
