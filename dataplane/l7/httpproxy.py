@@ -24,6 +24,7 @@ import inspect
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ from flowscope.flow.model import Endpoint, Flow, TrafficDirection, Verdict
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Flow], None]
+# The rules for a connection: fixed, or looked up anew for each request (so that a policy
+# change reaches connections already open). None: visibility only, every request allowed.
+Rules = HTTPRules | None | Callable[[], HTTPRules | None]
 
 _HIGH_WATER = 64 * 1024  # bytes queued to a peer beyond which the sender waits for it
 DENIED_BODY = b"Access denied\r\n"  # what Cilium's proxy (Envoy) answers a denied request with
@@ -203,8 +207,14 @@ class HTTPProxy:
         self._describe = describe
         self.active = 0  # client connections being handled now
         self.rejected = 0  # client connections turned away with 503 (overload)
+        # requests "forwarded", "denied", and "error" flows (the proxy's own answers)
+        self.counts: Counter[str] = Counter()
 
     def _emit(self, flow: Flow) -> None:
+        if flow.verdict == Verdict.ERROR:
+            self.counts["error"] += 1
+        elif flow.is_reply is False:
+            self.counts["forwarded" if flow.verdict == Verdict.FORWARDED else "denied"] += 1
         try:
             self._emit_cb(flow)
         except Exception:  # a broken consumer must not break the traffic
@@ -217,7 +227,7 @@ class HTTPProxy:
         *,
         client: Address,
         original_dst: Address,
-        rules: HTTPRules | None,
+        rules: Rules,
         connect_upstream: ConnectUpstream,
     ) -> None:
         """Serve one accepted client connection until it ends; never raises (but cancellation)."""
@@ -251,7 +261,7 @@ class _Session:
         proxy: HTTPProxy,
         conn: Connection,
         streams: Streams,
-        rules: HTTPRules | None,
+        rules: Rules,
         connect_upstream: ConnectUpstream,
     ) -> None:
         self.proxy = proxy
@@ -278,7 +288,8 @@ class _Session:
                     # (and not put into the flow: its size is the problem)
                     raise _ClientError(431, f"request head of {head.size} bytes too large")
                 request = head
-                if self.rules is not None and not self.rules.allows(request):
+                rules = self.rules() if callable(self.rules) else self.rules
+                if rules is not None and not rules.allows(request):
                     keep = await self._deny(request)
                 else:
                     keep = await self._forward(event, request)
@@ -605,7 +616,7 @@ class _Session:
 # --- the listener --------------------------------------------------------------------------
 
 ResolveOriginalDst = Callable[[socket.socket], Address | Awaitable[Address]]
-RulesFor = Callable[[Address, Address], HTTPRules | None]
+RulesFor = Callable[[Address, Address], Rules]
 UpstreamFor = Callable[[Address, Address], ConnectUpstream]
 
 

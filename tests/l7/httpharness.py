@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from dataplane.l7.httpproxy import HTTPProxy, ProxyConfig, serve
-from dataplane.l7.httprules import HTTPRules
+from dataplane.l7.httpproxy import HTTPProxy, ProxyConfig, Rules, serve
 from flowscope.flow.model import Endpoint, Flow
 
 CHUNKS = (b"first chunk\n", b"x" * 5000, b"", b"last\n")  # b"": h11 sends no empty chunk
@@ -235,7 +234,7 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running(
-    rules: HTTPRules | None,
+    rules: Rules,
     config: ProxyConfig | None = None,
     upstream: Upstream | None = None,
     original_dst: tuple[str, int] | None = None,

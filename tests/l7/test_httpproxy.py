@@ -472,3 +472,17 @@ async def test_a_bodiless_request_is_retried_once_when_the_reused_connection_dro
         srv.close()
     assert [first.code, second.code, third.code] == [200, 200, 502]
     assert got == [(1, b"/a"), (1, b"/b"), (2, b"/b"), (2, b"/c")]
+
+
+async def test_rules_looked_up_per_request_reach_an_open_connection() -> None:
+    current = {"rules": parse_http_rules([{"path": "/public.*"}], "test")}
+    async with running(lambda: current["rules"]) as h:
+        c = await h.client()
+        await c.send(get("/admin"))
+        before = (await c.reply()).code
+        current["rules"] = parse_http_rules([{"path": "/admin"}], "test")  # a policy update
+        await c.send(get("/admin"))
+        after = (await c.reply()).code
+        await c.close()
+    assert (before, after) == (403, 200)
+    assert h.proxy.counts == {"denied": 1, "forwarded": 1}
