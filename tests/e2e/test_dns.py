@@ -1,5 +1,5 @@
 """The cluster DNS on a real lab: pods resolve services by name through kube-dns (10.0.0.10),
-reached through the socket load balancer like any ClusterIP, served by DNS pods that are real pods
+through the node's DNS proxy on that address (dataplane.fqdn), served by DNS pods that are real pods
 (endpoints, policy). Each pod sees its own resolv.conf; the host's is untouched."""
 
 from __future__ import annotations
