@@ -236,7 +236,7 @@ async def test_overload_gets_503_at_once_and_a_flow_says_why() -> None:
         assert h.proxy.rejected == 1 and h.proxy.active == 2
         for c in held:
             await c.close()
-    assert reply.code == 503 and waited < 2
+    assert reply.code == 503 and waited < 4  # not waiting for a held one (idle_timeout 5 s)
     errors = [f for f in h.flows if f.verdict == Verdict.ERROR]
     assert len(errors) == 1 and "max_connections" in errors[0].summary
     assert len(h.upstream.seen) == 2
@@ -306,7 +306,7 @@ async def test_slow_head_gets_408_and_idle_connection_is_closed() -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         assert await idle.closed(timeout=5)  # after idle_timeout, not never
-        assert loop.time() - t0 < 2.5
+        assert loop.time() - t0 < 4  # idle_timeout is 1 s: closed for idling, not by chance
         await idle.close()
     assert reply.code == 408
 
