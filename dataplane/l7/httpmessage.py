@@ -47,6 +47,28 @@ class RequestHead:
         return self.header("host") or ""
 
     @property
+    def _absolute(self) -> tuple[str, str] | None:
+        """(authority, path) of an absolute-form target ("http://a/p"), else None."""
+        scheme, sep, rest = self.target.partition("://")
+        if not sep or "/" in scheme or not scheme:
+            return None
+        authority, slash, path = rest.partition("/")
+        return authority, slash + path or "/"
+
+    @property
+    def authority(self) -> str:
+        """The host the request names: an absolute-form target's, which RFC 9112 says wins
+        over the Host header, else the Host header (Envoy's :authority)."""
+        absolute = self._absolute
+        return absolute[0] if absolute is not None else self.host
+
+    @property
+    def path(self) -> str:
+        """The target in origin form, query included (Envoy's :path)."""
+        absolute = self._absolute
+        return absolute[1] if absolute is not None else self.target
+
+    @property
     def protocol(self) -> str:
         return f"HTTP/{self.http_version}"
 

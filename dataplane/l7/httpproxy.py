@@ -287,6 +287,10 @@ class _Session:
                     # h11 bounds a head still arriving; one that came in whole is checked here
                     # (and not put into the flow: its size is the problem)
                     raise _ClientError(431, f"request head of {head.size} bytes too large")
+                if head.header("transfer-encoding") and head.header("content-length"):
+                    # which one frames the body is for the upstream to guess: a smuggling
+                    # vector, refused (as Envoy does by default)
+                    raise _ClientError(400, "both Content-Length and Transfer-Encoding")
                 request = head
                 rules = self.rules() if callable(self.rules) else self.rules
                 if rules is not None and not rules.allows(request):

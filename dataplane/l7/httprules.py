@@ -3,10 +3,12 @@
 A rule is {method, path, host, headers, headerMatches}; every field it names must match. method,
 path and host are extended regular expressions matched against the whole value, as Cilium
 anchors them (Envoy's safe_regex matches the full string); path is matched against the request
-target as sent, query included, as Envoy's `:path` is. `headers` entries are "Name: value" (that
-exact value) or "Name" (present). `headerMatches` entries are {name, value, mismatch}: an empty
-mismatch means the header must have that value; LOG lets the request through either way. A
-request is allowed when any rule matches; an L7 section with no rules allows every request.
+target in origin form, query included, as Envoy's `:path` is, and host against the authority
+(an absolute-form target's, else the Host header), as Envoy's `:authority` is. `headers`
+entries are "Name: value" (that exact value) or "Name" (present). `headerMatches` entries are
+{name, value, mismatch}: an empty mismatch means the header must have that value; LOG lets the
+request through either way. A request is allowed when any rule matches; an L7 section with no
+rules allows every request.
 
 Pure: parsing gives field-level errors naming the path into the policy, matching needs no I/O.
 """
@@ -56,8 +58,8 @@ class HTTPRule:
     def matches(self, request: RequestHead) -> bool:
         return (
             (self.method is None or self.method.fullmatch(request.method) is not None)
-            and (self.path is None or self.path.fullmatch(request.target) is not None)
-            and (self.host is None or self.host.fullmatch(request.host) is not None)
+            and (self.path is None or self.path.fullmatch(request.path) is not None)
+            and (self.host is None or self.host.fullmatch(request.authority) is not None)
             and all(h.matches(request) for h in self.headers)
         )
 

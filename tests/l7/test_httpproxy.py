@@ -486,3 +486,16 @@ async def test_rules_looked_up_per_request_reach_an_open_connection() -> None:
         await c.close()
     assert (before, after) == (403, 200)
     assert h.proxy.counts == {"denied": 1, "forwarded": 1}
+
+
+async def test_ambiguous_framing_is_refused_not_forwarded() -> None:
+    async with running(None, FAST) as h:
+        c = await h.client()
+        await c.send(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"
+        )
+        reply = await c.reply()
+        assert await c.closed(timeout=3)
+        await c.close()
+    assert reply.code == 400 and h.upstream.seen == [] and b"smuggled" not in h.upstream.raw

@@ -57,6 +57,12 @@ CASES = [
     ([{"method": "POST"}, {"path": "/ok"}], req("GET", "/ok"), True),  # any rule
     ([{"method": "POST"}, {"path": "/ok"}], req("GET", "/no"), False),
     ([{}], req("PATCH", "/whatever"), True),  # a rule with no fields matches all
+    # an absolute-form target: its path and its authority are what is matched
+    ([{"path": "/public"}], req("GET", "http://web.lab/public"), True),
+    ([{"path": "/public"}], req("GET", "http://web.lab/private"), False),
+    ([{"host": "web\\.lab"}], req("GET", "http://evil.lab/x", host="web.lab"), False),
+    ([{"host": "web\\.lab"}], req("GET", "http://web.lab/x", host="evil.lab"), True),
+    ([{"path": "/"}], req("GET", "http://web.lab"), True),
 ]
 
 
