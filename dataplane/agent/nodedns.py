@@ -70,6 +70,12 @@ class NodeDNS:
         while True:
             await asyncio.sleep(EXPIRE_INTERVAL)
             self.enforcement.expire_fqdns(time.monotonic())
+            # a pooled socket holds its pod's namespace alive: let go of gone pods' sockets
+            local = {str(x.endpoint.ip) for x in self.enforcement.local.values()}
+            if self.proxy is not None:
+                for client in list(self.proxy.udp_sockets.clients()):
+                    if client not in local:
+                        self.proxy.udp_sockets.forget(client)
 
     async def close(self) -> None:
         if self.proxy is not None:

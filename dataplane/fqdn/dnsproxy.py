@@ -63,6 +63,61 @@ TCP_IDLE = 10.0
 UPSTREAM_TIMEOUT = 2.0
 
 
+class UDPSockets:
+    """Idle UDP sockets for forwarded queries, per client, each made once in the client pod's
+    namespace: making one there costs a thread and a setns(2), most of a proxied lookup's time
+    otherwise. A socket serves one query at a time and is retired after `uses` queries, so the
+    proxy's source ports keep changing."""
+
+    def __init__(self, factory_for: Callable[[str], SocketFactory], keep: int = 4, uses: int = 64):
+        self.factory_for = factory_for
+        self.keep = keep
+        self.uses = uses
+        self._idle: dict[str, list[tuple[socket.socket, int]]] = {}
+
+    async def take(self, client: str) -> tuple[socket.socket, int]:
+        idle = self._idle.get(client)
+        if idle:
+            return idle.pop()
+        sock = await asyncio.to_thread(self.factory_for(client), socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock, 0
+
+    def give(self, client: str, sock: socket.socket, used: int, healthy: bool) -> None:
+        idle = self._idle.setdefault(client, [])
+        if healthy and used < self.uses and len(idle) < self.keep:
+            idle.append((sock, used))
+        else:
+            sock.close()
+
+    def clients(self) -> list[str]:
+        return list(self._idle)
+
+    def forget(self, client: str) -> None:
+        for sock, _ in self._idle.pop(client, []):
+            sock.close()
+
+    def close(self) -> None:
+        for client in list(self._idle):
+            self.forget(client)
+
+
+async def _udp_exchange(
+    sock: socket.socket, wire: bytes, upstream: Upstream, timeout: float
+) -> bytes:
+    """The upstream's reply to `wire` on an unconnected socket: only from that upstream, only
+    with the query's ID (anything else arriving is dropped)."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendto(sock, wire, (upstream.host, upstream.port))
+    deadline = loop.time() + timeout
+    while True:
+        data, addr = await asyncio.wait_for(
+            loop.sock_recvfrom(sock, 65535), max(0.0, deadline - loop.time())
+        )
+        if addr == (upstream.host, upstream.port) and data[:2] == wire[:2]:
+            return data
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One query of one client: who asked what, over which transport."""
@@ -101,6 +156,7 @@ class DNSProxy:
         # the forwarded query's socket, by client address: the agent opens it in the client
         # pod's namespace, so the query travels as the pod's own (its policy, its address)
         self.upstream_socket = upstream_socket or (lambda _ip: new_socket)
+        self.udp_sockets = UDPSockets(self.upstream_socket)
         self.node_name = node_name
         self.service = service
         self.max_inflight = max_inflight
@@ -135,6 +191,7 @@ class DNSProxy:
             self._tcp.close()
         for task in list(self._tasks):
             task.cancel()
+        self.udp_sockets.close()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -155,13 +212,16 @@ class DNSProxy:
         upstreams = list(self.upstreams())
         server = upstreams[0].host if upstreams else self.address
         self.emit(self._flow(who, server, query, L7FlowType.REQUEST))
-        reply = await forward(
-            wire,
-            upstreams,
-            tcp=who.tcp,
-            new_socket=self.upstream_socket(who.client_ip),
-            timeout=self.timeout,
-        )
+        if who.tcp:
+            reply = await forward(
+                wire,
+                upstreams,
+                tcp=True,
+                new_socket=self.upstream_socket(who.client_ip),
+                timeout=self.timeout,
+            )
+        else:
+            reply = await self._forward_udp(wire, upstreams, who.client_ip)
         summary = response_summary(reply) if reply is not None else None
         if reply is None or summary is None or reply[:2] != wire[:2]:
             self.stats["servfail"] += 1
@@ -173,6 +233,23 @@ class DNSProxy:
         latency = time.monotonic_ns() - started
         self.emit(self._flow(who, server, summary, L7FlowType.RESPONSE, latency_ns=latency))
         return reply
+
+    async def _forward_udp(
+        self, wire: bytes, upstreams: Sequence[Upstream], client: str
+    ) -> bytes | None:
+        """The first upstream's reply, each tried in turn, on a pooled socket of the client's."""
+        for upstream in upstreams:
+            sock, used = await self.udp_sockets.take(client)
+            healthy = False
+            try:
+                reply = await _udp_exchange(sock, wire, upstream, self.timeout)
+                healthy = True
+                return reply
+            except (OSError, TimeoutError):
+                continue
+            finally:
+                self.udp_sockets.give(client, sock, used + 1, healthy)
+        return None
 
     def _flow(
         self,
