@@ -186,3 +186,19 @@ def test_the_example_file_is_valid() -> None:
     path = Path(__file__).parents[2] / "examples" / "export" / "export.yaml"
     config = load_config(path)
     assert config.source.kafka is not None
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "message"),
+    [
+        ("audit", {"path": "/tmp/a.jsonl", "rotate": {"max_mbb": 5}}, "audit.rotate.max_mbb: "),
+        ("prometheus", {"listen": "nope"}, "prometheus.listen: "),
+        ("otel", {"protocol": "grpc"}, "otel.protocol: "),
+    ],
+)
+def test_the_builtin_kinds_errors_name_their_field_through_the_file(
+    section: str, raw: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"source": KAFKA, section: {"group": "g", **raw}})
+    assert str(info.value).startswith(message)
