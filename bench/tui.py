@@ -247,33 +247,64 @@ async def _idle(seconds: float) -> float:
         return (_cpu() - cpu0) / (time.monotonic() - wall0)
 
 
-async def run(rate: int, seconds: float) -> None:
+@dataclass(frozen=True)
+class Report:
+    idle_cpu: float
+    baseline: Result
+    remove_row_s: float  # the baseline DataTable's cost to remove a row, as full as it got
+    baseline_rows: int
+    flowscope: Result
+    table_rows: int  # what the FlowTable holds at the end (its scroll-back)
+    table_added: int  # every flow the FlowTable was given
+    folded: int  # flows folded into the views' stats
+
+
+async def run(rate: int, seconds: float, log=print) -> Report:
     from tui.app import FlowscopeApp
 
-    print(
-        f"{rate:,} flows/s for {seconds:.0f} s, {SIZE[0]}x{SIZE[1]} headless, "
+    log(
+        f"{rate:,} flows/s for {seconds:g} s, {SIZE[0]}x{SIZE[1]} headless, "
         f"scroll-back {SCROLLBACK:,} rows"
     )
     idle = await _idle(min(5.0, seconds))
-    print(f"{'idle':<10} CPU {idle * 100:5.1f}%")
+    log(f"{'idle':<10} CPU {idle * 100:5.1f}%")
 
     source = GeneratorSource(rate, seconds)
     base_app = BaselineApp(source)
     base, remove = await _measure("baseline", base_app, source, lambda: base_app.added)
-    print(base.line() + "   (DataTable, a row per flow, unbounded)")
-    print(
+    remove = remove or 0.0
+    log(base.line() + "   (DataTable, a row per flow, unbounded)")
+    log(
         f"{'':<10} DataTable.remove_row at {base_app.added:,} rows: {remove * 1000:.1f} ms a row"
         f" (a bounded scroll-back at {rate:,}/s would need {remove * rate:.0f} s per second)"
     )
 
     source = GeneratorSource(rate, seconds)
     app = FlowscopeApp(source, scrollback=SCROLLBACK, buffer=FlowBuffer(capacity=10**7))
-    ours, _ = await _measure("flowscope", app, source, lambda: app.query_one(FlowTable).added)
-    print(ours.line())
-    print(
-        f"ratios flowscope/baseline: CPU {ours.cpu / base.cpu:.2f}, "
-        f"lag p99 {ours.lag_p99 / base.lag_p99 if base.lag_p99 else float('nan'):.3f}, "
+    table: list[FlowTable] = []
+
+    def added() -> int:
+        if not table:
+            table.append(app.query_one(FlowTable))
+        return table[0].added
+
+    ours, _ = await _measure("flowscope", app, source, added)
+    log(ours.line())
+    cpu_ratio = ours.cpu / base.cpu if base.cpu else float("nan")
+    lag_ratio = ours.lag_p99 / base.lag_p99 if base.lag_p99 else float("nan")
+    log(
+        f"ratios flowscope/baseline: CPU {cpu_ratio:.2f}, lag p99 {lag_ratio:.3f}; "
         f"flows folded into the views' stats: {app.stats.flows:,}"
+    )
+    return Report(
+        idle,
+        base,
+        remove,
+        base_app.added,
+        ours,
+        len(table[0].rows),
+        table[0].added,
+        app.stats.flows,
     )
 
 
