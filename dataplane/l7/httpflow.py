@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ from flowscope.flow.model import (
 )
 from flowscope.flow.timestamp import now_ns
 
+log = logging.getLogger(__name__)
+
 Address = tuple[str, int]
 Describe = Callable[[str], Endpoint | None]
 
@@ -51,6 +54,22 @@ class Connection:
     node_name: str = ""
     direction: TrafficDirection = TrafficDirection.INGRESS
     describe: Describe = field(default=_no_endpoint, compare=False)
+
+    @functools.cached_property
+    def client_endpoint(self) -> Endpoint | None:
+        # looked up once per connection: a connection's ends do not move
+        return self._describe(self.client[0])
+
+    @functools.cached_property
+    def destination_endpoint(self) -> Endpoint | None:
+        return self._describe(self.original_dst[0])
+
+    def _describe(self, ip: str) -> Endpoint | None:
+        try:
+            return self.describe(ip)
+        except Exception:  # a flow without its endpoint beats a request that fails
+            log.exception("l7 flows: describing %s failed", ip)
+            return None
 
     def url(self, request: RequestHead | None) -> str:
         """http://<Host header or original destination><target>, as Hubble shows it."""
@@ -101,8 +120,8 @@ def request_flow(
         ip=_ip(cip, dip),
         l4=TCP(cport, dport),
         l7=Layer7(L7FlowType.REQUEST, 0, http=http),
-        source=conn.describe(cip),
-        destination=conn.describe(dip),
+        source=conn.client_endpoint,
+        destination=conn.destination_endpoint,
         type=FlowType.L7,
         node_name=conn.node_name,
         event_type=EventType(MessageType.ACCESS_LOG, 0),
@@ -138,8 +157,8 @@ def response_flow(
         ip=_ip(dip, cip),
         l4=TCP(dport, cport),
         l7=Layer7(L7FlowType.RESPONSE, max(latency_ns, 0), http=http),
-        source=conn.describe(dip),
-        destination=conn.describe(cip),
+        source=conn.destination_endpoint,
+        destination=conn.client_endpoint,
         type=FlowType.L7,
         node_name=conn.node_name,
         event_type=EventType(MessageType.ACCESS_LOG, 0),

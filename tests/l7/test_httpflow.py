@@ -53,3 +53,19 @@ def test_ipv6_and_missing_host() -> None:
     assert flow.ip.ip_version == IPVersion.IPv6
     assert flow.l7.http.url == "http://[fd00::7]:8080/"
     assert flow.source is None
+
+
+def test_endpoints_are_described_once_per_connection_and_failures_leave_them_out() -> None:
+    calls: list[str] = []
+
+    def describe(ip: str) -> Endpoint | None:
+        calls.append(ip)
+        if ip == "10.0.2.7":
+            raise KeyError(ip)
+        return PODS[ip]
+
+    conn = Connection(("10.0.1.5", 40000), ("10.0.2.7", 80), describe=describe)
+    for _ in range(3):
+        flow = request_flow(conn, REQ, Verdict.FORWARDED, Redaction())
+    assert flow.source.pod_name == "client" and flow.destination is None
+    assert calls == ["10.0.1.5", "10.0.2.7"]
