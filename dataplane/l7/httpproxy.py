@@ -549,7 +549,8 @@ class _Session:
         while True:
             event = await self._upstream_event(up, cfg.response_timeout, "response head")
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                await c.send(event, cfg.idle_timeout)  # 100 Continue and the like
+                if request.http_version != "1.0":  # (1xx must not be sent to HTTP/1.0 clients)
+                    await c.send(event, cfg.idle_timeout)  # 100 Continue and the like
                 continue
             break
         head = ResponseHead.from_h11(event)  # type: ignore[arg-type]
@@ -570,6 +571,8 @@ class _Session:
             if isinstance(event, h11.Data):
                 await c.send(h11.Data(data=event.data), cfg.idle_timeout)
             elif isinstance(event, h11.EndOfMessage):
+                if event.headers and request.http_version == "1.0":
+                    event = h11.EndOfMessage()  # no chunks to an HTTP/1.0 client: no trailers
                 await c.send(event, cfg.idle_timeout)
                 break
         if not pump.done():

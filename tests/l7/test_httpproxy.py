@@ -499,3 +499,14 @@ async def test_ambiguous_framing_is_refused_not_forwarded() -> None:
         assert await c.closed(timeout=3)
         await c.close()
     assert reply.code == 400 and h.upstream.seen == [] and b"smuggled" not in h.upstream.raw
+
+
+async def test_http10_client_gets_a_chunked_upstream_response_without_chunks() -> None:
+    async with running(None) as h:
+        r, w = await asyncio.open_connection(*h.addr)
+        w.write(b"GET /chunked HTTP/1.0\r\n\r\n")
+        raw = await asyncio.wait_for(r.read(-1), 5)  # close-delimited: read to the end
+        w.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+    assert body == b"".join(CHUNKS)
