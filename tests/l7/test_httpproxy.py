@@ -510,3 +510,51 @@ async def test_http10_client_gets_a_chunked_upstream_response_without_chunks() -
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
     assert body == b"".join(CHUNKS)
+
+
+async def test_many_clients_at_once_each_get_their_own_answers() -> None:
+    async def one(i: int, h) -> list[tuple[int, bytes]]:
+        c = await h.client()
+        out = []
+        for j in range(5):
+            path = f"/public/{i}/{j}" if (i + j) % 3 else f"/private/{i}/{j}"
+            await c.send(get(path))
+            r = await c.reply()
+            out.append((r.code, r.body))
+        await c.close()
+        return out
+
+    async with running(RULES) as h:
+        results = await asyncio.gather(*(one(i, h) for i in range(40)))
+    for i, out in enumerate(results):
+        for j, (code, body) in enumerate(out):
+            if (i + j) % 3:
+                assert (code, body) == (200, f"hello /public/{i}/{j}".encode())
+            else:
+                assert (code, body) == (403, DENIED_BODY)
+    denied = sum(1 for i in range(40) for j in range(5) if not (i + j) % 3)
+    assert h.proxy.counts == {"forwarded": 200 - denied, "denied": denied}
+    assert len(http_flows(h.flows, L7FlowType.RESPONSE)) == 200 - denied
+    assert h.proxy.active == 0
+
+
+async def test_trailers_pass_to_an_http11_client() -> None:
+    async def with_trailer(reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Digest\r\n\r\n"
+            b"4\r\nbody\r\n0\r\nX-Digest: abc123\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(with_trailer, "127.0.0.1", 0)
+    try:
+        async with running(None, FAST, original_dst=srv.sockets[0].getsockname()[:2]) as h:
+            r, w = await asyncio.open_connection(*h.addr)
+            w.write(get("/t"))
+            raw = await asyncio.wait_for(r.readuntil(b"0\r\nX-Digest: abc123\r\n\r\n"), 5)
+            w.close()
+    finally:
+        srv.close()
+    assert b"4\r\nbody\r\n" in raw
