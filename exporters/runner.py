@@ -77,6 +77,7 @@ class Pipeline:
         run: join the source and feed the exporter in a task."""
         exporter = self.section.kind.build(self.section.config)
         await exporter.start()
+        self._side_topics(exporter)
         self.exporter = exporter
         self.source = self._make(
             self.source_config, self.name, self.section.group, lambda: self._stopping
@@ -157,6 +158,13 @@ class Pipeline:
             self.section = section
         return taken
 
+    def _side_topics(self, exporter: Exporter) -> None:
+        """An exporter that reports the agents' publishers (spool depth, agent state) follows
+        the nodes topic of the same brokers, when the source is Kafka."""
+        watch = getattr(exporter, "watch_nodes", None)
+        if watch is not None and self.source_config.kafka is not None:
+            watch(self.source_config.kafka)
+
     async def replace_exporter(self, section: SectionConfig) -> None:
         """Close the exporter and start a new one from `section`, between batches (everything
         handed over is flushed and committed by then); the source and its group membership
@@ -167,6 +175,7 @@ class Pipeline:
             try:
                 exporter = section.kind.build(section.config)
                 await exporter.start()
+                self._side_topics(exporter)
             except BaseException:
                 self._stopping = True  # nothing to feed: the loop must not take another batch
                 raise
