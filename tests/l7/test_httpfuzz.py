@@ -26,7 +26,7 @@ CFG = ProxyConfig(
     idle_timeout=0.25,
     response_timeout=0.5,
     connect_timeout=0.5,
-    linger_timeout=0.3,
+    linger_timeout=0.1,
 )
 RULES = parse_http_rules([{"path": "/public.*"}, {"method": "POST", "path": "/echo"}], "fuzz")
 LIMIT = 4.0  # seconds: every exchange ends well within this (the timeouts above are <= 0.5 s)
@@ -189,7 +189,7 @@ def test_huge_headers_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_truncated_chunked_bodies(caplog: pytest.LogCaptureFixture) -> None:
     def body(runner: asyncio.Runner, h: Harness) -> None:
-        @settings_(40)
+        @settings_(25)
         @given(
             st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=5),
             st.integers(min_value=0, max_value=2000),
