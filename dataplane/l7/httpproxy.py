@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http
 import inspect
 import logging
@@ -27,14 +28,16 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 
 from dataplane.l7.httpflow import Address, Connection, Describe, request_flow, response_flow
 from dataplane.l7.httpmessage import RequestHead, ResponseHead
 from dataplane.l7.httprules import HTTPRules
-from dataplane.l7.redact import Redaction
+from dataplane.l7.redact import DEFAULT_HEADERS, QueryRedaction, Redaction
 from dataplane.l7.upstream import ConnectUpstream, Streams, direct_upstream
+from flowscope.errors import UsageError
 from flowscope.flow.model import Endpoint, Flow, TrafficDirection, Verdict
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,60 @@ class ProxyConfig:
         for name in ("header_timeout", "idle_timeout", "connect_timeout", "response_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ProxyConfig.{name}: must be positive seconds")
+
+    @classmethod
+    def from_dict(cls, raw: Any, field: str = "l7_proxy", **fixed: Any) -> ProxyConfig:
+        """From a config section: the tunables by their names here (timeouts in seconds) and
+        `redact: {enabled, headers, query: redact|remove|keep}` (headers are added to the
+        defaults); `fixed` (node_name, direction) comes from the agent. UsageError naming the
+        field that is wrong."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise UsageError(f"{field}: expected a mapping, got {type(raw).__name__}")
+        tunables = sorted(
+            {f.name for f in dataclasses.fields(cls)} - {"redaction", "node_name", "direction"}
+            | {"redact"}
+        )
+        for key in raw:
+            if key not in tunables:
+                raise UsageError(f"{field}.{key}: unknown field", hint=f"one of {tunables}")
+        values: dict[str, Any] = dict(fixed)
+        for key, value in raw.items():
+            if key == "redact":
+                values["redaction"] = _redaction(value, f"{field}.redact")
+                continue
+            want = int if key in _INT_FIELDS else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise UsageError(f"{field}.{key}: expected a positive number, got {value!r}")
+            if want is int and not isinstance(value, int):
+                raise UsageError(f"{field}.{key}: expected a whole number, got {value!r}")
+            values[key] = want(value)
+        return cls(**values)
+
+
+_INT_FIELDS = frozenset({"max_header_bytes", "max_connections", "max_discard_bytes", "read_size"})
+
+
+def _redaction(raw: Any, field: str) -> Redaction:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{field}: expected a mapping {{enabled, headers, query}}")
+    unknown = sorted(set(raw) - {"enabled", "headers", "query"})
+    if unknown:
+        raise UsageError(f"{field}.{unknown[0]}: unknown field", hint="enabled, headers, query")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise UsageError(f"{field}.enabled: expected true or false, got {enabled!r}")
+    headers = raw.get("headers") or []
+    if not isinstance(headers, list) or not all(isinstance(h, str) and h for h in headers):
+        raise UsageError(f"{field}.headers: expected a list of header names")
+    query = raw.get("query", QueryRedaction.REDACT.value)
+    try:
+        mode = QueryRedaction(query)
+    except ValueError:
+        modes = [m.value for m in QueryRedaction]
+        raise UsageError(f"{field}.query: {query!r} is not one of {modes}") from None
+    return Redaction(enabled=enabled, headers=DEFAULT_HEADERS + tuple(headers), query=mode)
 
 
 class _ClientError(Exception):
