@@ -125,7 +125,7 @@ class FlowscopeApp(App[None]):
         super().__init__()
         self.source = source
         self.filters = filters or Filters()
-        self.buffer = buffer or FlowBuffer()
+        self.buffer = buffer if buffer is not None else FlowBuffer()  # (an empty one is falsy)
         self.stats = FlowStats()
         self.scrollback = scrollback
         self.held: deque[Record] = deque(maxlen=scrollback)  # arrived while paused
@@ -245,8 +245,10 @@ class FlowscopeApp(App[None]):
             parts.insert(0, f"[red]✖ retrying in {state.retry_in:.0f}s (R: now)[/]")
             parts[1] = _escape(state.message)
         parts.append(f"{self.stats.flows:,} flows")
-        if self.stats.lost or self.buffer.overflowed:
-            parts.append(f"[red]{self.stats.lost + self.buffer.overflowed:,} lost[/]")
+        if self.stats.lost:  # LostEvents: lost before the relay or broker had them
+            parts.append(f"[red]{self.stats.lost:,} lost[/]")
+        if self.buffer.overflowed:  # the screen fell behind the stream
+            parts.append(f"[red]{self.buffer.overflowed:,} not shown[/]")
         if self.paused:
             parts.append(f"[reverse] PAUSED [/] {len(self.held):,} new")
         status = self._one("#status", Static)

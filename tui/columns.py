@@ -34,6 +34,7 @@ VERDICT_COLOURS = {
     "TRANSLATED": "cyan",
     "REDIRECTED": "blue",
     "TRACED": "blue",
+    "LOST": "red",
 }
 
 
@@ -121,8 +122,17 @@ def row(record: Record) -> tuple[str, ...]:
     if isinstance(record, LostEvent):
         from flowscope.flow.compact import lost_source
 
-        what = f"EVENTS LOST: {record.num_events_lost} ({lost_source(record)})"
-        return (clock(record.time_ns), what, "", "", "", "LOST", "", "")
+        count = f"{record.num_events_lost:,} lost"
+        return (
+            clock(record.time_ns),
+            "EVENTS LOST",
+            "",
+            "",
+            "",
+            "LOST",
+            count,
+            lost_source(record),
+        )
     return (
         clock(record.time_ns),
         source(record),

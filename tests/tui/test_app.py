@@ -235,3 +235,17 @@ async def test_clear_empties_table_and_counts() -> None:
         await settle(pilot, 0.1)
         assert not app.query_one(FlowTable).rows and app.stats.flows == 0
         assert "0 flows" in screen_text(app)
+
+
+async def test_lost_events_and_a_full_buffer_are_counted_on_the_status_line() -> None:
+    from flowscope.flow.model import LostEvent, LostEventSource
+    from tui.buffer import FlowBuffer
+
+    lost = LostEvent(LostEventSource.PERF_EVENT_RING_BUFFER, 12, time_ns=flow(0).time_ns)
+    # a buffer of 20 that gets 39 before the first drain: 19 never shown
+    app = FlowscopeApp(FakeSource([*traffic(), lost]), buffer=FlowBuffer(capacity=20))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        text = screen_text(app)
+        assert "12 lost" in text and "19 not shown" in text
+        assert "EVENTS LOST" in text and "LOST" in text

@@ -33,7 +33,16 @@ def test_row_cells_of_a_drop_a_service_flow_and_l7() -> None:
     assert columns.l7_summary(dns_nxdomain(0)) == "DNS NXDOMAIN nope.shop.svc."
     assert columns.port(dns_nxdomain(0)) == "53/UDP"
     lost = LostEvent(LostEventSource.PERF_EVENT_RING_BUFFER, 7, time_ns=T0)
-    assert columns.row(lost)[1] == "EVENTS LOST: 7 (PERF_EVENT_RING_BUFFER)"
+    assert columns.row(lost) == (
+        "21:52:51",
+        "EVENTS LOST",
+        "",
+        "",
+        "",
+        "LOST",
+        "7 lost",
+        "PERF_EVENT_RING_BUFFER",
+    )
 
 
 def test_column_widths_fill_the_width_at_80_and_wider() -> None:
