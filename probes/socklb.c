@@ -11,6 +11,8 @@
  *   fs_lb_recvmsg4   cgroup/recvmsg4      UDP: a reply from the backend reads as coming from
  *                                         the service address (reverse NAT by socket)
  *   fs_lb_peername4  cgroup/getpeername4  the peer of a translated socket is the service
+ *   fs_l7_sockops    sock_ops             HTTP L7 redirect: a redirected socket's original
+ *                                         destination, keyed by its local port (see below)
  *
  * Maps (their Python owner is dataplane/maps/lbmap.py):
  *   lb_services    hash  {vip, dport, slot, proto, scope} -> slot 0: the service (backend count,
@@ -21,6 +23,19 @@
  *   lb_sock_revnat LRU   {socket cookie, backend ip, backend port} -> {vip, port, revnat id}
  *   lb_events      ring buffer of struct lb_event (one TRANSLATED per translation)
  *   lb_stats, lb_lost: per-CPU counters.
+ *   l7_redirect    hash  {backend ip, port} -> {proxy port}: pods whose port has HTTP rules
+ *                        (owner: dataplane/maps/l7map.py)
+ *   l7_orig_sock   LRU   socket cookie -> struct l7_orig (getpeername; the sock_ops copy)
+ *   l7_orig_port   LRU   {netns cookie, local port} -> struct l7_orig (what the proxy reads)
+ *
+ * HTTP L7 redirect (Cilium redirects to its Envoy proxy by policy; here at the client's
+ * socket): a TCP connect whose destination, after the service translation, is in l7_redirect
+ * goes to 127.0.0.1:<proxy port> instead, a listener the node agent keeps inside every local
+ * pod's own namespace. The original destination (the address the application asked for, a
+ * service or a pod, and the backend) is recorded by socket cookie; when the kernel has chosen
+ * the local port (sock_ops TCP_CONNECT_CB, before the SYN) it is copied under {netns cookie,
+ * local port}, which is all the agent can see of the client on the accepted socket. A
+ * redirected socket's getpeername shows the original destination, not the proxy.
  *
  * Every lookup is a hash lookup by an exact key: the cost does not depend on how many services
  * there are. Backend choice: random (prandom % count), or, with ClientIP affinity, the backend the
@@ -46,6 +61,9 @@
 #define AFFINITY_MAX 65536
 #define SOCK_REVNAT_MAX 65536
 #define EVENTS_PAGES 256 /* 1 MiB */
+#define L7_REDIRECT_MAX 65536
+#define L7_ORIG_MAX 65536
+#define LOOPBACK_BE 0x0100007f /* 127.0.0.1 in network order (little-endian host) */
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
@@ -145,6 +163,31 @@ struct lb_event {
 	__u64 cgroup_id; /* v2: the connecting task's cgroup (a pod's cgroup names the pod) */
 };
 
+struct l7_key {
+	__be32 ip;   /* a pod's address (a backend after the service translation) */
+	__be16 port; /* its TCP port with HTTP rules */
+	__u8 pad[2];
+};
+
+struct l7_value {
+	__be16 proxy_port; /* the listener's port on 127.0.0.1 in the client's namespace */
+	__u16 flags;	   /* reserved */
+};
+
+struct l7_orig {
+	__be32 ip;	   /* what the application connected to (a service or the pod) */
+	__be32 backend_ip; /* the pod the connection is for */
+	__be16 port;
+	__be16 backend_port;
+	__u32 pad;
+};
+
+struct l7_port_key {
+	__u64 netns_cookie; /* the client's (and the listener's) network namespace */
+	__u16 local_port;   /* host order: the accepted socket's peer port */
+	__u8 pad[6];
+};
+
 enum lb_stat {
 	STAT_TRANSLATED_CONNECT,
 	STAT_TRANSLATED_SENDMSG,
@@ -154,6 +197,9 @@ enum lb_stat {
 	STAT_SLOT_MISS,
 	STAT_AFFINITY_HIT,
 	STAT_EVENTS,
+	STAT_L7_REDIRECTED,
+	STAT_L7_PORT_RECORDED,
+	STAT_L7_PEERNAME,
 	STAT_MAX,
 };
 
@@ -165,6 +211,9 @@ BPF_TABLE("lru_hash", struct lb_sock_key, struct lb_sock_value, lb_sock_revnat, 
 BPF_PERCPU_ARRAY(lb_stats, __u64, STAT_MAX);
 BPF_PERCPU_ARRAY(lb_lost, __u64, 1);
 BPF_RINGBUF_OUTPUT(lb_events, EVENTS_PAGES);
+BPF_HASH(l7_redirect, struct l7_key, struct l7_value, L7_REDIRECT_MAX);
+BPF_TABLE("lru_hash", __u64, struct l7_orig, l7_orig_sock, L7_ORIG_MAX);
+BPF_TABLE("lru_hash", struct l7_port_key, struct l7_orig, l7_orig_port, L7_ORIG_MAX);
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -259,6 +308,32 @@ static __always_inline struct lb_backend *pick_backend(struct bpf_sock_addr *ctx
 	return be;
 }
 
+/* A TCP connect to a destination with HTTP rules (ctx holds it, translated): to the proxy in
+ * the client's own namespace, the original destination recorded for the agent and getpeername. */
+static __always_inline void l7_redirect_connect(struct bpf_sock_addr *ctx, __be32 asked_ip,
+						__be16 asked_port)
+{
+	struct l7_key key = {};
+	struct l7_value *val;
+	struct l7_orig orig = {};
+
+	key.ip = ctx->user_ip4;
+	key.port = (__be16)ctx->user_port;
+	val = l7_redirect.lookup(&key);
+	if (!val)
+		return;
+	orig.ip = asked_ip;
+	orig.port = asked_port;
+	orig.backend_ip = key.ip;
+	orig.backend_port = key.port;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (l7_orig_sock.update(&cookie, &orig) != 0)
+		return; /* unrecorded, the proxy could not tell where to go: leave it direct */
+	ctx->user_ip4 = LOOPBACK_BE;
+	ctx->user_port = (__u32)val->proxy_port;
+	stat_inc(STAT_L7_REDIRECTED);
+}
+
 static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	struct lb_svc_key key = {};
@@ -276,8 +351,12 @@ static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 	key.dport = (__be16)ctx->user_port;
 	key.proto = proto;
 	svc = lb_services.lookup(&key);
-	if (!svc)
-		return SYS_PROCEED; /* not a service address */
+	if (!svc) {
+		/* not a service address: a pod's own address may still have HTTP rules */
+		if (hook == HOOK_CONNECT && proto == IPPROTO_TCP)
+			l7_redirect_connect(ctx, key.vip, key.dport);
+		return SYS_PROCEED;
+	}
 	if (svc->count == 0)
 		goto refuse;
 	be = pick_backend(ctx, &key, svc, &backend_id, &flags);
@@ -300,6 +379,9 @@ static __always_inline int xlate_fwd(struct bpf_sock_addr *ctx, __u8 hook)
 	ctx->user_port = (__u32)be->port;
 	stat_inc(hook == HOOK_CONNECT ? STAT_TRANSLATED_CONNECT : STAT_TRANSLATED_SENDMSG);
 	emit(ctx, &key, svc, be, backend_id, cookie, hook, flags);
+	/* after the translation: HTTP rules belong to the backend pod, not to the service */
+	if (hook == HOOK_CONNECT && proto == IPPROTO_TCP)
+		l7_redirect_connect(ctx, key.vip, key.dport);
 	return SYS_PROCEED;
 
 refuse:
@@ -351,8 +433,49 @@ int fs_lb_recvmsg4(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED; /* recvmsg programs must return 1 */
 }
 
+/* A redirected socket's peer (the proxy on loopback) reads as its original destination. */
+static __always_inline int l7_peer(struct bpf_sock_addr *ctx)
+{
+	struct l7_orig *orig;
+
+	if (ctx->user_family != AF_INET || ctx->user_ip4 != LOOPBACK_BE)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	orig = l7_orig_sock.lookup(&cookie);
+	if (!orig)
+		return 0;
+	ctx->user_ip4 = orig->ip;
+	ctx->user_port = (__u32)orig->port;
+	stat_inc(STAT_L7_PEERNAME);
+	return 1;
+}
+
 int fs_lb_peername4(struct bpf_sock_addr *ctx)
 {
-	xlate_rev(ctx, STAT_REVERSED_PEERNAME);
+	if (!l7_peer(ctx))
+		xlate_rev(ctx, STAT_REVERSED_PEERNAME);
 	return SYS_PROCEED; /* getpeername programs must return 1 */
+}
+
+/* sock_ops: at TCP_CONNECT_CB the local port is chosen and no SYN is out yet, so the record
+ * is under {netns cookie, port} before the proxy can accept the connection. */
+int fs_l7_sockops(struct bpf_sock_ops *skops)
+{
+	struct l7_port_key key = {};
+	struct l7_orig *orig;
+
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || skops->family != AF_INET)
+		return 1;
+	if (skops->remote_ip4 != LOOPBACK_BE)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	orig = l7_orig_sock.lookup(&cookie);
+	if (!orig)
+		return 1;
+	struct l7_orig copy = *orig;
+	key.netns_cookie = bpf_get_netns_cookie(skops);
+	key.local_port = (__u16)skops->local_port;
+	if (l7_orig_port.update(&key, &copy) == 0)
+		stat_inc(STAT_L7_PORT_RECORDED);
+	return 1;
 }

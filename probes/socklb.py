@@ -9,6 +9,12 @@ The node agent's whole use of it:
     lb.stats(); read_events(lb.ring()) -> array        # TRANSLATED events (collector)
     on shutdown: lb.close()          (programs stay attached, maps stay pinned: still translating)
     on cluster removal: lb.detach(); lb.unpin(); lb.close()
+    lb.l7: the HTTP L7 redirect (dataplane/maps/l7map.py): its set of {pod ip, port} and the
+           original destinations of redirected connections (the agent's dataplane/agent/nodel7.py)
+
+The L7 redirect adds a fifth program of another type (sock_ops, BPF_CGROUP_SOCK_OPS) on the same
+maps: the object is compiled once and loaded as two instances sharing the pins (the loader
+takes one program type per instance). It is attached apart: lb.attach_l7(cgroup), detach_l7().
 
 Attachment: BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI on the cgroup directory (the attachment
 belongs to the cgroup, not to this process, so it outlives the agent like a pinned tc filter).
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import dataclasses
 import enum
 import functools
 import os
@@ -31,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataplane.maps import counters, lbmap
+from dataplane.maps import counters, l7map, lbmap
 from dataplane.maps.bpfmap import BpfMap
+from dataplane.maps.l7map import KernelL7Maps
 from dataplane.maps.lbmap import KernelLBMaps, Proto
 from dataplane.maps.netorder import ip_of
 from flowscope.errors import FlowscopeError, UsageError
@@ -51,6 +59,10 @@ ATTACH_TYPES = {
     RECVMSG4: libbpf.BPF_CGROUP_UDP4_RECVMSG,
     GETPEERNAME4: libbpf.BPF_CGROUP_INET4_GETPEERNAME,
 }
+SOCKOPS = "fs_l7_sockops"
+BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_CGROUP_SOCK_OPS = 3
+ALL_ATTACH_TYPES = {**ATTACH_TYPES, SOCKOPS: BPF_CGROUP_SOCK_OPS}
 PROGRAMS = tuple(ATTACH_TYPES)
 
 STATS_MAP = "lb_stats"
@@ -63,7 +75,9 @@ LB_MAPS = (
     lbmap.AFFINITY_MAP,
     lbmap.SOCK_REVNAT_MAP,
 )
-MAPS = (*LB_MAPS, STATS_MAP, LOST_MAP, EVENTS_MAP)
+L7_MAPS = (l7map.REDIRECT_MAP, l7map.ORIG_SOCK_MAP, l7map.ORIG_PORT_MAP)
+MAPS = (*LB_MAPS, STATS_MAP, LOST_MAP, EVENTS_MAP, *L7_MAPS)
+SOCKOPS_MAPS = (l7map.ORIG_SOCK_MAP, l7map.ORIG_PORT_MAP, STATS_MAP)  # what fs_l7_sockops uses
 
 DEFAULT_SERVICE_SLOTS = 65536  # service entries + backend slots
 DEFAULT_BACKENDS = 65536
@@ -71,6 +85,8 @@ DEFAULT_REVNAT = 65536
 DEFAULT_AFFINITY = 65536
 DEFAULT_SOCK_REVNAT = 65536  # LRU: one per translated socket (UDP and getpeername need it)
 DEFAULT_EVENTS_BYTES = 1 << 20
+DEFAULT_L7_REDIRECT = 65536  # pod ports with HTTP rules in the cluster
+DEFAULT_L7_ORIG = 65536  # LRU: redirected connections being opened
 _PAGE = 4096
 
 HOOK_CONNECT = 1
@@ -89,6 +105,9 @@ class SockLBStat(enum.IntEnum):
     SLOT_MISS = 5
     AFFINITY_HIT = 6
     EVENTS = 7
+    L7_REDIRECTED = 8
+    L7_PORT_RECORDED = 9
+    L7_PEERNAME = 10
 
 
 class LBEvent(ct.Structure):
@@ -178,18 +197,38 @@ def decode_events(records: list[bytes]) -> list[Translation]:
 
 
 @functools.cache
+def _compiled_all() -> CompiledObject:
+    return CompiledObject.compile(SOURCE, programs=(*PROGRAMS, SOCKOPS), maps=MAPS)
+
+
 def compiled() -> CompiledObject:
-    """socklb.c compiled with bcc, once per process."""
-    return CompiledObject.compile(SOURCE, programs=PROGRAMS, maps=MAPS)
+    """socklb.c compiled with bcc, once per process: the sock_addr programs and every map."""
+    whole = _compiled_all()
+    return dataclasses.replace(
+        whole, programs={n: p for n, p in whole.programs.items() if n in PROGRAMS}
+    )
+
+
+def compiled_sockops() -> CompiledObject:
+    """The same compilation's sock_ops program, with the maps it uses (adopted from the pins
+    the sock_addr instance made)."""
+    whole = _compiled_all()
+    return dataclasses.replace(
+        whole,
+        programs={SOCKOPS: whole.programs[SOCKOPS]},
+        maps={n: whole.maps[n] for n in SOCKOPS_MAPS},
+    )
 
 
 class SocketLB:
     """One node's socket LB: maps and four programs pinned under one directory."""
 
-    def __init__(self, obj: LoadedObject) -> None:
+    def __init__(self, obj: LoadedObject, sockops: LoadedObject) -> None:
         self._obj = obj
+        self._sockops = sockops
         m = obj.maps
         self.maps = KernelLBMaps({n: (m[n].fd, m[n].max_entries) for n in LB_MAPS})
+        self.l7 = KernelL7Maps({n: (m[n].fd, m[n].max_entries) for n in L7_MAPS})
         self._stats = BpfMap(m[STATS_MAP].fd, ct.c_uint32, ct.c_uint64, name=STATS_MAP, percpu=True)
         self._lost = BpfMap(m[LOST_MAP].fd, ct.c_uint32, ct.c_uint64, name=LOST_MAP, percpu=True)
         self._cgroup: Path | None = None
@@ -205,6 +244,8 @@ class SocketLB:
         affinity: int = DEFAULT_AFFINITY,
         sock_revnat: int = DEFAULT_SOCK_REVNAT,
         events_bytes: int = DEFAULT_EVENTS_BYTES,
+        l7_redirect: int = DEFAULT_L7_REDIRECT,
+        l7_orig: int = DEFAULT_L7_ORIG,
     ) -> SocketLB:
         """Load an instance, adopting the maps (services, ids, affinity) pinned in pin_dir.
 
@@ -220,6 +261,8 @@ class SocketLB:
             "revnat": revnat,
             "affinity": affinity,
             "sock_revnat": sock_revnat,
+            "l7_redirect": l7_redirect,
+            "l7_orig": l7_orig,
         }
         for name, value in sizes.items():
             if not 0 < value < 2**31:
@@ -234,10 +277,23 @@ class SocketLB:
                 lbmap.AFFINITY_MAP: affinity,
                 lbmap.SOCK_REVNAT_MAP: sock_revnat,
                 EVENTS_MAP: events_bytes,
+                l7map.REDIRECT_MAP: l7_redirect,
+                l7map.ORIG_SOCK_MAP: l7_orig,
+                l7map.ORIG_PORT_MAP: l7_orig,
             },
             attach_types=ATTACH_TYPES,
         )
-        return cls(obj)
+        try:
+            # adopts the maps just pinned (same shapes), so both instances share them
+            sockops = compiled_sockops().instantiate(
+                Path(pin_dir),
+                BPF_PROG_TYPE_SOCK_OPS,
+                max_entries={l7map.ORIG_SOCK_MAP: l7_orig, l7map.ORIG_PORT_MAP: l7_orig},
+            )
+        except BaseException:
+            obj.close()
+            raise
+        return cls(obj, sockops)
 
     @property
     def pin_dir(self) -> Path:
@@ -248,6 +304,8 @@ class SocketLB:
         return {name: m.adopted for name, m in self._obj.maps.items()}
 
     def prog_fd(self, name: str) -> int:
+        if name == SOCKOPS:
+            return self._sockops.prog_fd(name)
         return self._obj.prog_fd(name)
 
     def ring(self) -> RingBuffer:
@@ -259,23 +317,37 @@ class SocketLB:
     def attach(self, cgroup: Path) -> None:
         """Attach the four programs to a cgroup v2 directory (sockets of every cgroup below it
         included), then detach older instances of them from it."""
-        cgroup = Path(cgroup)
+        self._attach(Path(cgroup), ATTACH_TYPES)
+
+    def attach_l7(self, cgroup: Path) -> None:
+        """Attach the sock_ops program of the HTTP L7 redirect to the cgroup (as attach() does):
+        without it, connections are still redirected but the proxy cannot tell where to."""
+        self._attach(Path(cgroup), {SOCKOPS: BPF_CGROUP_SOCK_OPS})
+
+    def _attach(self, cgroup: Path, programs: dict[str, int]) -> None:
         fd = _open_cgroup(cgroup)
         try:
-            ours = {name: libbpf.prog_info(self.prog_fd(name)).id for name in PROGRAMS}
-            for name, attach_type in ATTACH_TYPES.items():
+            ours = {name: libbpf.prog_info(self.prog_fd(name)).id for name in programs}
+            for name, attach_type in programs.items():
                 if ours[name] in libbpf.prog_query(fd, attach_type):
                     continue  # attached already (attach() called twice)
                 libbpf.prog_attach(self.prog_fd(name), fd, attach_type, libbpf.BPF_F_ALLOW_MULTI)
-            for name, attach_type in ATTACH_TYPES.items():
+            for name, attach_type in programs.items():
                 _detach_named(fd, attach_type, name, keep=ours[name])
         finally:
             os.close(fd)
         self._cgroup = cgroup
 
     def detach(self, cgroup: Path | None = None) -> int:
-        """Detach every instance of the programs from the cgroup (default: the one attach()
+        """Detach every instance of the four programs from the cgroup (default: the one attach()
         used); returns how many attachments were removed (0 when the cgroup is gone)."""
+        return self._detach(cgroup, ATTACH_TYPES)
+
+    def detach_l7(self, cgroup: Path | None = None) -> int:
+        """Detach every instance of the L7 sock_ops program (as detach() does)."""
+        return self._detach(cgroup, {SOCKOPS: BPF_CGROUP_SOCK_OPS})
+
+    def _detach(self, cgroup: Path | None, programs: dict[str, int]) -> int:
         target = Path(cgroup) if cgroup is not None else self._cgroup
         if target is None:
             return 0
@@ -284,17 +356,18 @@ class SocketLB:
         except FlowscopeError:
             return 0
         try:
-            return sum(_detach_named(fd, t, name, keep=None) for name, t in ATTACH_TYPES.items())
+            return sum(_detach_named(fd, t, name, keep=None) for name, t in programs.items())
         finally:
             os.close(fd)
 
-    def attached(self, cgroup: Path) -> dict[str, bool]:
-        """Per program: whether this instance is attached to the cgroup itself."""
+    def attached(self, cgroup: Path, *, l7: bool = False) -> dict[str, bool]:
+        """Per program (the four; l7: the sock_ops one too): whether this instance is attached
+        to the cgroup itself."""
         fd = _open_cgroup(Path(cgroup))
         try:
             return {
                 name: libbpf.prog_info(self.prog_fd(name)).id in libbpf.prog_query(fd, t)
-                for name, t in ATTACH_TYPES.items()
+                for name, t in (ALL_ATTACH_TYPES if l7 else ATTACH_TYPES).items()
             }
         finally:
             os.close(fd)
@@ -315,8 +388,10 @@ class SocketLB:
     def close(self) -> None:
         """Close this process's fds. Pins, attachments and map entries stay."""
         self._obj.close()
+        self._sockops.close()
 
     def unpin(self) -> None:
+        self._sockops.unpin()
         self._obj.unpin()
 
 
