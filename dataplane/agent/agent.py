@@ -27,6 +27,7 @@ from dataplane.agent import routing
 from dataplane.agent.enforcement import Enforcement
 from dataplane.agent.nodedatapath import NodeDatapath
 from dataplane.agent.nodedns import NodeDNS
+from dataplane.agent.nodel7 import NodeL7
 from dataplane.agent.services import ServiceSync
 from dataplane.cni.conf import write_conflist
 from dataplane.cni.server import serve_cni
@@ -146,6 +147,7 @@ class Agent:
         node_cgroup = self.paths.node_cgroup(self.node)
         node_cgroup.mkdir(parents=True, exist_ok=True)
         socklb.attach(node_cgroup)
+        socklb.attach_l7(node_cgroup)  # where redirected connections were going, for the proxy
         # NodePort: tc on the uplink (both IPAM modes), before masquerade; adopts pinned maps
         nodeport = await self._start_nodeport()
         services = ServiceSync(
@@ -170,6 +172,9 @@ class Agent:
         # every pod's DNS through the node's proxy: L7 DNS flows, DNS rules, FQDN policy
         node_dns = NodeDNS(self.info, self.node, enforcement, services, stream.publish, enricher)
         await node_dns.start()
+        # HTTP rules: pods' connections to guarded ports through the proxy in their namespace
+        node_l7 = NodeL7(self.node, enforcement, socklb.l7, stream.publish, enricher)
+        await node_l7.start()
 
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
@@ -193,6 +198,7 @@ class Agent:
             asyncio.create_task(_every(CT_GC_INTERVAL, datapath.ct.gc), name="ct-gc"),
             asyncio.create_task(_every(CT_GC_INTERVAL, nodeport.gc), name="nodeport-gc"),
             asyncio.create_task(node_dns.run(), name="dns-proxy"),
+            asyncio.create_task(node_l7.run(), name="l7-proxy"),
         ]
         if masquerade is not None:
             tasks.append(asyncio.create_task(_every(5, masquerade.gc), name="masq-gc"))
@@ -214,6 +220,7 @@ class Agent:
         if publisher is not None:
             await publisher.close()  # what the broker did not take stays in the spool
         await node_dns.close()
+        await node_l7.close()
         await observer.close(grace=0.5)
         await service.close()
         await kv.close()

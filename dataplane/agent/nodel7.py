@@ -1,0 +1,267 @@
+"""The node's HTTP L7 proxy, wired in: which connections go to it, where it listens, whose rules
+it applies and where it forwards.
+
+Which: TCP connections from pods to a (pod address, port) that a CiliumNetworkPolicy guards with
+`toPorts[].rules.http`. Every agent computes that set for the whole cluster from the store
+(`redirect_set`, a pure function of the CNPs and the pods) and keeps the socket LB's
+`l7_redirect` map equal to it; the socket LB's connect hook then sends such connections, after
+the service translation, to 127.0.0.1:PROXY_PORT in the client's own namespace
+(probes/socklb.c).
+
+Where: one listening socket on 127.0.0.1:PROXY_PORT inside each local pod's namespace, opened
+when the endpoint appears and closed when it goes. On accept, the original destination is read
+(and removed) from `l7_orig_port` by {the listener's netns cookie, the client's port}.
+
+Whose rules: the destination pod's HTTP rules for that port, looked up for each request, so a
+policy change reaches connections already open. What is forwarded leaves from the client pod's
+namespace (dataplane.l7.upstream.netns_upstream), so the datapath still enforces L3/L4 policy
+on it with the client's identity at both ends: L7 rules never widen L3/L4.
+
+Limit: only connections made by pods (sockets in the node's cgroup) are redirected. Traffic
+that enters the cluster from outside (NodePort, the fabric) reaches the pod unproxied, so HTTP
+rules do not apply to it (its L3/L4 policy still does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dataplane.l7.httpproxy import HTTPProxy, ProxyConfig
+from dataplane.l7.httprules import HTTPRule, HTTPRuleError, HTTPRules, parse_http_rules
+from dataplane.l7.upstream import netns_upstream
+from dataplane.maps.l7map import L7MapFull, L7Maps, Redirect
+from dataplane.policy.cnp import CNP, http_rules
+from dataplane.policy.compiler import PodInfo, pod_info
+from flowscope.flow.model import Endpoint, Flow
+from flowscope.setns import socket_in_netns
+
+log = logging.getLogger(__name__)
+
+PROXY_PORT = 15080  # the listener in every pod's namespace, on 127.0.0.1 (a lab constant)
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h
+TCP = 6
+RECONCILE_INTERVAL = 0.25  # seconds between checks of the store's version
+# rules that could not be parsed refuse every request rather than allow them all
+DENY_ALL = HTTPRules((HTTPRule(method=re.compile(r"(?!)")),))
+
+Address = tuple[str, int]
+
+
+def netns_cookie(sock: socket.socket) -> int:
+    """The cookie of the network namespace a socket lives in (what bpf_get_netns_cookie gives
+    the kernel's programs for sockets there)."""
+    return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def redirect_set(
+    cnps: Iterable[CNP], pods: Iterable[PodInfo], proxy_port: int = PROXY_PORT
+) -> dict[Redirect, int]:
+    """The destinations whose TCP connections go through the proxy, for the whole cluster:
+    every (pod address, port) with HTTP rules, -> the proxy port."""
+    cnps = list(cnps)
+    out: dict[Redirect, int] = {}
+    for pod in pods:
+        if pod.ip is None:
+            continue
+        for proto, port in http_rules(cnps, pod.namespace, pod.label_map()):
+            if proto == TCP:
+                out[Redirect(pod.ip, port)] = proxy_port
+    return out
+
+
+def rules_of(cnps: Iterable[CNP], pod: PodInfo, port: int) -> HTTPRules | None:
+    """The HTTP rules guarding `port` of `pod` (None: no rules, every request allowed)."""
+    raw = http_rules(cnps, pod.namespace, pod.label_map()).get((TCP, port))
+    if raw is None:
+        return None
+    try:
+        return parse_http_rules(list(raw), f"http rules of {pod}:{port}")
+    except HTTPRuleError as e:
+        log.warning("%s: refusing every request", e)
+        return DENY_ALL
+
+
+@dataclass
+class _Listener:
+    sock: socket.socket
+    cookie: int
+    server: asyncio.Server
+    client_ip: str
+    netns: str
+
+
+class NodeL7:
+    """The redirect map kept in sync, a proxy listener per local pod, their connections served
+    by one HTTPProxy whose flows go to the node's stream."""
+
+    def __init__(
+        self,
+        node: str,
+        enforcement,
+        maps: L7Maps,
+        publish: Callable[[list[Flow]], Any],
+        enricher,
+        *,
+        proxy_port: int = PROXY_PORT,
+        config: ProxyConfig | None = None,
+    ) -> None:
+        self.node = node
+        self.enforcement = enforcement
+        self.maps = maps
+        self.proxy_port = proxy_port
+        self.enricher = enricher
+        self.proxy = HTTPProxy(
+            config or ProxyConfig(node_name=node),
+            emit=lambda flow: publish([flow]),
+            describe=self.describe,
+        )
+        self.listeners: dict[str, _Listener] = {}  # Endpoint.key -> its pod's listener
+        self.problem: str | None = None
+        self._version: tuple | None = None
+        self._rules_cache: dict[Address, HTTPRules | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.reconcile()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            await self.reconcile()
+
+    async def close(self) -> None:
+        for key in list(self.listeners):
+            self._close_listener(key)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    # -- reconciling ----------------------------------------------------------------------------
+    def _pods(self) -> list[PodInfo]:
+        out = []
+        for obj in self.enforcement.pods.items.values():
+            try:
+                out.append(pod_info(obj))
+            except (KeyError, TypeError, ValueError):
+                continue  # a pod object without a name: nothing to redirect to
+        return out
+
+    async def reconcile(self) -> None:
+        """Bring the redirect map and the listeners in line with the store and the local pods
+        (only when something changed)."""
+        version = (*self.enforcement.version(), len(self.enforcement.local))
+        if version == self._version:
+            return
+        self._rules_cache.clear()
+        wanted = redirect_set(self.enforcement.cnps(), self._pods(), self.proxy_port)
+        try:
+            written, removed = await asyncio.to_thread(self.maps.sync, wanted)
+            self.problem = None
+            if written or removed:
+                log.info("l7 redirect: %d written, %d removed", written, removed)
+        except L7MapFull as e:
+            self.problem = str(e)
+            log.warning("l7 redirect: %s", e)
+        await self._sync_listeners()
+        if self.problem is None:
+            self._version = version
+
+    async def _sync_listeners(self) -> None:
+        local = {key: x.endpoint for key, x in self.enforcement.local.items()}
+        for key in set(self.listeners) - set(local):
+            self._close_listener(key)
+        for key, ep in local.items():
+            if key in self.listeners:
+                continue
+            try:
+                self.listeners[key] = await self._open_listener(str(ep.ip), ep.netns)
+            except OSError as e:
+                log.warning("l7 proxy: no listener in %s (%s): %s", key, ep.netns, e)
+
+    async def _open_listener(self, client_ip: str, netns: str) -> _Listener:
+        sock = await asyncio.to_thread(
+            socket_in_netns, netns, socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.proxy_port))
+            sock.listen(256)
+            sock.setblocking(False)
+            cookie = netns_cookie(sock)
+
+            async def accepted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                await self._accepted(r, w, client_ip, netns, cookie)
+
+            server = await asyncio.start_server(accepted, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return _Listener(sock, cookie, server, client_ip, netns)
+
+    def _close_listener(self, key: str) -> None:
+        listener = self.listeners.pop(key, None)
+        if listener is not None:
+            listener.server.close()  # the pod is gone: its connections went with its namespace
+
+    # -- a connection ---------------------------------------------------------------------------
+    async def _accepted(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_ip: str,
+        netns: str,
+        cookie: int,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            peer = writer.get_extra_info("peername")
+            # the client is the pod (its own address, the port it connected from); on loopback
+            # the kernel shows 127.0.0.1
+            orig = self.maps.take_original(cookie, peer[1])
+            if orig is None:
+                log.warning("l7 proxy: no original destination for %s port %d", client_ip, peer[1])
+                writer.close()
+                return
+            client: Address = (client_ip, peer[1])
+            dst = orig.backend
+            await self.proxy.handle(
+                reader,
+                writer,
+                client=client,
+                original_dst=dst,
+                rules=lambda: self.rules_for(dst),
+                connect_upstream=netns_upstream(netns, dst),
+            )
+        except asyncio.CancelledError:
+            writer.close()
+        finally:
+            self._tasks.discard(task)
+
+    def rules_for(self, dst: Address) -> HTTPRules | None:
+        """The destination pod's HTTP rules for the port (cached until the store changes)."""
+        if dst in self._rules_cache:
+            return self._rules_cache[dst]
+        pod = self._pod_at(dst[0])
+        rules = None if pod is None else rules_of(self.enforcement.cnps(), pod, dst[1])
+        self._rules_cache[dst] = rules
+        return rules
+
+    def _pod_at(self, ip: str) -> PodInfo | None:
+        for pod in self._pods():
+            if pod.ip is not None and str(pod.ip) == ip:
+                return pod
+        return None
+
+    def describe(self, ip: str) -> Endpoint | None:
+        record = self.enforcement.record(ip)
+        return self.enricher.endpoint(ip, record.identity) if record else None
