@@ -1,8 +1,8 @@
 """Redaction of sensitive values in what the L7 proxy puts into flows.
 
 Only flows are redacted: the bytes the proxy forwards are never changed. Header values of the
-credentials headers (and any header the config names) become "[REDACTED]"; a URL's query string
-becomes "?[REDACTED]" (or is removed), since tokens and personal data often ride in queries.
+credentials headers (and any header the config names) become "HUBBLE_REDACTED"; a URL's query string
+becomes "?HUBBLE_REDACTED" (or is removed), since tokens and personal data often ride in queries.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-REDACTED = "[REDACTED]"
+REDACTED = "HUBBLE_REDACTED"  # Hubble's marker (defaults.SensitiveValueRedacted), as the audit uses
 DEFAULT_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie")
 
 
 class QueryRedaction(enum.Enum):
-    REDACT = "redact"  # "/p?a=1" -> "/p?[REDACTED]"
+    REDACT = "redact"  # "/p?a=1" -> "/p?HUBBLE_REDACTED"
     REMOVE = "remove"  # "/p?a=1" -> "/p"
     KEEP = "keep"
 
