@@ -1,8 +1,10 @@
 """The `otel:` section of the export config.
 
     otel:
-      endpoint: http://127.0.0.1:4318     # the OTLP/HTTP base URL; /v1/logs and /v1/metrics added
-      protocol: http/protobuf             # the only one supported (see below)
+      endpoint: http://127.0.0.1:4318     # OTLP/HTTP: the base URL (/v1/logs, /v1/metrics added);
+                                          # grpc: the collector's address (http://host:4317;
+                                          # https:// for TLS)
+      protocol: http/protobuf             # or grpc
       headers: {x-api-key: secret}
       timeout: 10                         # seconds per export request, retries included
       compression: none                   # or gzip
@@ -11,8 +13,8 @@
       metrics: {enabled: true, interval_ms: 10000}
       resource: {deployment.environment.name: prod}   # added to the resource attributes
 
-`protocol: grpc` is refused: it needs the package opentelemetry-exporter-otlp-proto-grpc, which
-flowscope does not depend on; point the exporter at the collector's OTLP/HTTP port (4318).
+`protocol` picks the OTLP transport: http/protobuf (OTLP/HTTP, port 4318 by convention) or grpc
+(OTLP/gRPC, port 4317); headers become HTTP headers or gRPC metadata.
 """
 
 from __future__ import annotations
@@ -67,24 +69,23 @@ class OtelConfig(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL (OTLP/HTTP, port 4318)")
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL "
+                "(OTLP/HTTP: http://host:4318; gRPC: http://host:4317, https:// for TLS)"
+            )
         return value.rstrip("/")
 
     @field_validator("protocol")
     @classmethod
     def _protocol(cls, value: str) -> str:
-        if value == "grpc":
-            raise ValueError(
-                "grpc is not supported (it needs opentelemetry-exporter-otlp-proto-grpc); "
-                "use http/protobuf and the collector's OTLP/HTTP port (4318)"
-            )
-        if value != "http/protobuf":
-            raise ValueError(f"{value!r}: use http/protobuf")
+        if value not in ("http/protobuf", "grpc"):
+            raise ValueError(f"{value!r}: use http/protobuf or grpc")
         return value
 
     def signal_url(self, signal: str) -> str:
-        """The URL of one signal ("logs", "metrics"), as OTEL_EXPORTER_OTLP_ENDPOINT builds it."""
-        return f"{self.endpoint}/v1/{signal}"
+        """Where one signal ("logs", "metrics") goes: OTLP/HTTP's URL as
+        OTEL_EXPORTER_OTLP_ENDPOINT builds it; gRPC's collector address (one for all signals)."""
+        return self.endpoint if self.protocol == "grpc" else f"{self.endpoint}/v1/{signal}"
 
     def __hash__(self) -> int:  # dict fields: hash what identifies the config
         return hash(self.model_dump_json())

@@ -212,25 +212,49 @@ class _Metrics:
             )
 
 
+def _otlp_exporter(config: OtelConfig, signal: str) -> Any:
+    """The SDK's OTLP exporter of one signal ("logs", "metrics") for the configured protocol."""
+    gzip = config.compression == "gzip"
+    if config.protocol == "grpc":
+        import grpc
+
+        if signal == "logs":
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as cls
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter as cls,
+            )
+        return cls(
+            endpoint=config.endpoint,
+            insecure=config.endpoint.startswith("http://"),
+            headers={k.lower(): v for k, v in config.headers.items()},  # gRPC metadata keys
+            timeout=config.timeout,
+            compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    if signal == "logs":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as cls
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as cls
+    return cls(
+        endpoint=config.signal_url(signal),
+        headers=dict(config.headers),
+        timeout=config.timeout,
+        compression=Compression.Gzip if gzip else Compression.NoCompression,
+    )
+
+
 class _NodeLogs:
     """One node's LoggerProvider, its batch processor and the outcome of its exports."""
 
     def __init__(self, config: OtelConfig, node: str) -> None:
-        from opentelemetry.exporter.otlp.proto.http import Compression
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.sdk._logs import LoggerProvider
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
         url = config.signal_url("logs")
         self.outcome = _Outcome()
-        inner = OTLPLogExporter(
-            endpoint=url,
-            headers=dict(config.headers),
-            timeout=config.timeout,
-            compression=Compression.Gzip
-            if config.compression == "gzip"
-            else Compression.NoCompression,
-        )
+        inner = _otlp_exporter(config, "logs")
         self.provider = LoggerProvider(resource=_resource(config, node))
         self.provider.add_log_record_processor(
             BatchLogRecordProcessor(
@@ -272,20 +296,11 @@ class OtelExporter:
 
     async def start(self) -> None:
         if self.config.metrics.enabled:
-            from opentelemetry.exporter.otlp.proto.http import Compression
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
             url = self.config.signal_url("metrics")
-            inner = OTLPMetricExporter(
-                endpoint=url,
-                headers=dict(self.config.headers),
-                timeout=self.config.timeout,
-                compression=Compression.Gzip
-                if self.config.compression == "gzip"
-                else Compression.NoCompression,
-            )
+            inner = _otlp_exporter(self.config, "metrics")
             reader = PeriodicExportingMetricReader(
                 _metric_exporter_class()(inner, self._metrics_outcome, url),
                 export_interval_millis=self.config.metrics.interval_ms,

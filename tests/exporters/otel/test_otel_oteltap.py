@@ -196,7 +196,7 @@ async def test_records_of_a_failed_flush_are_sent_again(receiver) -> None:
 @pytest.mark.parametrize(
     ("raw", "field", "message"),
     [
-        ({"protocol": "grpc"}, "otel.protocol", "opentelemetry-exporter-otlp-proto-grpc"),
+        ({"protocol": "http/json"}, "otel.protocol", "http/protobuf or grpc"),
         ({"endpoint": "localhost:4318"}, "otel.endpoint", "http://"),
         ({"batch": {"max_queue_sise": 3}}, "otel.batch.max_queue_sise", "unknown field"),
         ({"timeout": 0}, "otel.timeout", "greater than 0"),
