@@ -92,6 +92,36 @@ step "live: observe --follow for 4 s while a frontend pod keeps calling the web 
 timeout 4 "${FS[@]}" observe --follow --namespace frontend --type trace-sock || true
 wait
 
+step "DNS-FQDN egress policy: the web pods may reach api.example.com, and nothing else outside"
+"${FS[@]}" apply -f examples/fqdn/
+sleep 1
+"${FS[@]}" lab probe "${fe[0]}" 10.224.0.253:80 --timeout 1 || true   # api.example.com's address, guessed
+"${FS[@]}" lab probe "${fe[0]}" api.example.com:80 || true            # asked through DNS first
+"${FS[@]}" lab probe "${fe[0]}" other.example.net:80 --timeout 1 || true
+step "their DNS lookups as L7 flows, and the names on the flows that followed"
+"${FS[@]}" observe --type l7 --last 4 --from-pod "${fe[0]}"
+"${FS[@]}" observe --to-fqdn "*.example.*" --last 4
+
+step "the exporters: Prometheus metrics and audit logs from the Kafka topic (flowscope export)"
+EXPORT_DIR=$(mktemp -d /tmp/flowscope-demo-export.XXXXXX)
+metrics() { .venv/bin/python -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9965/metrics", timeout=2).read().decode())'; }
+cat > "$EXPORT_DIR/export.yaml" <<YAML
+source: {kafka: {bootstrap: "$KAFKA"}}
+prometheus: {listen: "127.0.0.1:9965", metrics: [flow, "drop:sourceContext=pod", "dns:query"]}
+audit: {path: "$EXPORT_DIR/audit.jsonl"}
+YAML
+"${FS[@]}" export --config "$EXPORT_DIR/export.yaml" > "$EXPORT_DIR/export.log" 2>&1 &
+EXPORT_PID=$!
+for _ in $(seq 1 100); do
+  [ -s "$EXPORT_DIR/audit.jsonl" ] && metrics >/dev/null 2>&1 && break
+  sleep 0.2
+done
+sleep 2
+metrics | grep -E '^hubble_(flows_processed|drop|dns_queries)_total' | sort -t' ' -k2 -rn | head -8 || true
+echo "audit log: $(wc -l < "$EXPORT_DIR/audit.jsonl") lines in $EXPORT_DIR/audit.jsonl"
+kill "$EXPORT_PID" 2>/dev/null || true
+wait "$EXPORT_PID" 2>/dev/null || true
+
 step "the outside world (overlay: masqueraded to the node's address)"
 "${FS[@]}" lab exec "${fe[0]}" -- python3 -c \
   "import urllib.request as u; print('outside host saw us as', u.urlopen('http://10.224.0.254/clientip', timeout=2).read().decode())"
