@@ -25,6 +25,7 @@ rules do not apply to it (its L3/L4 policy still does).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import socket
@@ -38,7 +39,7 @@ from dataplane.l7.upstream import netns_upstream
 from dataplane.maps.l7map import L7MapFull, L7Maps, Redirect
 from dataplane.policy.cnp import CNP, http_rules
 from dataplane.policy.compiler import PodInfo, pod_info
-from flowscope.flow.model import Endpoint, Flow
+from flowscope.flow.model import Endpoint, Flow, L7FlowType, Verdict
 from flowscope.setns import socket_in_netns
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 PROXY_PORT = 15080  # the listener in every pod's namespace, on 127.0.0.1 (a lab constant)
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h
 TCP = 6
+DENIED_CODE = 403  # what the proxy answers a request its rules refuse
 RECONCILE_INTERVAL = 0.25  # seconds between checks of the store's version
 # rules that could not be parsed refuse every request rather than allow them all
 DENY_ALL = HTTPRules((HTTPRule(method=re.compile(r"(?!)")),))
@@ -87,6 +89,24 @@ def rules_of(cnps: Iterable[CNP], pod: PodInfo, port: int) -> HTTPRules | None:
         return DENY_ALL
 
 
+def with_denied_code(flow: Flow) -> Flow:
+    """A denied request's flow carries the 403 it was answered with, as Cilium's access log
+    record of a denied request does (`observe --http-status 403` finds it); the proxy emits it
+    with code 0 (no response flow follows a denial)."""
+    l7 = flow.l7
+    if (
+        flow.verdict != Verdict.DROPPED
+        or l7 is None
+        or l7.http is None
+        or l7.type != L7FlowType.REQUEST
+        or l7.http.code
+    ):
+        return flow
+    return dataclasses.replace(
+        flow, l7=dataclasses.replace(l7, http=dataclasses.replace(l7.http, code=DENIED_CODE))
+    )
+
+
 @dataclass
 class _Listener:
     sock: socket.socket
@@ -118,7 +138,7 @@ class NodeL7:
         self.enricher = enricher
         self.proxy = HTTPProxy(
             config or ProxyConfig(node_name=node),
-            emit=lambda flow: publish([flow]),
+            emit=lambda flow: publish([with_denied_code(flow)]),
             describe=self.describe,
         )
         self.listeners: dict[str, _Listener] = {}  # Endpoint.key -> its pod's listener
@@ -157,7 +177,7 @@ class NodeL7:
     async def reconcile(self) -> None:
         """Bring the redirect map and the listeners in line with the store and the local pods
         (only when something changed)."""
-        version = (*self.enforcement.version(), len(self.enforcement.local))
+        version = (*self.enforcement.version, len(self.enforcement.local))
         if version == self._version:
             return
         self._rules_cache.clear()
