@@ -18,6 +18,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.widgets import (
     DataTable,
@@ -183,10 +184,18 @@ class FlowscopeApp(App[None]):
     def _one(self, selector, expect_type=None):
         """A widget of the main screen (App.query_one asks the screen on top, which may be
         the help screen or the command palette while the timers run)."""
+        if not self.screen_stack:
+            raise NoMatches(f"no screen for {selector!r}: the app is closing")
         main = self.screen_stack[0]
         if expect_type is None:
             return main.query_one(selector)
         return main.query_one(selector, expect_type)
+
+    def _one_or_none(self, selector):
+        try:
+            return self._one(selector)
+        except NoMatches:
+            return None
 
     # --- the source -----------------------------------------------------------------------------
 
@@ -216,9 +225,14 @@ class FlowscopeApp(App[None]):
 
     def drain(self) -> int:
         """Take what arrived into the stats and the table (or the held rows, paused)."""
+        if not self._one_or_none(FlowTable):  # the timer fired while the app is closing
+            return 0
         records = self.buffer.drain()
         if records:
-            self.ingest(records)
+            try:
+                self.ingest(records)
+            except NoMatches:  # closing, between the check and now
+                return 0
         return len(records)
 
     def ingest(self, records: Iterable[Record]) -> None:
@@ -251,15 +265,20 @@ class FlowscopeApp(App[None]):
             parts.append(f"[red]{self.buffer.overflowed:,} not shown[/]")
         if self.paused:
             parts.append(f"[reverse] PAUSED [/] {len(self.held):,} new")
-        status = self._one("#status", Static)
+        status = self._one_or_none("#status")
+        if status is None:
+            return
         status.update(" │ ".join(parts))
         status.set_class(state.link in (Link.UNREACHABLE, Link.REFUSED), "down")
 
     # --- the aggregate views, once a second -----------------------------------------------------
 
     def refresh_view(self) -> None:
-        active = self._one(TabbedContent).active
-        getattr(self, f"_show_{active}", lambda: None)()
+        try:
+            active = self._one(TabbedContent).active
+            getattr(self, f"_show_{active}", lambda: None)()
+        except NoMatches:  # the timer fired while the app is closing
+            return
 
     def _show_drops(self) -> None:
         now = self.stats.now

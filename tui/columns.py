@@ -125,7 +125,7 @@ def row(record: Record) -> tuple[str, ...]:
         count = f"{record.num_events_lost:,} lost"
         return (
             clock(record.time_ns),
-            "EVENTS LOST",
+            record.node_name,
             "",
             "",
             "",

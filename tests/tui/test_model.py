@@ -32,10 +32,10 @@ def test_row_cells_of_a_drop_a_service_flow_and_l7() -> None:
     assert columns.l7_summary(http_response(0)) == "503 GET http://api.shop/cart 3ms"
     assert columns.l7_summary(dns_nxdomain(0)) == "DNS NXDOMAIN nope.shop.svc."
     assert columns.port(dns_nxdomain(0)) == "53/UDP"
-    lost = LostEvent(LostEventSource.PERF_EVENT_RING_BUFFER, 7, time_ns=T0)
+    lost = LostEvent(LostEventSource.PERF_EVENT_RING_BUFFER, 7, time_ns=T0, node_name="node-2")
     assert columns.row(lost) == (
         "21:52:51",
-        "EVENTS LOST",
+        "node-2",
         "",
         "",
         "",
