@@ -67,6 +67,7 @@ class DatapathHooks:
     def __init__(self, enforcement: Enforcement, tracepoints) -> None:
         self.enforcement = enforcement
         self.tracepoints = tracepoints
+        self.l7: NodeL7 | None = None  # set once the HTTP proxy runs
 
     async def host_link_created(self, host_ifname: str) -> None:
         await self.enforcement.host_link_created(host_ifname)
@@ -74,10 +75,15 @@ class DatapathHooks:
     async def endpoint_added(self, endpoint: Endpoint) -> None:
         await self.enforcement.endpoint_added(endpoint)
         self.watch(endpoint)
+        if self.l7 is not None:
+            # before the pod runs: its first connect to a guarded port finds the proxy
+            await self.l7.endpoint_added(endpoint)
 
     async def endpoint_removed(self, endpoint: Endpoint) -> None:
         with contextlib.suppress(OSError):
             self.tracepoints.unwatch_netns(os.stat(endpoint.netns).st_ino)
+        if self.l7 is not None:
+            self.l7.endpoint_removed(endpoint)
         await self.enforcement.endpoint_removed(endpoint)
 
     def watch(self, endpoint: Endpoint) -> None:
@@ -175,6 +181,7 @@ class Agent:
         # HTTP rules: pods' connections to guarded ports through the proxy in their namespace
         node_l7 = NodeL7(self.node, enforcement, socklb.l7, stream.publish, enricher)
         await node_l7.start()
+        hooks.l7 = node_l7
 
         service = CNIService(kv, self.node, netns, ipam, hooks)
         socket_path = self.paths.agent_socket(self.node)
@@ -208,7 +215,7 @@ class Agent:
         # after Ready: that status write replaces the conditions this task then adds to
         tasks.append(
             asyncio.create_task(
-                self._report_datapath(objects, enforcement, services), name="report"
+                self._report_datapath(objects, enforcement, services, node_l7), name="report"
             )
         )
         log.info("agent for %s ready (%s, ipam %s)", self.node, self.node_ip, self.info.ipam)
@@ -284,7 +291,11 @@ class Agent:
         return nodeport
 
     async def _report_datapath(
-        self, objects: ObjectStore, enforcement: Enforcement, services: ServiceSync
+        self,
+        objects: ObjectStore,
+        enforcement: Enforcement,
+        services: ServiceSync,
+        node_l7: NodeL7 | None = None,
     ) -> None:
         """The node's DatapathReady condition: False, with what failed, while anything could
         not be programmed (a full map, above all), so `flowscope get nodes` shows it."""
@@ -293,6 +304,8 @@ class Agent:
             problems = dict(enforcement.problems)
             if services.problem:
                 problems["services"] = services.problem
+            if node_l7 is not None and node_l7.problem:
+                problems["l7 redirect"] = node_l7.problem
             if problems != reported:
                 message = "; ".join(f"{what}: {why}" for what, why in sorted(problems.items()))
                 cond = {

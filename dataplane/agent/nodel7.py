@@ -198,13 +198,8 @@ class NodeL7:
         local = {key: x.endpoint for key, x in self.enforcement.local.items()}
         for key in set(self.listeners) - set(local):
             self._close_listener(key)
-        for key, ep in local.items():
-            if key in self.listeners:
-                continue
-            try:
-                self.listeners[key] = await self._open_listener(str(ep.ip), ep.netns)
-            except OSError as e:
-                log.warning("l7 proxy: no listener in %s (%s): %s", key, ep.netns, e)
+        for ep in local.values():
+            await self.endpoint_added(ep)
 
     async def _open_listener(self, client_ip: str, netns: str) -> _Listener:
         sock = await asyncio.to_thread(
@@ -225,6 +220,23 @@ class NodeL7:
             sock.close()
             raise
         return _Listener(sock, cookie, server, client_ip, netns)
+
+    async def endpoint_added(self, endpoint) -> None:
+        """A new local pod (the CNI ADD, before the pod runs): its listener at once, so that
+        its first connection to a guarded port finds the proxy (the periodic reconcile would
+        open it a little later)."""
+        if endpoint.key in self.listeners:
+            return
+        try:
+            self.listeners[endpoint.key] = await self._open_listener(
+                str(endpoint.ip), endpoint.netns
+            )
+        except OSError as e:
+            log.warning("l7 proxy: no listener in %s (%s): %s", endpoint.key, endpoint.netns, e)
+
+    def endpoint_removed(self, endpoint) -> None:
+        """The pod is going: its listener closes (it holds the pod's namespace open)."""
+        self._close_listener(endpoint.key)
 
     def _close_listener(self, key: str) -> None:
         listener = self.listeners.pop(key, None)

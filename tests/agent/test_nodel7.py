@@ -190,7 +190,7 @@ async def test_a_pods_listener_forwards_allowed_requests_and_denies_others(pod_n
         [cnp({"app": "web"}, GET_PUBLIC, port=str(backend_port))],
     )
     enf.local["client"] = SimpleNamespace(
-        endpoint=SimpleNamespace(ip=IPv4Address("10.244.2.9"), netns=pod_ns)
+        endpoint=SimpleNamespace(key="client", ip=IPv4Address("10.244.2.9"), netns=pod_ns)
     )
     flows: list[Flow] = []
     maps = FakeL7Maps()
@@ -219,7 +219,14 @@ async def test_a_pods_listener_forwards_allowed_requests_and_denies_others(pod_n
         r, w = await asyncio.open_connection(sock=stray)
         assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
-        # the pod goes: its listener closes
+        # the CNI's hooks: the pod goes, its listener with it; it comes, one at once
+        endpoint = enf.local["client"].endpoint
+        l7.endpoint_removed(endpoint)
+        assert l7.listeners == {}
+        await l7.endpoint_added(endpoint)
+        again = await _get(pod_ns, proxy_port, maps, l7.listeners["client"].cookie, orig, "/public")
+        assert again[0] == "HTTP/1.1 200 OK"
+        # gone from the store: the reconcile closes it too
         enf.local.clear()
         enf.bump()
         await l7.reconcile()
