@@ -164,8 +164,13 @@ async def _serve_backend(ns_path: str, port: int) -> asyncio.Server:
         with contextlib.suppress(ConnectionError):
             while (await reader.readline()) not in (b"\r\n", b""):
                 pass
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            await writer.drain()
+            while True:  # kept alive: requests until the client closes
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    pass
+                if not line:
+                    break
         writer.close()
 
     return await asyncio.start_server(answer, sock=sock)
@@ -198,6 +203,29 @@ async def _get(ns_path: str, proxy_port: int, maps: FakeL7Maps, cookie: int, ori
     writer.close()
     status, _, body = data.partition(b"\r\n\r\n")
     return status.split(b"\r\n")[0].decode(), body
+
+
+async def _open(ns_path: str, proxy_port: int, maps: FakeL7Maps, cookie: int, orig):
+    sock = socket_in_netns(ns_path, socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    maps.record(cookie, sock.getsockname()[1], orig)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy_port))
+    return await asyncio.open_connection(sock=sock)
+
+
+async def _ask(conn, path: str) -> str:
+    """One keep-alive request; its status line (the body read by its length)."""
+    reader, writer = conn
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return head.split(b"\r\n")[0].decode()
 
 
 @pytest.mark.privileged
@@ -237,12 +265,20 @@ async def test_a_pods_listener_forwards_allowed_requests_and_denies_others(pod_n
         r, w = await asyncio.open_connection(sock=stray)
         assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
+        # a policy change reaches a connection already open: its next request meets new rules
+        kept = await _open(pod_ns, proxy_port, maps, listener.cookie, orig)
+        assert await _ask(kept, "/public/k") == "HTTP/1.1 200 OK"
+        enf.cnp_list = [parse_cnp(cnp({"app": "web"}, [{"path": "/other"}], str(backend_port)))]
+        enf.bump()
+        await l7.reconcile()
+        assert await _ask(kept, "/public/k") == "HTTP/1.1 403 Forbidden"
+        kept[1].close()
         # the CNI's hooks: the pod goes, its listener with it; it comes, one at once
         endpoint = enf.local["client"].endpoint
         l7.endpoint_removed(endpoint)
         assert l7.listeners == {}
         await l7.endpoint_added(endpoint)
-        again = await _get(pod_ns, proxy_port, maps, l7.listeners["client"].cookie, orig, "/public")
+        again = await _get(pod_ns, proxy_port, maps, l7.listeners["client"].cookie, orig, "/other")
         assert again[0] == "HTTP/1.1 200 OK"
         # gone from the store: the reconcile closes it too
         enf.local.clear()
