@@ -105,3 +105,43 @@ async def test_kafka_source_says_the_broker_is_unreachable() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_kafka_source_reads_new_flows_and_filters_them_here(tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from collector.kafkaconfig import KafkaConfig
+    from collector.publisher import encode_batch
+    from flowscope.flow.protoconv import record_to_response
+    from tests.collector.kafkabroker import running_broker
+
+    async with running_broker(tmp_path / "broker") as broker:
+        config = KafkaConfig.from_dict({"bootstrap": broker.bootstrap}, "--kafka")
+        buffer, states = FlowBuffer(), []
+        source = KafkaSource(config)
+        task = asyncio.create_task(
+            source.run(buffer, parse_filters("--verdict DROPPED"), states.append)
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
+        await producer.start()
+        try:
+            await until(lambda: states and states[-1].link is Link.CONNECTED, "connected", 15)
+            # the consumer starts at the end of the topic, which it resolves lazily: batches
+            # are sent until some arrive (each a new seq, so none is a duplicate)
+            for k in range(20):
+                records = [
+                    flow(k * 10 + i, verdict=Verdict.DROPPED if i % 2 else Verdict.FORWARDED)
+                    for i in range(6)
+                ]
+                responses = [record_to_response(r).SerializeToString() for r in records]
+                value = encode_batch("node-1", 1 + k * 6, 1, responses)
+                await (await producer.send(config.topics.flows, value, key=b"node-1"))
+                await asyncio.sleep(0.5)
+                if len(buffer):
+                    break
+            await until(lambda: len(buffer) % 3 == 0 and len(buffer), "whole batches' drops", 5)
+            assert all(f.verdict == Verdict.DROPPED for f in buffer.drain())
+        finally:
+            await producer.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
