@@ -197,11 +197,14 @@ class Result:
     catch_up: float | None  # s after the last was due until the table had all (None: never)
 
     def line(self) -> str:
-        catch_up = "never (gave up)" if self.catch_up is None else f"{self.catch_up:.1f} s"
+        if self.catch_up is None:
+            catch_up = f"not caught up {GIVE_UP:.0f} s later"
+        else:
+            catch_up = f"caught up {self.catch_up:.1f} s later"
         return (
             f"{self.name:<10} CPU {self.cpu * 100:5.1f}%  lag p50 {self.lag_p50 * 1000:7.0f} ms"
             f"  p99 {self.lag_p99 * 1000:7.0f} ms  max {self.lag_max * 1000:7.0f} ms"
-            f"  behind at the end {self.behind:,} rows, caught up after {catch_up}"
+            f"  behind at the end {self.behind:,} rows, {catch_up}"
         )
 
 

@@ -169,6 +169,9 @@ class FlowTable(ScrollView, can_focus=True):
             self.refresh()
             self.post_message(self.Selected(self.rows[y]))
 
+    def on_mouse_scroll_up(self) -> None:
+        self.following = False  # reading back: new rows must not pull the view down
+
     def watch_cursor(self) -> None:
         self.refresh()
 
