@@ -25,7 +25,6 @@ rules do not apply to it (its L3/L4 policy still does).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import socket
@@ -39,7 +38,7 @@ from dataplane.l7.upstream import netns_upstream
 from dataplane.maps.l7map import L7MapFull, L7Maps, Redirect
 from dataplane.policy.cnp import CNP, http_rules
 from dataplane.policy.compiler import PodInfo, pod_info
-from flowscope.flow.model import Endpoint, Flow, L7FlowType, Verdict
+from flowscope.flow.model import Endpoint, Flow
 from flowscope.setns import socket_in_netns
 
 log = logging.getLogger(__name__)
@@ -89,24 +88,6 @@ def rules_of(cnps: Iterable[CNP], pod: PodInfo, port: int) -> HTTPRules | None:
         return DENY_ALL
 
 
-def with_denied_code(flow: Flow) -> Flow:
-    """A denied request's flow carries the 403 it was answered with, as Cilium's access log
-    record of a denied request does (`observe --http-status 403` finds it); the proxy emits it
-    with code 0 (no response flow follows a denial)."""
-    l7 = flow.l7
-    if (
-        flow.verdict != Verdict.DROPPED
-        or l7 is None
-        or l7.http is None
-        or l7.type != L7FlowType.REQUEST
-        or l7.http.code
-    ):
-        return flow
-    return dataclasses.replace(
-        flow, l7=dataclasses.replace(l7, http=dataclasses.replace(l7.http, code=DENIED_CODE))
-    )
-
-
 @dataclass
 class _Listener:
     sock: socket.socket
@@ -138,7 +119,7 @@ class NodeL7:
         self.enricher = enricher
         self.proxy = HTTPProxy(
             config or ProxyConfig(node_name=node),
-            emit=lambda flow: publish([with_denied_code(flow)]),
+            emit=lambda flow: publish([flow]),
             describe=self.describe,
         )
         self.listeners: dict[str, _Listener] = {}  # Endpoint.key -> its pod's listener

@@ -105,9 +105,12 @@ def request_flow(
     time_ns: int | None = None,
     summary: str = "",
 ) -> Flow:
-    """A REQUEST flow; `request` is None when the request could not be read (bad input)."""
+    """A REQUEST flow; `request` is None when the request could not be read (bad input). A
+    denied request carries the 403 it was answered with, as Cilium's access log record of a
+    denial does (so `observe --http-status 403` finds it: no response flow follows)."""
     (cip, cport), (dip, dport) = conn.client, conn.original_dst
     http = HTTP(
+        code=403 if verdict == Verdict.DROPPED else 0,
         method=request.method if request else "",
         url=redaction.url(conn.url(request)),
         protocol=request.protocol if request else "HTTP/1.1",

@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
-from dataplane.agent.nodel7 import DENY_ALL, NodeL7, redirect_set, rules_of, with_denied_code
-from dataplane.l7.httpflow import Connection, request_flow
+from dataplane.agent.nodel7 import DENY_ALL, NodeL7, redirect_set, rules_of
 from dataplane.l7.httpmessage import RequestHead
-from dataplane.l7.redact import Redaction
 from dataplane.maps.l7map import FakeL7Maps, OriginalDst, Redirect
 from dataplane.policy.cnp import parse_cnp
 from dataplane.policy.compiler import pod_info
@@ -96,22 +94,6 @@ def test_rules_of_a_pod_port_union_and_bad_rules_refuse_all() -> None:
     bad = [parse_cnp(cnp({"app": "web"}, [{"path": "(unclosed"}]))]
     assert rules_of(bad, web, 80) is DENY_ALL
     assert not DENY_ALL.allows(head("GET", "/"))
-
-
-def test_a_denied_request_flow_carries_its_403_and_no_other_flow_changes() -> None:
-    conn = Connection(("10.244.2.9", 40000), ("10.244.1.5", 80))
-    denied = request_flow(conn, head("GET", "/private"), Verdict.DROPPED, Redaction())
-    assert denied.l7 is not None and denied.l7.http is not None and denied.l7.http.code == 0
-    marked = with_denied_code(denied)
-    assert marked.l7 is not None and marked.l7.http is not None
-    assert marked.l7.http.code == 403 and marked.l7.http.url == denied.l7.http.url
-    assert marked.verdict == Verdict.DROPPED
-    for same in (
-        request_flow(conn, head("GET", "/public"), Verdict.FORWARDED, Redaction()),
-        request_flow(conn, None, Verdict.ERROR, Redaction(), summary="bad request"),
-        marked,
-    ):
-        assert with_denied_code(same) is same
 
 
 class FakeEnforcement:

@@ -28,6 +28,10 @@ def test_request_flow_fields_and_json_round_trip() -> None:
     assert d["l7"]["http"]["url"] == f"http://web/v1/items?{REDACTED}"
     assert {"key": "Cookie", "value": REDACTED} in d["l7"]["http"]["headers"]
     assert Flow.from_json(flow.to_json()) == flow
+    # a denial carries the 403 it was answered with (no response flow follows it)
+    assert d["l7"]["http"]["code"] == 403
+    allowed = request_flow(CONN, REQ, Verdict.FORWARDED, Redaction())
+    assert allowed.l7.http.code == 0 and allowed.drop_reason == 0
 
 
 def test_response_flow_swaps_the_ends() -> None:
