@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +60,32 @@ def netns_cookie(sock: socket.socket) -> int:
     return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
 
 
+# Cilium's annotation for L7 visibility without rules: "<Ingress/80/TCP/HTTP>[,<...>]"
+VISIBILITY_ANNOTATION = "policy.cilium.io/proxy-visibility"
+_VISIBLE = re.compile(r"<\s*(\w+)\s*/\s*(\d+)\s*/\s*(\w+)\s*/\s*(\w+)\s*>")
+
+
+def visibility_ports(pod: Mapping[str, Any]) -> frozenset[int]:
+    """The ports a pod's proxy-visibility annotation asks HTTP visibility for (ingress, TCP):
+    their connections are proxied with no rules, every request allowed and seen as flows. Other
+    entries (egress, DNS: DNS is always visible here) are skipped."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(VISIBILITY_ANNOTATION, "")
+    return frozenset(
+        int(port)
+        for direction, port, l4, l7 in _VISIBLE.findall(str(text))
+        if (direction.lower(), l4.upper(), l7.upper()) == ("ingress", "TCP", "HTTP")
+        and 0 < int(port) < 65536
+    )
+
+
 def redirect_set(
-    cnps: Iterable[CNP], pods: Iterable[PodInfo], proxy_port: int = PROXY_PORT
+    cnps: Iterable[CNP],
+    pods: Iterable[PodInfo],
+    proxy_port: int = PROXY_PORT,
+    visible: Callable[[PodInfo], Iterable[int]] = lambda _pod: (),
 ) -> dict[Redirect, int]:
     """The destinations whose TCP connections go through the proxy, for the whole cluster:
-    every (pod address, port) with HTTP rules, -> the proxy port."""
+    every (pod address, port) with HTTP rules or HTTP visibility, -> the proxy port."""
     cnps = list(cnps)
     out: dict[Redirect, int] = {}
     for pod in pods:
@@ -73,6 +94,8 @@ def redirect_set(
         for proto, port in http_rules(cnps, pod.namespace, pod.label_map()):
             if proto == TCP:
                 out[Redirect(pod.ip, port)] = proxy_port
+        for port in visible(pod):
+            out[Redirect(pod.ip, port)] = proxy_port
     return out
 
 
@@ -162,7 +185,13 @@ class NodeL7:
         if version == self._version:
             return
         self._rules_cache.clear()
-        wanted = redirect_set(self.enforcement.cnps(), self._pods(), self.proxy_port)
+        objects = self.enforcement.pods.items
+        wanted = redirect_set(
+            self.enforcement.cnps(),
+            self._pods(),
+            self.proxy_port,
+            lambda pod: visibility_ports(objects.get(f"{pod.namespace}/{pod.name}") or {}),
+        )
         try:
             written, removed = await asyncio.to_thread(self.maps.sync, wanted)
             self.problem = None

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
-from dataplane.agent.nodel7 import DENY_ALL, NodeL7, redirect_set, rules_of
+from dataplane.agent.nodel7 import (
+    DENY_ALL,
+    VISIBILITY_ANNOTATION,
+    NodeL7,
+    redirect_set,
+    rules_of,
+    visibility_ports,
+)
 from dataplane.l7.httpmessage import RequestHead
 from dataplane.maps.l7map import FakeL7Maps, OriginalDst, Redirect
 from dataplane.policy.cnp import parse_cnp
@@ -78,6 +85,22 @@ def test_the_set_is_every_pod_port_with_http_rules() -> None:
         Redirect(IPv4Address("10.244.2.6"), 8080): 15080,
     }
     assert redirect_set([], pods) == {}
+
+
+def test_the_visibility_annotation_proxies_a_port_without_rules() -> None:
+    obj = pod("web", "10.244.1.5", {"app": "web"})
+    obj["metadata"]["annotations"] = {
+        VISIBILITY_ANNOTATION: "<Ingress/80/TCP/HTTP>, <Egress/53/UDP/DNS>,<ingress/8080/tcp/http>"
+    }
+    assert visibility_ports(obj) == {80, 8080}  # DNS is always visible; egress not ours
+    assert visibility_ports(pod("db", "10.244.1.7", {})) == frozenset()
+    info = pod_info(obj)
+    got = redirect_set([], [info], 15080, lambda p: visibility_ports(obj))
+    assert set(got) == {
+        Redirect(IPv4Address("10.244.1.5"), 80),
+        Redirect(IPv4Address("10.244.1.5"), 8080),
+    }
+    assert rules_of([], info, 80) is None  # no rules: every request allowed, and seen
 
 
 def test_rules_of_a_pod_port_union_and_bad_rules_refuse_all() -> None:
