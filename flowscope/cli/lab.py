@@ -96,6 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_probe)
 
+    p = lab_sub.add_parser(
+        "traffic",
+        help="keep pods calling each other, the services and the outside world (live flows)",
+    )
+    p.add_argument("--every", type=float, default=0.5, help="seconds between calls (0.5)")
+    p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
+    p.add_argument("--detach", action="store_true", help="run as a lab daemon (`lab down` ends it)")
+    p.set_defaults(func=cmd_traffic)
+
     p = lab_sub.add_parser("matrix", help="probe every pod pair at once; print reachability")
     p.add_argument(
         "--namespaces", help="comma-separated, e.g. x,y,z (default: every non-system namespace)"
@@ -318,6 +327,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         print(f"{source} -> {target} ({where}): no answer ({result['error']})")
     return 0 if result["connected"] else 1
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    from dataplane.lab import daemons, traffic
+
+    info = clusterinfo.load(args.cluster)
+    if args.every <= 0:
+        raise UsageError(f"--every {args.every}: give a positive number of seconds")
+    if args.detach:
+        argv = [sys.executable, "-m", "flowscope", "--cluster", args.cluster, "lab", "traffic"]
+        argv += ["--every", str(args.every)]
+        if args.duration:
+            argv += ["--for", str(args.duration)]
+        daemon = daemons.Daemon("traffic", tuple(argv), info.paths.run_dir)
+        pid = daemons.pid_of(daemon.pidfile)
+        if pid is None:
+            pid = daemons.start(daemon)
+        _say(
+            f"traffic: pid {pid}, a call every {args.every}s; `lab down` ends it "
+            f"(log: {daemon.log})"
+        )
+        return 0
+    made = traffic.run(info, args.every, args.duration, say=lambda line: print(line, flush=True))
+    _say(f"traffic: {made} calls")
+    return 0
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
