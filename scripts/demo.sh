@@ -92,6 +92,10 @@ step "live: observe --follow for 4 s while a frontend pod keeps calling the web 
 timeout 4 "${FS[@]}" observe --follow --namespace frontend --type trace-sock || true
 wait
 
+step "the outside world (overlay: masqueraded to the node's address)"
+"${FS[@]}" lab exec "${fe[0]}" -- python3 -c \
+  "import urllib.request as u; print('outside host saw us as', u.urlopen('http://10.224.0.254/clientip', timeout=2).read().decode())"
+
 step "DNS-FQDN egress policy: the web pods may reach api.example.com, and nothing else outside"
 "${FS[@]}" apply -f examples/fqdn/
 sleep 1
@@ -101,6 +105,23 @@ sleep 1
 step "their DNS lookups as L7 flows, and the names on the flows that followed"
 "${FS[@]}" observe --type l7 --last 4 --from-pod "${fe[0]}"
 "${FS[@]}" observe --to-fqdn "*.example.*" --last 4
+
+step "HTTP rules (examples/l7/): the web pods may GET /hostname and /public... on the api, nothing else"
+"${FS[@]}" apply -f examples/l7/
+API_IP=$("${FS[@]}" get pod "${be[0]#backend/}" -n backend -o json | .venv/bin/python -c \
+  'import json,sys; print(json.load(sys.stdin)["status"]["podIP"])')
+http_get() {  # status and body of GET $1 from the first web pod
+  "${FS[@]}" lab exec "${fe[0]}" -- python3 -c "
+import urllib.error, urllib.request as u
+try:
+    r = u.urlopen('http://$API_IP:8080$1', timeout=5); print(r.status, r.read().decode().strip())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode().strip())" || true
+}
+sleep 1
+echo "GET /hostname -> $(http_get /hostname)"
+echo "GET /admin    -> $(http_get /admin)"
+"${FS[@]}" observe --type l7 --last 4 --to-pod "${be[0]}"
 
 step "the exporters: Prometheus metrics and audit logs from the Kafka topic (flowscope export)"
 EXPORT_DIR=$(mktemp -d /tmp/flowscope-demo-export.XXXXXX)
@@ -122,11 +143,12 @@ echo "audit log: $(wc -l < "$EXPORT_DIR/audit.jsonl") lines in $EXPORT_DIR/audit
 kill "$EXPORT_PID" 2>/dev/null || true
 wait "$EXPORT_PID" 2>/dev/null || true
 
-step "the outside world (overlay: masqueraded to the node's address)"
-"${FS[@]}" lab exec "${fe[0]}" -- python3 -c \
-  "import urllib.request as u; print('outside host saw us as', u.urlopen('http://10.224.0.254/clientip', timeout=2).read().decode())"
-
 step "lab status"
 "${FS[@]}" lab status
-printf '\nThe lab stays up: try `%s lab exec frontend/web-1 -- ip addr`, then `%s lab down`.\n' \
+
+step "background traffic, so that the flows stay live (a lab daemon: lab down ends it)"
+"${FS[@]}" lab traffic --detach --every 0.5
+printf '\nThe lab stays up. Watch it live in the terminal UI:\n  %s tui\n' "${FS[*]}"
+printf '(/ filter, Enter details, d drops, t top talkers, m service map, ? help, q quit)\n'
+printf 'Then try `%s lab exec frontend/web-1 -- ip addr`, and `%s lab down`.\n' \
   "${FS[*]}" "${FS[*]}"
