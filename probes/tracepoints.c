@@ -148,6 +148,11 @@ int tp_kfree_skb(struct tracepoint__skb__kfree_skb *args) {
             ev->protocol = ip.protocol;
             __builtin_memcpy(ev->saddr, &ip.saddr, 4);
             __builtin_memcpy(ev->daddr, &ip.daddr, 4);
+            // loopback never reaches the datapath: not a flow (see tp_sock_state)
+            if (ev->saddr[0] == 127 || ev->daddr[0] == 127) {
+                kernel_events.ringbuf_discard(ev, 0);
+                return 0;
+            }
             // Ports only in first fragments (offset 0) of TCP/UDP/SCTP.
             if (!(ip.frag_off & bpf_htons(0x1fff)) &&
                 (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP ||
@@ -172,6 +177,10 @@ int tp_sock_state(struct tracepoint__sock__inet_sock_set_state *args) {
     struct tp_config *cfg = tp_config.lookup(&zero);
     u32 state = args->newstate;
     if (cfg && cfg->state_mask && (state >= 32 || !(cfg->state_mask & (1u << state))))
+        return 0;
+    // a pod's loopback connections (an app and the L7 proxy's listener in its namespace) never
+    // reach the datapath: Hubble shows no flow for them, nor do we
+    if (args->family != AF_INET6_ && (args->saddr[0] == 127 || args->daddr[0] == 127))
         return 0;
     struct kernel_event *ev = reserve();
     if (!ev)

@@ -34,6 +34,7 @@ from tests.probes.overlay import sock
 pytestmark = pytest.mark.privileged
 
 A_IP, A_SILENT_IP, B_IP = "10.99.0.1", "10.99.0.3", "10.99.0.2"
+C_IP = "10.99.1.1"  # c's own address (on its lo): local traffic not to a loopback address
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ async def _build(prefix: str) -> World:
         await ipr.route("add", dst=f"{A_SILENT_IP}/32", type="blackhole")
     async with AsyncIPRoute(netns=c, flags=0) as ipr:
         await ipr.link("set", ifname="lo", state="up")
+        lo = (await ipr.link_lookup(ifname="lo"))[0]
+        await ipr.addr("add", index=lo, address=C_IP, prefixlen=32)
     return World(a, b, c, va, vb)
 
 
@@ -142,7 +145,9 @@ def states(events: list[KernelEvent], sport: int) -> list[tuple[str | None, str 
 def test_tcp_states_of_a_watched_namespace_only(world: World, probes: TracepointProbes) -> None:
     probes.watch_netns(world.inode(world.a))
     # traffic in namespaces nobody watches: the server side in b, loopback in c
-    c_ports = tcp_exchange(world.c, world.c, "127.0.0.1")
+    c_ports = tcp_exchange(world.c, world.c, C_IP)
+    # loopback inside the watched namespace (an app and the L7 proxy's listener) is not a flow
+    a_loop = tcp_exchange(world.a, world.a, "127.0.0.1")
     cport, sport = tcp_exchange(world.a, world.b, B_IP)
     events = collect(probes, lambda ev: ("TCP_FIN_WAIT2", "TCP_CLOSE") in states(ev, cport))
     assert {e.netns for e in events} == {world.inode(world.a)}
@@ -158,6 +163,8 @@ def test_tcp_states_of_a_watched_namespace_only(world: World, probes: Tracepoint
     est = next(e for e in events if e.sport == cport)
     assert (str(est.saddr), str(est.daddr), est.dport, est.protocol) == (A_IP, B_IP, sport, 6)
     assert not any(e.sport in c_ports or e.dport in c_ports for e in events)
+    looped = [e for e in events if e.sport in a_loop or e.dport in a_loop]
+    assert not looped, looped
 
 
 def test_only_the_chosen_tcp_states_are_reported(world: World, probes: TracepointProbes) -> None:
@@ -210,7 +217,7 @@ def test_udp_to_a_closed_port_is_a_no_socket_drop(world: World, probes: Tracepoi
     u.close()
     # the same in an unwatched namespace: no event
     q = sock(world.c, socket.SOCK_DGRAM)
-    q.sendto(b"anyone?", ("127.0.0.1", 9))
+    q.sendto(b"anyone?", (C_IP, 9))
     q.close()
     events = collect(
         probes, lambda ev: any(e.kind is Kind.DROP and e.family == AF_INET for e in ev)
@@ -284,7 +291,7 @@ def test_full_ring_counts_lost_events(
         small.attach()
         u = sock(world.c, socket.SOCK_DGRAM)
         for _ in range(200):
-            u.sendto(b"x", ("127.0.0.1", 9))
+            u.sendto(b"x", (C_IP, 9))
         u.close()
         seen = collect(probes, lambda ev: len(ev) >= 200)
         kept = small.read_array()
@@ -295,7 +302,7 @@ def test_full_ring_counts_lost_events(
         assert probes.lost_events() == 0
         # drained: room again
         v = sock(world.c, socket.SOCK_DGRAM)
-        v.sendto(b"x", ("127.0.0.1", 9))
+        v.sendto(b"x", (C_IP, 9))
         v.close()
         assert len(collect(small, lambda ev: len(ev) >= 1)) == 1
     finally:
@@ -313,13 +320,13 @@ def test_close_detaches(world: World, pin_root: Path) -> None:
         tp.detach()
         assert not tp.attached
         u = sock(world.c, socket.SOCK_DGRAM)
-        u.sendto(b"x", ("127.0.0.1", 9))
+        u.sendto(b"x", (C_IP, 9))
         u.close()
         time.sleep(0.1)
         assert tp.read() == []
         tp.attach()
         u = sock(world.c, socket.SOCK_DGRAM)
-        u.sendto(b"x", ("127.0.0.1", 9))
+        u.sendto(b"x", (C_IP, 9))
         u.close()
         assert len(collect(tp, lambda ev: len(ev) >= 1)) == 1
     finally:
