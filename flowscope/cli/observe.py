@@ -163,7 +163,9 @@ def build_request(args: argparse.Namespace, now_ns: int | None = None):
 # --- where to read --------------------------------------------------------------------------------
 
 
-def _client_tls(args: argparse.Namespace):
+def client_tls(args: argparse.Namespace, address: str | None, flag: str):
+    """The ClientTLS hubble's --tls flags ask for (None: plain text); they need `address`, the
+    server given with `flag`."""
     from collector.tlsconfig import ClientTLS
 
     wanted = (
@@ -175,8 +177,8 @@ def _client_tls(args: argparse.Namespace):
     )
     if not wanted:
         return None
-    if not args.server:
-        raise UsageError("--tls options go with --server ADDR (the lab's relay is plain text)")
+    if not address:
+        raise UsageError(f"--tls options go with {flag} ADDR (the lab's relay is plain text)")
     return ClientTLS(
         tuple(args.tls_ca_cert_files),
         args.tls_client_cert_file,
@@ -253,7 +255,7 @@ async def cmd_observe(args: argparse.Namespace) -> int:
     if wants_kafka(args):
         return await observe_kafka(args)
     request = build_request(args)
-    tls = _client_tls(args)
+    tls = client_tls(args, args.server, "--server")
     address, what = server_of(args)
     printer = Printer(
         args.output,

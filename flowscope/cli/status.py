@@ -246,11 +246,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
     from collector.relay import cluster_peers, status_of
     from flowscope import clusterinfo
-    from flowscope.cli.observe import _client_tls, _rpc_error, open_channel, server_of
+    from flowscope.cli.observe import _rpc_error, client_tls, open_channel, server_of
     from flowscope.proto import observer_pb2, observer_pb2_grpc
 
     args.follow = False
-    tls = _client_tls(args)
+    tls = client_tls(args, args.server, "--server")
     address, what = server_of(args)
     if address is None:  # no relay: ask every node here, as the relay would
         status = await status_of(cluster_peers(clusterinfo.load(args.cluster)))

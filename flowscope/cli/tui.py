@@ -48,30 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tui)
 
 
-def _tls(args: argparse.Namespace):
-    from collector.tlsconfig import ClientTLS
-
-    wanted = (
-        args.tls
-        or args.tls_ca_cert_files
-        or args.tls_client_cert_file
-        or args.tls_client_key_file
-        or args.tls_server_name
-    )
-    if not wanted:
-        return None
-    if not args.relay:
-        raise UsageError("--tls options go with --relay ADDR (the lab's relay is plain text)")
-    return ClientTLS(
-        tuple(args.tls_ca_cert_files),
-        args.tls_client_cert_file,
-        args.tls_client_key_file,
-        args.tls_server_name,
-    )
-
-
 def build_source(args: argparse.Namespace):
     """The FlowSource the flags ask for; UsageError or ClusterNotUp when there is none."""
+    from flowscope.cli.observe import client_tls
     from flowscope.cli.observekafka import kafka_config, wants_kafka
     from tui.source import KafkaSource, RelaySource
 
@@ -79,7 +58,7 @@ def build_source(args: argparse.Namespace):
         if args.relay or args.node:
             raise UsageError("--kafka and --relay/--node: give one source")
         return KafkaSource(kafka_config(args), topic=args.kafka_topic)
-    tls = _tls(args)
+    tls = client_tls(args, args.relay, "--relay")
     if args.relay:
         return RelaySource(args.relay, tls)
     from collector.relay import recorded_address
