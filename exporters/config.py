@@ -26,7 +26,6 @@ stops only a config that uses it.
 from __future__ import annotations
 
 import importlib
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,51 +310,29 @@ def parse_filters(raw: Any, where: str) -> tuple[list[Any], list[Any]]:
             raise ConfigError(f"{where}.{key}", "expected a list of filters")
         for i, entry in enumerate(entries):
             here = f"{where}.{key}[{i}]"
-            if isinstance(entry, str):
-                w, b = _flag_filters(entry, here)
-                if key == "deny" and b:
-                    raise ConfigError(here, "--not in a deny filter; move it to allow")
-                target.extend(w)
-                black.extend(b)  # an allow string's --not parts
-            elif isinstance(entry, dict):
-                target.append(_filter_table(entry, here))
-            else:
-                raise ConfigError(here, f"expected flags or a table, not {_kind_name(entry)}")
+            w, b = filter_entry(entry, here)
+            if key == "deny" and b:
+                raise ConfigError(here, "--not in a deny filter; move it to allow")
+            target.extend(w)
+            black.extend(b)  # an allow string's --not parts
     _check_filters(white, black, where)
     return white, black
 
 
-def _flag_filters(text: str, where: str) -> tuple[list[Any], list[Any]]:
-    import argparse
+def filter_entry(entry: Any, where: str) -> tuple[list[Any], list[Any]]:
+    """One filter of a config file as (whitelist, blacklist) FlowFilters: a string of observe's
+    filter flags (its --not parts are the blacklist) or a FlowFilter table; ConfigError at
+    `where`."""
+    from flowscope.cli.observeflags import filter_from_table, parse_filter_text
 
-    from flowscope.cli.observeflags import add_filter_flags, build_filters
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # type: ignore[override]
-            raise ConfigError(where, message)
-
-    parser = _Parser(prog=where, add_help=False)
-    add_filter_flags(parser)
     try:
-        args = parser.parse_args(shlex.split(text))
-        return build_filters(args.filter_ops or [])
-    except ValueError as e:  # shlex: no closing quotation
-        raise ConfigError(where, str(e)) from None
+        if isinstance(entry, str):
+            return parse_filter_text(entry)
+        if isinstance(entry, dict):
+            return [filter_from_table(entry)], []
     except FlowscopeError as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(where, e.args[0]) from None
-
-
-def _filter_table(entry: dict, where: str) -> Any:
-    from google.protobuf import json_format
-
-    from flowscope.proto import flow_pb2
-
-    try:
-        return json_format.ParseDict(entry, flow_pb2.FlowFilter())
-    except json_format.ParseError as e:
-        raise ConfigError(where, f"not a FlowFilter: {e}") from None
+        raise ConfigError(where, e.args[0], hint="write observe's filter flags") from None
+    raise ConfigError(where, f"expected flags or a table, not {_kind_name(entry)}")
 
 
 def _check_filters(white: list[Any], black: list[Any], where: str) -> None:

@@ -5,23 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 from dataclasses import dataclass, field
 
-from flowscope.cli.observeflags import add_filter_flags, build_filters
-from flowscope.errors import UsageError
+from flowscope.cli.observeflags import parse_filter_text
 from flowscope.proto import flow_pb2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting (the UI shows the error)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise UsageError(message or "not a filter")
 
 
 @dataclass(frozen=True)
@@ -37,22 +25,9 @@ class Filters:
         return not (self.whitelist or self.blacklist)
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog="filter", add_help=False, allow_abbrev=False)
-    add_filter_flags(p)
-    return p
-
-
 def parse_filters(text: str) -> Filters:
     """The Filters of one line of observe's filter flags; UsageError naming the offending flag."""
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise UsageError(f"filter: {exc}") from None
-    if words and not words[0].startswith("-"):
-        raise UsageError(f"{words[0]!r}: filters are flags, e.g. --from-pod default/web")
-    args = _parser().parse_args(words)
-    white, black = build_filters(args.filter_ops or [])
+    white, black = parse_filter_text(text)
     return Filters(text.strip(), tuple(white), tuple(black))
 
 

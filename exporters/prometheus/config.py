@@ -19,12 +19,11 @@ Errors are ConfigError naming the field ("prometheus.metrics[1].contextOptions.s
 
 from __future__ import annotations
 
-import argparse
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporters.config import filter_entry
 from exporters.exporter import ConfigError
 from exporters.prometheus.context import (
     OPTION_NAMES,
@@ -32,7 +31,6 @@ from exporters.prometheus.context import (
     ContextOptions,
     is_context_option,
 )
-from flowscope.errors import FlowscopeError
 
 DEFAULT_LISTEN = ":9965"
 DEFAULT_CARDINALITY_LIMIT = 5000
@@ -233,47 +231,11 @@ def _filters(raw: Any, where: str) -> list[Any]:
     out: list[Any] = []
     for i, entry in enumerate(raw):
         here = f"{where}[{i}]"
-        if isinstance(entry, str):
-            white, black = _flag_filters(entry, here)
-            if black:
-                raise ConfigError(here, "--not here; use excludeFilters")
-            out.extend(white)
-        elif isinstance(entry, Mapping):
-            out.append(_filter_table(entry, here))
-        else:
-            raise ConfigError(here, "expected observe's flags or a FlowFilter table")
+        white, black = filter_entry(dict(entry) if isinstance(entry, Mapping) else entry, here)
+        if black:
+            raise ConfigError(here, "--not here; use excludeFilters")
+        out.extend(white)
     return out
-
-
-def _flag_filters(text: str, where: str) -> tuple[list[Any], list[Any]]:
-    from flowscope.cli.observeflags import add_filter_flags, build_filters
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # type: ignore[override]
-            raise ConfigError(where, message)
-
-    parser = _Parser(prog=where, add_help=False)
-    add_filter_flags(parser)
-    try:
-        args = parser.parse_args(shlex.split(text))
-        return build_filters(args.filter_ops or [])
-    except ValueError as e:  # shlex: no closing quotation
-        raise ConfigError(where, str(e)) from None
-    except ConfigError:
-        raise
-    except FlowscopeError as e:
-        raise ConfigError(where, e.args[0]) from None
-
-
-def _filter_table(entry: Mapping, where: str) -> Any:
-    from google.protobuf import json_format
-
-    from flowscope.proto import flow_pb2
-
-    try:
-        return json_format.ParseDict(dict(entry), flow_pb2.FlowFilter())
-    except json_format.ParseError as e:
-        raise ConfigError(where, f"not a FlowFilter: {e}") from None
 
 
 def _check_selection(include: list[Any], exclude: list[Any], where: str) -> None:

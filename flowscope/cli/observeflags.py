@@ -18,8 +18,10 @@ one is a UsageError naming the flag, before anything is sent.
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flowscope.errors import UsageError
 from flowscope.flow.compact import RESERVED_IDENTITY_NAMES
@@ -323,3 +325,43 @@ def build_filters(
     if negate:
         raise UsageError("--not: nothing follows it; write --not before a filter flag")
     return white.filters(), black.filters()
+
+
+class _TextParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting: a filter typed in a config
+    file or the TUI's filter bar is an error to report, not a reason to quit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise UsageError(message or "not a filter")
+
+
+def parse_filter_text(
+    text: str,
+) -> tuple[list[flow_pb2.FlowFilter], list[flow_pb2.FlowFilter]]:
+    """One line of observe's filter flags ("--from-pod default/web --verdict DROPPED") as the
+    whitelist and blacklist observe would send; UsageError naming the offending flag. The one
+    reader of filter text: export configs and the TUI's filter bar speak observe's language."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"filter: {exc}") from None
+    if words and not words[0].startswith("-"):
+        raise UsageError(f"{words[0]!r}: filters are flags, e.g. --from-pod default/web")
+    parser = _TextParser(prog="filter", add_help=False, allow_abbrev=False)
+    add_filter_flags(parser)
+    args = parser.parse_args(words)
+    return build_filters(args.filter_ops or [])
+
+
+def filter_from_table(entry: Any) -> flow_pb2.FlowFilter:
+    """A FlowFilter written as a table in protobuf's JSON mapping ({"source_pod": ["a/b"]});
+    UsageError with the first line of the reason (it names the bad key)."""
+    from google.protobuf import json_format
+
+    try:
+        return json_format.ParseDict(dict(entry), flow_pb2.FlowFilter())
+    except (json_format.ParseError, TypeError, ValueError) as e:
+        raise UsageError(f"not a FlowFilter: {str(e).splitlines()[0]}") from None

@@ -193,7 +193,7 @@ def test_the_example_file_is_valid() -> None:
     [
         ("audit", {"path": "/tmp/a.jsonl", "rotate": {"max_mbb": 5}}, "audit.rotate.max_mbb: "),
         ("prometheus", {"listen": "nope"}, "prometheus.listen: "),
-        ("otel", {"protocol": "grpc"}, "otel.protocol: "),
+        ("otel", {"protocol": "thrift"}, "otel.protocol: "),
     ],
 )
 def test_the_builtin_kinds_errors_name_their_field_through_the_file(
