@@ -185,17 +185,20 @@ class Enforcement:
     def _mirror(self, prefix: str, decode: Callable[[str, bytes], Any]) -> PrefixMirror:
         return PrefixMirror(self.kv, prefix, decode, self._changed.set)
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load every input, adopt what the maps hold, restore local endpoints, reconcile once."""
-        for m in (
+    def _mirrors(self) -> tuple[PrefixMirror, ...]:
+        return (
             self.namespaces,
             self.pods,
             self.policies,
             self.cnp_objects,
             self.records,
             self.applied_marks,
-        ):
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every input, adopt what the maps hold, restore local endpoints, reconcile once."""
+        for m in self._mirrors():
             await m.load()
         self.identities = await self.allocator.all()
         _, self._identity_rev = await self.kv.range("/flowscope/identities/id/")
@@ -231,17 +234,9 @@ class Enforcement:
 
     async def run(self) -> None:
         """Follow every input and reconcile on change, until cancelled."""
-        mirrors = (
-            self.namespaces,
-            self.pods,
-            self.policies,
-            self.cnp_objects,
-            self.records,
-            self.applied_marks,
-        )
         await run_together(
             {
-                **{f"mirror {m.prefix}": m.run() for m in mirrors},
+                **{f"mirror {m.prefix}": m.run() for m in self._mirrors()},
                 "identities": self._follow_identities(),
                 "reconcile": on_change(self._changed, self.reconcile),
             },
