@@ -126,6 +126,33 @@ spec:
     return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n{pods}"
 
 
+def server_port_80_from_client(namespace: str) -> str:
+    """A NetworkPolicy for client_and_server's pods: the server takes only the client, only on
+    TCP 80 (so a probe of port 81 is a POLICY_DENIED drop)."""
+    return f"""---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: server-80-only, namespace: {namespace}}}
+spec:
+  podSelector: {{matchLabels: {{app: server}}}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]
+      ports: [{{protocol: TCP, port: 80}}]
+"""
+
+
+@contextlib.contextmanager
+def kafka_lab(name: str, namespace: str) -> Iterator[Lab]:
+    """A 2-node overlay lab with Kafka, client_and_server(namespace) running under
+    server_port_80_from_client: the exporters' end-to-end tests' traffic."""
+    workload = client_and_server(namespace) + server_port_80_from_client(namespace)
+    with running_lab(
+        name, "--nodes", "2", "--ipam", "overlay", "--kafka", workload=workload, pods=2
+    ) as lab:
+        yield lab
+
+
 @contextlib.contextmanager
 def running_lab(name: str, *up_args: str, workload: str = "", pods: int = 0) -> Iterator[Lab]:
     """`lab up NAME UP_ARGS`, `workload` applied and `pods` of it running; down afterwards,

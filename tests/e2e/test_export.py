@@ -25,32 +25,18 @@ from oteltap import OtelTapHttpProtobufReceiver, OtelTapHttpProtobufReceiverSett
 from dataplane.lab import kafka
 from flowscope import clusterinfo
 from tests.conftest import free_port, unique
-from tests.e2e.lab import FLOWSCOPE, Lab, client_and_server, running_lab
+from tests.e2e.lab import FLOWSCOPE, Lab, kafka_lab
 from tests.exporters.grafana.test_panel_queries import instant, start_prometheus
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
 NS = "fsex"
-POLICY = f"""---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: server-80-only, namespace: {NS}}}
-spec:
-  podSelector: {{matchLabels: {{app: server}}}}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]
-      ports: [{{protocol: TCP, port: 80}}]
-"""
 SECTION = Path(__file__).resolve().parents[2] / "exporters" / "grafana" / "prometheus-section.yaml"
 
 
 @pytest.fixture(scope="module")
 def lab():
-    with running_lab(
-        unique("fsex"), "--nodes", "2", "--ipam", "overlay", "--kafka",
-        workload=client_and_server(NS) + POLICY, pods=2,
-    ) as lab:  # fmt: skip
+    with kafka_lab(unique("fsex"), NS) as lab:
         yield lab
 
 

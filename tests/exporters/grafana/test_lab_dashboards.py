@@ -26,33 +26,19 @@ from dataplane.lab import kafka
 from exporters.runner import Runner
 from flowscope import clusterinfo
 from tests.conftest import free_port, unique
-from tests.e2e.lab import Lab, client_and_server, running_lab
+from tests.e2e.lab import Lab, kafka_lab
 from tests.exporters.grafana.dashboards import DASHBOARDS, load, queries
 from tests.exporters.grafana.test_panel_queries import instant, start_prometheus, wait_for
 
 pytestmark = [pytest.mark.privileged, pytest.mark.lab]
 
 NS = "fsgr"
-POLICY = f"""---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: server-80-only, namespace: {NS}}}
-spec:
-  podSelector: {{matchLabels: {{app: server}}}}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]
-      ports: [{{protocol: TCP, port: 80}}]
-"""
 SECTION = Path(__file__).resolve().parents[3] / "exporters" / "grafana" / "prometheus-section.yaml"
 
 
 @pytest.fixture(scope="module")
 def lab():
-    with running_lab(
-        unique("fsgr"), "--nodes", "2", "--ipam", "overlay", "--kafka",
-        workload=client_and_server(NS) + POLICY, pods=2,
-    ) as lab:  # fmt: skip
+    with kafka_lab(unique("fsgr"), NS) as lab:
         yield lab
 
 
