@@ -139,9 +139,10 @@ for _ in $(seq 1 100); do
 done
 sleep 2
 metrics | grep -E '^hubble_(flows_processed|drop|dns_queries)_total' | sort -t' ' -k2 -rn | head -8 || true
-echo "audit log: $(wc -l < "$EXPORT_DIR/audit.jsonl") lines in $EXPORT_DIR/audit.jsonl"
+echo "audit log: $(cat "$EXPORT_DIR"/audit.jsonl 2>/dev/null | wc -l) lines (Hubble JSON, redacted, fsynced before the offsets are committed)"
 kill "$EXPORT_PID" 2>/dev/null || true
 wait "$EXPORT_PID" 2>/dev/null || true
+rm -rf "$EXPORT_DIR"
 
 step "lab status"
 "${FS[@]}" lab status
