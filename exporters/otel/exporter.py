@@ -164,10 +164,25 @@ class _Metrics:
         )
         self.dns_queries = meter.create_counter("flowscope.dns.queries", "{query}")
         self.dns_responses = meter.create_counter("flowscope.dns.responses", "{response}")
+        # a batch's increments, summed per (counter, attributes) before they reach the SDK:
+        # one add() per distinct series instead of one per flow (the SDK's add costs ~80 us)
+        self._tally: dict[tuple[Any, tuple], int] = {}
+
+    def count_batch(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self.count(record)
+        tally, self._tally = self._tally, {}
+        for (counter, attrs), amount in tally.items():
+            counter.add(amount, dict(attrs))
+
+    def _add(self, counter: Any, amount: int, attrs: dict) -> None:
+        key = (counter, tuple(attrs.items()))
+        self._tally[key] = self._tally.get(key, 0) + amount
 
     def count(self, record: Record) -> None:
         if isinstance(record, LostEvent):
-            self.lost.add(
+            self._add(
+                self.lost,
                 record.num_events_lost,
                 {
                     "flowscope.lost.source": enum_name(record.source),
@@ -176,7 +191,8 @@ class _Metrics:
             )
             return
         node = {"k8s.node.name": record.node_name}
-        self.flows.add(
+        self._add(
+            self.flows,
             1,
             {
                 "flowscope.verdict": enum_name(record.verdict),
@@ -185,7 +201,8 @@ class _Metrics:
             },
         )
         if record.verdict == Verdict.DROPPED:
-            self.drops.add(1, {"flowscope.drop_reason": enum_name(record.drop_reason_desc), **node})
+            reason = {"flowscope.drop_reason": enum_name(record.drop_reason_desc), **node}
+            self._add(self.drops, 1, reason)
         l7 = record.l7
         if l7 is not None and l7.http is not None:
             self._http(l7.http, l7.latency_ns)
@@ -195,21 +212,20 @@ class _Metrics:
     def _http(self, http: HTTP, latency_ns: int) -> None:
         method = {"http.request.method": http.method or "_OTHER"}
         if not http.code:
-            self.http_requests.add(1, method)
+            self._add(self.http_requests, 1, method)
             return
         attrs = {**method, "http.response.status_code": http.code}
-        self.http_responses.add(1, attrs)
+        self._add(self.http_responses, 1, attrs)
         if latency_ns:
             self.http_duration.record(latency_ns / 1e9, attrs)
 
     def _dns(self, dns: DNS, l7_type: object) -> None:
         qtypes = ",".join(dns.qtypes)
         if enum_name(l7_type) == "REQUEST":
-            self.dns_queries.add(1, {"flowscope.dns.qtypes": qtypes})
+            self._add(self.dns_queries, 1, {"flowscope.dns.qtypes": qtypes})
         else:
-            self.dns_responses.add(
-                1, {"flowscope.dns.qtypes": qtypes, "flowscope.dns.rcode": dns.rcode}
-            )
+            attrs = {"flowscope.dns.qtypes": qtypes, "flowscope.dns.rcode": dns.rcode}
+            self._add(self.dns_responses, 1, attrs)
 
 
 def _otlp_exporter(config: OtelConfig, signal: str) -> Any:
@@ -330,9 +346,9 @@ class OtelExporter:
         return logs
 
     async def export(self, batch: ExportBatch) -> None:
+        if self._metrics is not None:
+            self._metrics.count_batch(batch.records)
         for record in batch.records:
-            if self._metrics is not None:
-                self._metrics.count(record)
             if self.config.logs.enabled:
                 entry = log_entry(record, self.config.logs.body)
                 self._unacked.append(entry)
