@@ -2,11 +2,11 @@
 it applies and where it forwards.
 
 Which: TCP connections from pods to a (pod address, port) that a CiliumNetworkPolicy guards with
-`toPorts[].rules.http`. Every agent computes that set for the whole cluster from the store
-(`redirect_set`, a pure function of the CNPs and the pods) and keeps the socket LB's
-`l7_redirect` map equal to it; the socket LB's connect hook then sends such connections, after
-the service translation, to 127.0.0.1:PROXY_PORT in the client's own namespace
-(probes/socklb.c).
+`toPorts[].rules.http`, or that the pod's proxy-visibility annotation asks to see. Every agent
+computes that set for the whole cluster from the store (`redirect_set`, a pure function of the
+CNPs and the pods) and keeps the socket LB's `l7_redirect` map equal to it; the socket LB's
+connect hook then sends such connections, after the service translation, to
+127.0.0.1:PROXY_PORT in the client's own namespace (probes/socklb.c).
 
 Where: one listening socket on 127.0.0.1:PROXY_PORT inside each local pod's namespace, opened
 when the endpoint appears and closed when it goes. On accept, the original destination is read
