@@ -34,6 +34,11 @@ def query_summary(wire: bytes) -> DNS | None:
     msg = _parse(wire)
     if msg is None or msg.flags & dns.flags.QR:
         return None
+    return query_record(msg)
+
+
+def query_record(msg: dns.message.Message) -> DNS:
+    """The l7.dns record of a query already parsed."""
     name, qtypes = _question(msg)
     return DNS(query=name, qtypes=qtypes, observation_source=OBSERVATION_SOURCE)
 

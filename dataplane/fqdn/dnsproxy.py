@@ -30,12 +30,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import dns.flags
-import dns.message
-import dns.rcode
-
+from dataplane.dns import message
 from dataplane.dns.forward import SocketFactory, Upstream, forward
-from dataplane.fqdn.answer import query_summary, response_summary
+from dataplane.fqdn.answer import query_record, response_summary
 from dataplane.fqdn.selector import FQDNSelector, any_matches
 from flowscope.flow.dropreason import DropReason
 from flowscope.flow.model import (
@@ -199,16 +196,17 @@ class DNSProxy:
     async def answer(self, wire: bytes, who: Exchange) -> bytes | None:
         """The reply for the client (None: say nothing, e.g. for garbage without a header)."""
         self.stats["queries"] += 1
-        query = query_summary(wire)
-        if query is None:
+        parsed = message.parse(wire)
+        if not isinstance(parsed, message.Query):
             self.stats["malformed"] += 1
-            return _formerr(wire)
+            return parsed  # the reply it gets (FORMERR, NOTIMP, ...), or None
+        query = query_record(parsed.message)
         started = time.monotonic_ns()
         allowed = self.allowed(who.client_ip)
         if allowed is not None and not any_matches(allowed, query.query):
             self.stats["refused"] += 1
             self.emit(self._flow(who, self.address, query, L7FlowType.REQUEST, denied=True))
-            return _with_rcode(wire, dns.rcode.REFUSED)
+            return message.refused(parsed)
         upstreams = list(self.upstreams())
         server = upstreams[0].host if upstreams else self.address
         self.emit(self._flow(who, server, query, L7FlowType.REQUEST))
@@ -223,9 +221,9 @@ class DNSProxy:
         else:
             reply = await self._forward_udp(wire, upstreams, who.client_ip)
         summary = response_summary(reply) if reply is not None else None
-        if reply is None or summary is None or reply[:2] != wire[:2]:
+        if reply is None or summary is None or not message.matches(parsed, reply):
             self.stats["servfail"] += 1
-            return _with_rcode(wire, dns.rcode.SERVFAIL)
+            return message.servfail(parsed)
         try:
             await self.learn(summary)  # before the pod can use the answer
         except Exception:  # policy could not follow: the pod still gets its answer
@@ -287,7 +285,7 @@ class DNSProxy:
     def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(self._tasks) >= self.max_inflight:  # overloaded: fail fast, never pile up
             self.stats["overload"] += 1
-            self._send(_with_rcode(data, dns.rcode.SERVFAIL), addr)
+            self._send(_servfail(data), addr)
             return
         task = asyncio.create_task(self._datagram(data, addr))
         self._tasks.add(task)
@@ -298,7 +296,7 @@ class DNSProxy:
             reply = await self.answer(data, Exchange(addr[0], addr[1], tcp=False))
         except Exception:  # one bad query must not take the proxy down
             log.exception("DNS query from %s", addr[0])
-            reply = _with_rcode(data, dns.rcode.SERVFAIL)
+            reply = _servfail(data)
         self._send(reply, addr)
 
     def _send(self, reply: bytes | None, addr: tuple[str, int]) -> None:
@@ -335,26 +333,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.proxy.datagram(data, addr)
 
 
-def _with_rcode(wire: bytes, rcode: int) -> bytes | None:
-    """A reply to `wire` carrying only `rcode` (and its question when it parses); None when
-    there is not even a header to answer."""
-    try:
-        query = dns.message.from_wire(wire, ignore_trailing=True)
-    except Exception:
-        return _header_only(wire, rcode)
-    if query.flags & dns.flags.QR:
-        return None  # never answer a response
-    response = dns.message.make_response(query)
-    response.set_rcode(rcode)
-    return response.to_wire()
-
-
-def _header_only(wire: bytes, rcode: int) -> bytes | None:
-    if len(wire) < 12 or wire[2] & 0x80:
-        return None
-    flags = 0x8000 | (wire[2] & 0x79) << 8 | (wire[3] & 0x10) | (rcode & 0xF)
-    return wire[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
-
-
-def _formerr(wire: bytes) -> bytes | None:
-    return _header_only(wire, dns.rcode.FORMERR)
+def _servfail(wire: bytes) -> bytes | None:
+    """SERVFAIL for a query the proxy cannot serve (what does not parse gets its own reply)."""
+    parsed = message.parse(wire)
+    return message.servfail(parsed) if isinstance(parsed, message.Query) else parsed
