@@ -93,10 +93,13 @@ class Enricher:
 
     def by_ip(self, ip: str) -> Endpoint:
         """The endpoint of an address when only the address is known (kernel events)."""
+        return self.known_endpoint(ip) or Endpoint()
+
+    def known_endpoint(self, ip: str) -> Endpoint | None:
+        """The endpoint of an address the directory knows a record of; None otherwise (the L7
+        proxies' flows leave such an end out)."""
         record = self.directory.record(ip)
-        if record is None:
-            return Endpoint()
-        return self.endpoint(ip, record.identity)
+        return self.endpoint(ip, record.identity) if record else None
 
     def allowed_by(self, cookie: int, direction: Direction) -> tuple[Policy, ...]:
         """The policy behind an allow entry; none when no policy selected the endpoint."""

@@ -540,10 +540,17 @@ class Enforcement:
             self.dns_cache.version,  # the names addresses are known by
         )
 
-    def record(self, ip: str) -> IPRecord | None:
-        for local in self.local.values():  # ours first: the record mirror may lag a new pod
+    def local_at(self, ip: str) -> LocalEndpoint | None:
+        """This node's endpoint with that address, if any."""
+        for local in self.local.values():
             if str(local.endpoint.ip) == ip:
-                return self._record(local.endpoint, local.identity)
+                return local
+        return None
+
+    def record(self, ip: str) -> IPRecord | None:
+        local = self.local_at(ip)  # ours first: the record mirror may lag a new pod
+        if local is not None:
+            return self._record(local.endpoint, local.identity)
         return self.records.items.get(ip)
 
     def identity(self, identity_id: int) -> Identity | None:

@@ -29,7 +29,7 @@ from dataplane.endpoint.netns import netns_path
 from dataplane.fqdn.dnsproxy import DNSProxy
 from dataplane.fqdn.selector import FQDNSelector, any_matches
 from dataplane.policy.cnp import dns_selectors, fqdn_selectors
-from flowscope.flow.model import DNS, Endpoint, Service
+from flowscope.flow.model import DNS, Service
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NodeDNS:
             allowed=self.allowed,
             learn=self.learn,
             emit=lambda flow: self.publish([flow]),
-            describe=self.describe,
+            describe=self.enricher.known_endpoint,
             new_socket=netns_socket_factory(netns_path(self.netns)),
             upstream_socket=self.upstream_socket,
             node_name=self.node,
@@ -94,13 +94,13 @@ class NodeDNS:
     # -- the proxy's questions ------------------------------------------------------------------
     def allowed(self, client_ip: str) -> tuple[FQDNSelector, ...] | None:
         """The names the pod at `client_ip` may ask; None: any (no DNS rules select it)."""
-        for local in self.enforcement.local.values():
-            ep = local.endpoint
-            if str(ep.ip) == client_ip:
-                pod = self.enforcement.pods.items.get(f"{ep.pod_namespace}/{ep.pod_name}") or {}
-                labels = (pod.get("metadata") or {}).get("labels") or {}
-                return dns_selectors(self.enforcement.cnps(), ep.pod_namespace, labels)
-        return None
+        local = self.enforcement.local_at(client_ip)
+        if local is None:
+            return None
+        ep = local.endpoint
+        pod = self.enforcement.pods.items.get(f"{ep.pod_namespace}/{ep.pod_name}") or {}
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return dns_selectors(self.enforcement.cnps(), ep.pod_namespace, labels)
 
     async def learn(self, answer: DNS) -> None:
         if answer.rcode != 0 or not answer.ips:
@@ -122,11 +122,5 @@ class NodeDNS:
 
     def upstream_socket(self, client_ip: str):
         """Sockets in the client pod's namespace (the node's for a client that is no pod)."""
-        for local in self.enforcement.local.values():
-            if str(local.endpoint.ip) == client_ip:
-                return netns_socket_factory(local.endpoint.netns)
-        return netns_socket_factory(netns_path(self.netns))
-
-    def describe(self, ip: str) -> Endpoint | None:
-        record = self.enforcement.record(ip)
-        return self.enricher.endpoint(ip, record.identity) if record else None
+        local = self.enforcement.local_at(client_ip)
+        return netns_socket_factory(local.endpoint.netns if local else netns_path(self.netns))

@@ -305,5 +305,4 @@ class NodeL7:
         return None
 
     def describe(self, ip: str) -> Endpoint | None:
-        record = self.enforcement.record(ip)
-        return self.enricher.endpoint(ip, record.identity) if record else None
+        return self.enricher.known_endpoint(ip) if self.enricher is not None else None

@@ -131,9 +131,6 @@ class FakeEnforcement:
     def cnps(self) -> list:
         return self.cnp_list
 
-    def record(self, ip: str) -> None:
-        return None
-
     def bump(self) -> None:
         self.version = (self.version[0] + 1,)
 
