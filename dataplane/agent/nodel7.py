@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dataplane.l7.httpproxy import HTTPProxy, ProxyConfig
+from dataplane.l7.httpproxy import HTTPProxy, ProxyConfig, ProxyListener, serve
 from dataplane.l7.httprules import HTTPRule, HTTPRuleError, HTTPRules, parse_http_rules
 from dataplane.l7.upstream import netns_upstream
 from dataplane.maps.l7map import L7MapFull, L7Maps, Redirect
@@ -115,7 +115,7 @@ def rules_of(cnps: Iterable[CNP], pod: PodInfo, port: int) -> HTTPRules | None:
 class _Listener:
     sock: socket.socket
     cookie: int
-    server: asyncio.Server
+    server: ProxyListener
     client_ip: str
     netns: str
 
@@ -149,7 +149,6 @@ class NodeL7:
         self.problem: str | None = None
         self._version: tuple | None = None
         self._rules_cache: dict[Address, HTTPRules | None] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,11 +161,7 @@ class NodeL7:
 
     async def close(self) -> None:
         for key in list(self.listeners):
-            self._close_listener(key)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            await self.listeners.pop(key).server.close()  # and the connections it serves
 
     # -- reconciling ----------------------------------------------------------------------------
     def _pods(self) -> list[PodInfo]:
@@ -222,10 +217,26 @@ class NodeL7:
             sock.setblocking(False)
             cookie = netns_cookie(sock)
 
-            async def accepted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                await self._accepted(r, w, client_ip, netns, cookie)
+            def original_dst(accepted: socket.socket) -> Address:
+                # by {this namespace, the client's port}: what the sock_ops program recorded
+                port = accepted.getpeername()[1]
+                orig = self.maps.take_original(cookie, port)
+                if orig is None:
+                    raise LookupError(f"none recorded for {client_ip} port {port}")
+                return orig.backend
 
-            server = await asyncio.start_server(accepted, sock=sock)
+            server = await serve(
+                sock,
+                original_dst,
+                self.proxy,
+                # the destination pod's rules, looked up for each request
+                rules_for=lambda _client, dst: lambda: self.rules_for(dst),
+                # the upstream leaves from the client pod's namespace, under its policy
+                upstream_for=lambda _client, dst: netns_upstream(netns, dst),
+                # the client is the pod (its address, the port it connected from); on loopback
+                # the kernel shows 127.0.0.1
+                client_of=lambda peer: (client_ip, peer[1]),
+            )
         except BaseException:
             sock.close()
             raise
@@ -251,43 +262,8 @@ class NodeL7:
     def _close_listener(self, key: str) -> None:
         listener = self.listeners.pop(key, None)
         if listener is not None:
-            listener.server.close()  # the pod is gone: its connections went with its namespace
-
-    # -- a connection ---------------------------------------------------------------------------
-    async def _accepted(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        client_ip: str,
-        netns: str,
-        cookie: int,
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            peer = writer.get_extra_info("peername")
-            # the client is the pod (its own address, the port it connected from); on loopback
-            # the kernel shows 127.0.0.1
-            orig = self.maps.take_original(cookie, peer[1])
-            if orig is None:
-                log.warning("l7 proxy: no original destination for %s port %d", client_ip, peer[1])
-                writer.close()
-                return
-            client: Address = (client_ip, peer[1])
-            dst = orig.backend
-            await self.proxy.handle(
-                reader,
-                writer,
-                client=client,
-                original_dst=dst,
-                rules=lambda: self.rules_for(dst),
-                connect_upstream=netns_upstream(netns, dst),
-            )
-        except asyncio.CancelledError:
-            writer.close()
-        finally:
-            self._tasks.discard(task)
+            # the pod is gone: its connections went with its namespace
+            listener.server.server.close()
 
     def rules_for(self, dst: Address) -> HTTPRules | None:
         """The destination pod's HTTP rules for the port (cached until the store changes)."""

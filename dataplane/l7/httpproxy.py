@@ -711,12 +711,14 @@ async def serve(
     *,
     rules_for: RulesFor,
     upstream_for: UpstreamFor = direct_upstream,
+    client_of: Callable[[Address], Address] = lambda peer: peer,
 ) -> ProxyListener:
     """Accept on a listening socket and hand each connection to `proxy`. For each accepted
     socket, `resolve_original_dst(sock)` names where the client meant to go (it may be async;
-    LookupError or OSError: the connection is closed and logged), `rules_for(client, dst)` the
-    rules (None: visibility only) and `upstream_for(client, dst)` how to reach it. The listener
-    returned is serving; close() it to stop."""
+    LookupError or OSError: the connection is closed and logged), `client_of(peer)` who the
+    client is (a listener on a pod's loopback sees 127.0.0.1: the agent names the pod),
+    `rules_for(client, dst)` the rules (None: visibility only) and `upstream_for(client, dst)`
+    how to reach it. The listener returned is serving; close() it to stop."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -733,7 +735,7 @@ async def serve(
     async def _accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
-            client: Address = (peer[0], peer[1])
+            client: Address = client_of((peer[0], peer[1]))
             dst = resolve_original_dst(writer.get_extra_info("socket"))
             if inspect.isawaitable(dst):
                 dst = await dst
