@@ -318,6 +318,16 @@ def _reporter(flow: Flow) -> str:
     return "client" if d == TrafficDirection.EGRESS else "server" if d == 1 else "unknown"
 
 
+def _http_duration(metrics: MetricSet, ctx: tuple[str, ...], limit: int | None):
+    """http's and httpV2's request duration histogram (the same series in both)."""
+    return metrics.histogram(
+        _name("http_request_duration_seconds"),
+        "Quantiles of HTTP request duration in seconds",
+        (*ctx, "method", "reporter"),
+        limit,
+    )
+
+
 class HTTPMetric(Handler):
     """Hubble's http (v1): requests on REQUEST records, responses and the duration on RESPONSE
     records (the duration is the response's latency_ns)."""
@@ -336,12 +346,7 @@ class HTTPMetric(Handler):
             (*ctx, "method", "protocol", "status", "reporter"),
             self.limit,
         )
-        self.duration = metrics.histogram(
-            _name("http_request_duration_seconds"),
-            "Quantiles of HTTP request duration in seconds",
-            (*ctx, "method", "reporter"),
-            self.limit,
-        )
+        self.duration = _http_duration(metrics, ctx, self.limit)
 
     def count(self, flow: Flow) -> None:
         l7 = flow.l7
@@ -370,12 +375,7 @@ class HTTPV2Metric(Handler):
             (*ctx, "method", "protocol", "status", "reporter"),
             self.limit,
         )
-        self.duration = metrics.histogram(
-            _name("http_request_duration_seconds"),
-            "Quantiles of HTTP request duration in seconds",
-            (*ctx, "method", "reporter"),
-            self.limit,
-        )
+        self.duration = _http_duration(metrics, ctx, self.limit)
 
     def count(self, flow: Flow) -> None:
         l7 = flow.l7
