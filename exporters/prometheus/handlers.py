@@ -318,7 +318,7 @@ def _reporter(flow: Flow) -> str:
     return "client" if d == TrafficDirection.EGRESS else "server" if d == 1 else "unknown"
 
 
-def _http_duration(metrics: MetricSet, ctx: tuple[str, ...], limit: int | None):
+def _http_duration(metrics: MetricSet, ctx: tuple[str, ...], limit: int):
     """http's and httpV2's request duration histogram (the same series in both)."""
     return metrics.histogram(
         _name("http_request_duration_seconds"),
