@@ -114,7 +114,9 @@ class ServiceSync:
         # service addresses served on the node itself (the DNS proxy on kube-dns's address): the
         # socket LB leaves them alone, so pods' packets to them reach the node
         self.local_addresses = local_addresses
-        self.frontends: tuple[Frontend, ...] = ()  # the last plan's
+        # the last plan's backends by frontend (address, port, protocol): the DNS proxy asks
+        # for kube-dns's on every query, whatever the number of services
+        self._backends: dict[tuple[str, int, str], tuple] = {}
         self.problem: str | None = None  # why the maps could not be written, while it lasts
         self.syncs = 0
 
@@ -135,17 +137,15 @@ class ServiceSync:
 
     def backends(self, address: str, port: int, protocol: str) -> tuple:
         """The ready backends of a ClusterIP frontend, from the last plan."""
-        for f in self.frontends:
-            k = f.key
-            if (k.address, k.port, k.protocol) == (address, port, protocol):
-                return f.backends
-        return ()
+        return self._backends.get((address, port, protocol), ())
 
     async def sync(self) -> None:
         frontends = plan(
             list(self.services.items.values()), list(self.slices.items.values()), self.node
         ).frontends
-        self.frontends = frontends
+        self._backends = {
+            (f.key.address, f.key.port, f.key.protocol): f.backends for f in frontends
+        }
         wanted = [s for s in socket_services(frontends) if str(s.vip) not in self.local_addresses]
         if self.node_ip is not None:
             wanted += nodeport_socket_services(frontends, self.node_ip)
