@@ -10,11 +10,9 @@ the pod shows the original destination; other destinations are untouched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -24,6 +22,7 @@ import pytest
 from pyroute2 import netns
 
 from dataplane.agent.nodel7 import netns_cookie
+from dataplane.lab.sandbox import remove_cgroup_tree
 from dataplane.maps.l7map import OriginalDst, Redirect
 from dataplane.maps.lbmap import Backend, Service
 from flowscope.setns import socket_in_netns
@@ -116,15 +115,7 @@ def world() -> Iterator[World]:
             lb.detach_l7()
             lb.unpin()
             lb.close()
-        if cgroup.exists():
-            with contextlib.suppress(OSError):
-                (cgroup / "cgroup.kill").write_text("1")
-            for _ in range(50):
-                try:
-                    cgroup.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_cgroup_tree(cgroup)
         shutil.rmtree(pin_dir, ignore_errors=True)
         netns.remove(ns)
     assert not cgroup.exists() and not pin_dir.exists()

@@ -10,7 +10,6 @@ in the same namespace (outside the cgroup), and a ClusterIP nobody owns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 from pyroute2 import AsyncIPRoute, netns
 
+from dataplane.lab.sandbox import remove_cgroup_tree
 from dataplane.maps.bpfmap import BpfMap
 from dataplane.maps.lbmap import AFFINITY_MAP, AffinityKey, AffinityValue, Backend, Service
 from dataplane.maps.netorder import ip_of
@@ -247,15 +247,7 @@ def world() -> Iterator[World]:
             lb.detach()
             lb.unpin()
             lb.close()
-        if cgroup.exists():
-            with contextlib.suppress(OSError):
-                (cgroup / "cgroup.kill").write_text("1")
-            for _ in range(50):
-                try:
-                    cgroup.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_cgroup_tree(cgroup)
         shutil.rmtree(pin_dir, ignore_errors=True)
         netns.remove(ns)
     assert not cgroup.exists() and not pin_dir.exists()
