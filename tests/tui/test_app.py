@@ -3,6 +3,8 @@ bar, at 80x24 (the smallest terminal it promises) unless a test needs more."""
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.widgets import Input, TabbedContent
 
 from flowscope.flow.model import Verdict
@@ -33,13 +35,24 @@ async def settle(pilot, seconds: float = 0.25) -> None:
     await pilot.pause(seconds)
 
 
+async def screen_when(pilot, app: FlowscopeApp, shown: str, timeout: float = 5.0) -> str:
+    """The screen's text once it shows `shown` (or at the timeout): a follow scrolls after a
+    refresh, which a loaded machine may not have painted yet after a fixed pause."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    text = screen_text(app)
+    while shown not in text and asyncio.get_running_loop().time() < deadline:
+        await pilot.pause(0.05)
+        text = screen_text(app)
+    return text
+
+
 async def test_live_table_shows_flows_with_verdicts_and_l7() -> None:
     app = FlowscopeApp(FakeSource(traffic()))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         table = app.query_one(FlowTable)
         assert len(table.rows) == 38
-        text = screen_text(app)
+        text = await screen_when(pilot, app, "DNS NXDO")
         assert "TIME" in text and "VERDICT" in text and "DROP RE" in text
         assert "connected to fake relay" in text and "38 flows" in text
         # following: the newest rows are on screen
